@@ -1,0 +1,24 @@
+# Two entry points: `make demo` (set up + run the demo) and `make test` (set up + run the tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean
+
+$(BIN)/mimreg: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/mimreg
+
+install: $(BIN)/mimreg
+
+demo: install
+	$(BIN)/mimreg demo
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs
