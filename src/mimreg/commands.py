@@ -1,0 +1,117 @@
+"""What the CLI commands do, as plain functions: evaluate, analyze, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mimreg.analysis import effective_rank, plot_spectrum, singular_values
+from mimreg.errors import MimregError
+from mimreg.eval import format_table, knn_protocols, linear_probe, write_json
+from mimreg.eval.frozen import Split, embed_split, load_encoder
+
+PROTOCOLS = ("linear", "knn", "erank")
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def embed_train_test(checkpoint, *, data=None, data_root=None, pools=("cls",), train_images=None,
+                     test_images=None, device="cpu", need_train=True) -> tuple[dict, Split | None, Split]:
+    encoder, cfg, meta = load_encoder(checkpoint)
+    name = data or cfg.data.name
+    root = data_root if data is not None or data_root is not None else cfg.data.root
+    common = dict(img_size=cfg.img_size, pools=tuple(pools), device=device, seed=cfg.train.seed)
+    train = embed_split(encoder, name, "train", root, max_images=train_images, **common) if need_train else None
+    test = embed_split(encoder, name, "test", root, max_images=test_images, **common)
+    meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": len(train.labels) if train else 0,
+            "test_images": len(test.labels)}
+    return meta, train, test
+
+
+def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=None, pools=("cls",),
+             train_images=None, test_images=None, linear_protocol="magma", linear_epochs=100, device="cpu",
+             out_dir=None, echo=print) -> dict:
+    """Run the evaluation protocols on frozen features; write eval_<protocol>.json per protocol."""
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        raise MimregError(f"unknown evaluation {sorted(unknown)}; choose from {list(PROTOCOLS)}")
+    meta, train, test = embed_train_test(checkpoint, data=data, data_root=data_root, pools=pools,
+                                         train_images=train_images, test_images=test_images, device=device,
+                                         need_train=any(p != "erank" for p in protocols))
+    out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
+    results: dict[str, dict] = {}
+    for protocol in protocols:
+        per_pool = {}
+        for pool in pools:
+            if protocol == "linear":
+                per_pool[pool] = linear_probe(train.features[pool], train.labels, test.features[pool], test.labels,
+                                              protocol=linear_protocol, epochs=linear_epochs, device=device)
+            elif protocol == "knn":
+                per_pool[pool] = knn_protocols(train.features[pool], train.labels, test.features[pool], test.labels)
+            else:
+                spectrum = singular_values(test.features[pool])
+                per_pool[pool] = {"effective_rank": effective_rank(spectrum, center=False),
+                                  "dim": int(test.features[pool].shape[1]), "singular_values": spectrum.tolist()}
+        results[protocol] = per_pool
+        write_json(out_dir / f"eval_{protocol}.json", {**meta, "protocol": protocol, "results": per_pool})
+    rows = [{"pool": pool, **summary_row(results, pool)} for pool in pools]
+    echo(format_table(rows, list(rows[0])))
+    return {**meta, "results": results}
+
+
+def summary_row(results: dict, pool: str) -> dict:
+    row = {}
+    if "linear" in results:
+        row["linear top1"] = results["linear"][pool]["top1"]
+    if "knn" in results:
+        row["knn10 euclid"] = results["knn"][pool]["knn10_euclidean"]
+        row["knn20 cosine"] = results["knn"][pool]["knn20_cosine"]
+    if "erank" in results:
+        row["erank"] = results["erank"][pool]["effective_rank"]
+    return row
+
+
+def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="cpu", out_dir=None,
+            echo=print) -> dict:
+    """Effective rank and singular-value spectrum of the cls and mean-pooled test features."""
+    meta, _, test = embed_train_test(checkpoint, data=data, data_root=data_root, pools=("cls", "mean"),
+                                     test_images=test_images, device=device, need_train=False)
+    out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
+    spectra = {pool: singular_values(x) for pool, x in test.features.items()}
+    ranks = {pool: effective_rank(s, center=False) for pool, s in spectra.items()}
+    png = plot_spectrum({f"{pool} (erank {ranks[pool]:.1f})": s for pool, s in spectra.items()},
+                        out_dir / "spectrum.png", title=f"singular values: {meta['recipe']}")
+    payload = {**meta, "effective_rank": ranks, "singular_values": {p: s.tolist() for p, s in spectra.items()},
+               "plot": str(png)}
+    write_json(out_dir / "analysis.json", payload)
+    echo(format_table([{"pool": p, "erank": r, "dim": int(test.features[p].shape[1])} for p, r in ranks.items()],
+                      ["pool", "erank", "dim"]))
+    echo(f"spectrum plot: {png}")
+    return payload
+
+
+def timm_model_kwargs(encoder) -> dict:
+    """Arguments for `timm.create_model('vit_base_patch16_224', **kwargs)` giving our architecture."""
+    return {"img_size": encoder.img_size, "patch_size": encoder.patch_size, "embed_dim": encoder.embed_dim,
+            "depth": encoder.depth, "num_heads": encoder.num_heads, "num_classes": 0}
+
+
+def export_timm(checkpoint, out: str | Path) -> dict:
+    """Save the encoder as a timm VisionTransformer state dict, plus a JSON of create_model args."""
+    encoder, cfg, meta = load_encoder(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(encoder.vit.state_dict(), out)
+    kwargs = timm_model_kwargs(encoder)
+    info = {"timm_model": "vit_base_patch16_224", "kwargs": kwargs, "recipe": meta["recipe"],
+            "usage": f"timm.create_model('vit_base_patch16_224', pretrained=False, "
+                     f"{', '.join(f'{k}={v}' for k, v in kwargs.items())}).load_state_dict(torch.load(PATH))"}
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return info

@@ -1,0 +1,73 @@
+"""Run outputs: metrics.jsonl (every logged value), optional TensorBoard, console lines."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mimreg.distributed import all_reduce_mean
+
+
+class RunningMeans:
+    """Sums of scalar tensors kept on the device; one sync when read."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def read(self) -> dict[str, float]:
+        """Means over the interval and over processes; resets the sums."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[n] / self.counts[n] for n in names])
+        values = all_reduce_mean(stacked).tolist()
+        self.sums, self.counts = {}, {}
+        return dict(zip(names, values))
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl; only the main process writes."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.start = time.time()
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("tensorboard is not installed (pip install 'mimreg[tensorboard]'); logging to metrics.jsonl only")
+            else:
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {**record, "time": round(time.time() - self.start, 3)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None and "step" in record:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

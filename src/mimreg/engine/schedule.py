@@ -1,0 +1,48 @@
+"""Optimizer and learning-rate schedule with MAE's defaults."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mimreg.config import OptimConfig
+
+
+def learning_rate(cfg: OptimConfig, world: int) -> float:
+    """Absolute lr: `lr` if set, else blr * effective_batch / 256 (MAE's scaling rule)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return cfg.blr * cfg.batch_size * cfg.accum_steps * world / 256
+
+
+def lr_at(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup then half-cosine decay to min_lr, per optimizer step."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, tokens and 1-D parameters (MAE / timm convention)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=0.0, betas=tuple(cfg.betas))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

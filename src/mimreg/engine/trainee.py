@@ -1,0 +1,82 @@
+"""Everything that trains, in one module: the method, its regularizers and the online probe.
+
+One module means one DDP wrapper and one optimizer over all parameters, and the loop stays the
+same for every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimreg.methods import Method
+from mimreg.regularizers import Regularizer
+
+
+@dataclass
+class StepResult:
+    """total: the scalar to back-propagate. terms: name -> detached scalar for logging."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Trainee(nn.Module):
+    def __init__(self, method: Method, regularizers: list[Regularizer], monitors: list[Regularizer],
+                 num_classes: int = 0, probe_feature: str = "cls"):
+        super().__init__()
+        self.method = method
+        self.regularizers = nn.ModuleList(regularizers)
+        self.monitors = nn.ModuleList(monitors)
+        self.probe_feature = probe_feature
+        self.probe = nn.Linear(method.encoder.embed_dim, num_classes) if num_classes > 0 else None
+
+    def needs(self, epoch: int, monitor: bool) -> frozenset[str]:
+        """Features the method must return at this step."""
+        active = [r for r in self.regularizers if r.weight_at(epoch) != 0 or monitor]
+        if monitor:
+            active += list(self.monitors)
+        names = {name for reg in active for name in reg.reads()}
+        if self.probe is not None:
+            names.add(self.probe_feature)
+        return frozenset(names)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, epoch: int = 0,
+                monitor: bool = False, **method_kwargs) -> StepResult:
+        """One objective evaluation. Inactive and monitored regularizers are computed without
+        gradient only when `monitor` is set (every `train.monitor_every` steps)."""
+        out = self.method(images, needs=self.needs(epoch, monitor), **method_kwargs)
+        total = torch.stack([loss.float() for loss in out.losses.values()]).sum()
+        terms = {name: loss.detach() for name, loss in out.losses.items()}
+        for reg in self.regularizers:
+            weight = reg.weight_at(epoch)
+            if weight != 0:
+                value = reg(out.features)
+                total = total + weight * value
+                terms[f"reg/{reg.name}"] = value.detach()
+            elif monitor:
+                with torch.no_grad():
+                    terms[f"monitor/{reg.name}"] = reg(out.features)
+        if monitor:
+            with torch.no_grad():
+                for reg in self.monitors:
+                    terms[f"monitor/{reg.name}"] = reg(out.features)
+        if self.probe is not None and labels is not None:
+            ce, acc = self.probe_loss(out.features[self.probe_feature], labels)
+            total = total + ce
+            terms["probe/ce"], terms["probe/acc"] = ce.detach(), acc
+        return StepResult(total=total, terms=terms)
+
+    def probe_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the online linear probe on detached features; unlabelled (-1) ignored."""
+        logits = self.probe(features.detach().float())
+        known = labels >= 0
+        if not bool(known.any()):
+            # keep every parameter in the graph (DDP) while adding nothing
+            return logits.sum() * 0.0, torch.zeros((), device=logits.device)
+        ce = F.cross_entropy(logits[known], labels[known])
+        acc = (logits[known].argmax(dim=1) == labels[known]).float().mean() * 100
+        return ce, acc.detach()

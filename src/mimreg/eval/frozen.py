@@ -1,0 +1,65 @@
+"""Frozen-encoder features: rebuild the encoder from a checkpoint and embed a dataset split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mimreg.config import Config, config_from_dict
+from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
+from mimreg.engine.build import build_encoder
+from mimreg.engine.checkpoint import load_checkpoint
+from mimreg.models import ViTEncoder
+
+ENCODER_PREFIX = "method.encoder."
+
+
+@dataclass
+class Split:
+    """features: pool name ('cls', 'mean') -> (N, D) float32; labels: (N,) int64."""
+
+    features: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+
+def load_encoder(checkpoint: str | Path) -> tuple[ViTEncoder, Config, dict]:
+    """The trained encoder (eval mode), the run's config, and the checkpoint's metadata."""
+    state = load_checkpoint(checkpoint)
+    cfg = config_from_dict(state["config"])
+    encoder = build_encoder(cfg)
+    weights = {k[len(ENCODER_PREFIX):]: v for k, v in state["model"].items() if k.startswith(ENCODER_PREFIX)}
+    encoder.load_state_dict(weights)
+    encoder.eval()
+    meta = {"step": state.get("step"), "epoch": state.get("epoch"), "recipe": cfg.recipe}
+    return encoder, cfg, meta
+
+
+@torch.no_grad()
+def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *, img_size: int,
+                pools: tuple[str, ...] = ("cls", "mean"), max_images: int | None = None, seed: int = 0,
+                batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0) -> Split:
+    """Features of unmasked, eval-transformed images; a random subset when max_images is set."""
+    raw = load_dataset(name, split, root)
+    if max_images is not None and max_images < len(raw):
+        chosen = np.random.default_rng(seed).choice(len(raw), max_images, replace=False)
+        raw = raw.subset(np.sort(chosen).tolist())
+    mean, std = dataset_stats(name)
+    dataset = TransformedDataset(raw, eval_transform(img_size, mean, std), seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_skipping_bad)
+    encoder = encoder.to(device)
+    chunks: dict[str, list[torch.Tensor]] = {p: [] for p in pools}
+    labels = []
+    for batch in loader:
+        if batch.images is None:
+            continue
+        out = encoder.forward_masked(batch.images.to(device), None)
+        pooled = {"cls": out.cls, "mean": out.tokens.mean(dim=1)}
+        for pool in pools:
+            chunks[pool].append(pooled[pool].float().cpu())
+        labels.append(batch.labels)
+    return Split({p: torch.cat(c) for p, c in chunks.items()}, torch.cat(labels))

@@ -1,0 +1,54 @@
+"""The method interface: a batch of images in, named loss terms and named features out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mimreg.models import ViTEncoder
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class MethodOutput:
+    """losses: name -> scalar term, summed with weight 1 into the objective.
+    features: name -> (B, D) tensor that regularizers and the online probe may read
+    (`cls`, `mean`, `block.<i>` for the mean-pooled output of block i before the final norm)."""
+
+    losses: dict[str, torch.Tensor]
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Subclasses set `name`, `paper`, `summary`, `Options` and implement `forward`."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type]
+
+    def __init__(self, encoder: ViTEncoder, options):
+        super().__init__()
+        self.encoder = encoder
+        self.options = options
+
+    def feature_names(self) -> set[str]:
+        """Every feature name this method can return."""
+        return {"cls", "mean", *(f"block.{i}" for i in range(self.encoder.depth))}
+
+    def forward(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
+                generator: torch.Generator | None = None) -> MethodOutput:
+        raise NotImplementedError
+
+
+def pooled_block_indices(needs: frozenset[str]) -> list[int]:
+    return sorted(int(name.split(".", 1)[1]) for name in needs if name.startswith("block."))

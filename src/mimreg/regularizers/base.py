@@ -1,0 +1,78 @@
+"""The regularizer interface: a pure loss on named features, plus weight, window and gathering."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mimreg.distributed import gather_with_grad
+from mimreg.errors import ConfigError
+
+REGULARIZERS: dict[str, type["Regularizer"]] = {}
+
+
+def register(cls: type["Regularizer"]) -> type["Regularizer"]:
+    REGULARIZERS[cls.name] = cls
+    return cls
+
+
+class Regularizer(nn.Module):
+    """A loss term read from a method's named features.
+
+    Subclasses set `name`, `paper`, `summary`, `Options` (a dataclass), `default_weight`, and
+    implement `reads()` (feature names, in the order `loss` takes them) and `loss(*tensors)`.
+    The weight is `weight` during epochs [start_epoch, start_epoch + duration) and 0 outside.
+    With `gather`, batch-wide losses see the global batch of all processes.
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type]
+    default_weight: ClassVar[float] = 1.0
+    batch_wide: ClassVar[bool] = True
+    min_batch: ClassVar[int] = 2
+
+    def __init__(self, options: Any, *, weight: float | None = None, start_epoch: int = 0,
+                 duration: int | None = None, gather: bool = True, depth: int = 0):
+        super().__init__()
+        self.options = options
+        self.weight = self.default_weight if weight is None else float(weight)
+        self.start_epoch, self.duration, self.gather = start_epoch, duration, gather
+        self.setup(depth)
+
+    def setup(self, depth: int) -> None:
+        """Resolve options that depend on the encoder (e.g. negative block indices)."""
+
+    def reads(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def loss(self, *features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight_at(self, epoch: int) -> float:
+        end = float("inf") if self.duration is None else self.start_epoch + self.duration
+        return self.weight if self.start_epoch <= epoch < end else 0.0
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = [features[name] for name in self.reads()]
+        if self.gather and self.batch_wide:
+            inputs = [gather_with_grad(x) for x in inputs]
+        batch = inputs[0].shape[0]
+        if self.batch_wide and batch < self.min_batch:
+            raise ConfigError(
+                f"regularizer {self.name!r} is batch-wide and needs at least {self.min_batch} samples, "
+                f"got a batch of {batch}; raise optim.batch_size (or keep gather: true on several processes)"
+            )
+        return self.loss(*inputs)
+
+    def resolve_block(self, index: int, depth: int) -> int:
+        absolute = index + depth if index < 0 else index
+        if not 0 <= absolute < depth:
+            raise self.option_error(f"block index {index} is out of range for an encoder of {depth} blocks")
+        return absolute
+
+    def option_error(self, message: str) -> ConfigError:
+        return ConfigError(f"regularizer {self.name!r}: {message}")
