@@ -1,0 +1,70 @@
+"""Datasets of image files on disk, decoded lazily (imagefolder, Tiny ImageNet)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from mimreg.data.base import BadSample, RawDataset
+from mimreg.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def is_image_file(name: str) -> bool:
+    # Dot-files are skipped: macOS leaves undecodable "._x.jpg" companions in copied folders.
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_files(folder: Path, recursive: bool = True) -> list[str]:
+    """Paths of the image files in `folder` (and below it when `recursive`), sorted."""
+    if not recursive:
+        with os.scandir(folder) as entries:
+            return sorted(e.path for e in entries if e.is_file() and is_image_file(e.name))
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+    return sorted(found)
+
+
+def decode_rgb(path: str) -> Image.Image:
+    """Read an image file fully into memory as RGB (raises whatever the decoder raises)."""
+    with Image.open(path) as image:
+        # Palette transparency must pass through RGBA, or Pillow warns on every image.
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        return image.convert("RGB")
+
+
+class ImageFileDataset(RawDataset):
+    """One image file per sample; files are only opened in `__getitem__`."""
+
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, classes: Sequence[str],
+                 skip_bad_images: bool = False):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        super().__init__(labels, classes)
+        # One numpy bytes array instead of a list of str: forked DataLoader workers touching
+        # millions of Python objects would copy their pages (refcounts), a flat buffer is not.
+        self.paths = np.asarray([os.fsencode(p) for p in paths], dtype=np.bytes_)
+        self.skip_bad_images = skip_bad_images
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int] | BadSample:
+        path = os.fsdecode(self.paths[index])
+        try:
+            image = decode_rgb(path)
+        # Decoders raise many unrelated types (OSError, SyntaxError, struct.error, ...);
+        # any of them means this one file is unusable.
+        except Exception as exc:
+            if self.skip_bad_images:
+                return BadSample(path)
+            raise DataError(
+                f"Image file {path} could not be decoded ({type(exc).__name__}: {exc}). "
+                "Delete or replace the file, or set data.skip_bad_images: true to skip it."
+            ) from exc
+        return image, int(self.labels[index])

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from mimreg.data import load_dataset
+from mimreg.errors import DataError
+
+
+@pytest.fixture
+def make_split_tree(write_image):
+    def make(root, split, per_class):
+        for name, count in per_class.items():
+            for j in range(count):
+                write_image(root / split / name / f"{j}.png", colour=(len(name) * 20, j * 40, 0))
+
+    return make
+
+
+def test_train_and_test_subfolders_share_the_train_mapping(tmp_path, make_split_tree):
+    make_split_tree(tmp_path, "train", {"cat": 2, "ant": 1, "dog": 3})
+    make_split_tree(tmp_path, "test", {"dog": 1, "cat": 2})  # no "ant" in test
+    train = load_dataset("imagefolder", "train", tmp_path)
+    test = load_dataset("imagefolder", "test", tmp_path)
+    assert train.classes == test.classes == ["ant", "cat", "dog"]
+    np.testing.assert_array_equal(train.labels, [0, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(test.labels, [1, 1, 2])
+    image, label = test[2]
+    assert image.mode == "RGB" and image.size == (20, 16) and label == 2
+    assert len(load_dataset("imagefolder", "pretrain", tmp_path)) == 6
+
+
+def test_val_folder_serves_as_test(tmp_path, make_split_tree):
+    make_split_tree(tmp_path, "train", {"a": 1, "b": 1})
+    make_split_tree(tmp_path, "val", {"b": 2})
+    np.testing.assert_array_equal(load_dataset("imagefolder", "test", tmp_path).labels, [1, 1])
+
+
+def test_test_class_missing_from_train_is_an_error(tmp_path, make_split_tree):
+    make_split_tree(tmp_path, "train", {"a": 1})
+    make_split_tree(tmp_path, "test", {"a": 1, "zebra": 1})
+    with pytest.raises(DataError, match="zebra") as info:
+        load_dataset("imagefolder", "test", tmp_path)
+    assert str(tmp_path / "test") in str(info.value)
+
+
+def test_flat_class_folders_are_train_only(tmp_path, write_image):
+    write_image(tmp_path / "b" / "x.JPG")
+    write_image(tmp_path / "b" / "nested" / "y.jpeg")
+    write_image(tmp_path / "a" / "z.Png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / "._z.png").write_bytes(b"macOS resource fork")
+    train = load_dataset("imagefolder", "train", tmp_path)
+    assert train.classes == ["a", "b"]
+    np.testing.assert_array_equal(train.labels, [0, 1, 1])
+    assert all(train[i][0].mode == "RGB" for i in range(3))
+    with pytest.raises(DataError) as info:
+        load_dataset("imagefolder", "test", tmp_path)
+    assert str(tmp_path / "train") in str(info.value) and str(tmp_path / "test") in str(info.value)
+
+
+def test_loose_images_are_unlabelled(tmp_path, write_image):
+    write_image(tmp_path / "one.webp")
+    write_image(tmp_path / "two.bmp")
+    pretrain = load_dataset("imagefolder", "pretrain", tmp_path)
+    assert pretrain.num_classes == 0 and pretrain.classes == []
+    np.testing.assert_array_equal(pretrain.labels, [-1, -1])
+    assert pretrain[1][1] == -1
+
+
+@pytest.mark.parametrize("layout", ["empty", "empty-classes", "missing"])
+def test_no_images_names_the_path(tmp_path, layout):
+    root = tmp_path / "images"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "empty-classes":
+        (root / "cat").mkdir()
+        (root / "cat" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError) as info:
+        load_dataset("imagefolder", "train", root)
+    assert str(root) in str(info.value)
+
+
+@pytest.fixture
+def tree_with_bad_files(tmp_path, write_image, truncated_jpeg):
+    write_image(tmp_path / "train" / "a" / "good0.jpg")
+    (tmp_path / "train" / "a" / "x.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "train" / "b").mkdir()
+    (tmp_path / "train" / "b" / "truncated.jpg").write_bytes(truncated_jpeg)
+    write_image(tmp_path / "train" / "b" / "z_good1.jpg")
+    return tmp_path
+
+
+@pytest.mark.parametrize("index, name", [(1, "x.jpg"), (2, "truncated.jpg")])
+def test_undecodable_file_raises_naming_file_and_fix(tree_with_bad_files, index, name):
+    dataset = load_dataset("imagefolder", "train", tree_with_bad_files)
+    dataset[0]  # the good file before it still loads
+    with pytest.raises(DataError) as info:
+        dataset[index]
+    message = str(info.value)
+    assert name in message and str(tree_with_bad_files) in message
+    assert "data.skip_bad_images: true" in message
