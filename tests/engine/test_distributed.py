@@ -1,0 +1,92 @@
+"""Two processes (torchrun, gloo, CPU) must equal one process on the concatenated batch."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mimreg.regularizers import magma_loss, uniformity_loss
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def load_worker():
+    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def torchrun(args, tmp_path, timeout=240):
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    out = {}
+    for mode in ("gather", "local"):
+        folder = tmp_path_factory.mktemp(mode)
+        torchrun([str(WORKER), str(folder), mode], folder)
+        out[mode] = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return out
+
+
+def single_process():
+    worker = load_worker()
+    trainee = worker.build_trainee(gather=True)
+    images, labels, noise = worker.global_batch()
+    result = trainee(images, labels, noise=noise)
+    result.total.backward()
+    grads = {n: p.grad.clone() for n, p in trainee.named_parameters() if p.grad is not None}
+    return result, grads
+
+
+def test_global_batch_losses_and_gradients_equal_one_process(two_process_results):
+    ranks = two_process_results["gather"]
+    single, single_grads = single_process()
+    for name in ("reg/uniformity", "reg/magma"):
+        for r in ranks:  # every process sees the loss of the whole batch
+            assert r["terms"][name].item() == pytest.approx(single.terms[name].item(), rel=1e-5)
+    mean_total = sum(r["total"] for r in ranks) / 2  # local MAE/probe means average to the global mean
+    assert mean_total.item() == pytest.approx(single.total.item(), rel=1e-5)
+    assert set(ranks[0]["grads"]) == set(single_grads)
+    for name, grad in single_grads.items():
+        for r in ranks:  # DDP averages; the gather's backward sums: together the exact global gradient
+            assert torch.allclose(r["grads"][name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_per_process_option_uses_the_local_batch(two_process_results):
+    ranks = two_process_results["local"]
+    worker = load_worker()
+    trainee = worker.build_trainee(gather=False)
+    images, labels, noise = worker.global_batch()
+    for rank, r in enumerate(ranks):
+        part = slice(rank * 4, rank * 4 + 4)
+        out = trainee.method(images[part], needs=trainee.needs(0, False), noise=noise[part])
+        assert r["terms"]["reg/uniformity"].item() == pytest.approx(uniformity_loss(out.features["cls"]).item(), rel=1e-5)
+        expected = magma_loss(out.features["block.4"], out.features["block.5"])
+        assert r["terms"]["reg/magma"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ranks[0]["terms"]["reg/magma"].item() != pytest.approx(ranks[1]["terms"]["reg/magma"].item())
+
+
+def test_pretrain_cli_under_torchrun(tmp_path):
+    run = tmp_path / "run"
+    torchrun(["-m", "mimreg.cli", "pretrain", "mu-mae", "--out", str(run),
+              "--set", "data.name=synthetic", "--set", "data.subset=128", "--set", "optim.batch_size=16",
+              "--set", "train.epochs=1", "--set", "method.decoder_dim=32", "--set", "method.decoder_depth=1",
+              "--set", "method.decoder_heads=2", "--set", "train.progress=false"], tmp_path)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["world"] == 2 and records[0]["steps_per_epoch"] == 4  # 128 / (16 x 2)
+    assert any("reg/uniformity" in r for r in records)
+    assert len(list((run / "checkpoints").glob("ckpt_*.pt"))) == 1
