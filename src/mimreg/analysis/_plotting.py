@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from mimreg.io import atomic_write
 
 
 def new_figure(width: float = 6.4, height: float = 4.4):
@@ -19,16 +19,5 @@ def new_figure(width: float = 6.4, height: float = 4.4):
 
 
 def save_png(figure, path) -> Path:
-    """Write `figure` to `path` as PNG via a temporary sibling and os.replace; create parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    """Write `figure` to `path` as PNG atomically; create parent folders."""
+    return atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120))

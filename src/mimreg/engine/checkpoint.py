@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from mimreg.errors import MimregError
+from mimreg.io import atomic_write
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 
@@ -50,9 +50,7 @@ def save_checkpoint(folder: Path, step: int, payload: dict, keep_last: int) -> P
     """Write ckpt_<step>.pt atomically (temporary file, then rename) and prune to `keep_last`."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt_{step:08d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     for old in list_checkpoints(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

@@ -21,6 +21,7 @@ from mimreg.engine.data import build_pretrain_data
 from mimreg.engine.metrics import MetricsWriter, RunningMeans, read_metrics
 from mimreg.engine.schedule import build_optimizer, learning_rate, lr_at, set_lr
 from mimreg.errors import ConfigError, MimregError, NonFiniteLossError
+from mimreg.io import write_json_atomic
 
 
 @dataclass
@@ -169,7 +170,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
     finally:
         writer.close()
     if main:
-        _write_json(run_dir / "summary.json", {"steps": step, "halted": halted, "checkpoint": str(last_path),
+        write_json_atomic(run_dir / "summary.json", {"steps": step, "halted": halted, "checkpoint": str(last_path),
                                                "last_metrics": last_metrics})
     return RunResult(run_dir, last_path, step, halted, last_metrics)
 
@@ -229,9 +230,3 @@ def _check_finite(result, step: int) -> None:
     bad = [name for name, v in result.terms.items() if not bool(torch.isfinite(v).all())] or ["total"]
     raise NonFiniteLossError(f"non-finite loss at step {step} in term(s) {bad}; the last good checkpoint "
                              "is kept. Try a lower lr (optim.blr), optim.clip_grad, or train.precision fp32")
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from pathlib import Path
 
 from mimreg.errors import MimregError
+from mimreg.io import atomic_write
 
 # A column holds accuracies in percent when its name contains one of these.
 PERCENT_COLUMN_MARKERS = ("top1", "top5", "acc", "knn", "lowshot", "pct", "per_class", "%")
@@ -37,19 +36,7 @@ def write_json(path, payload) -> Path:
         text = json.dumps(payload, indent=2, default=_to_json_compatible) + "\n"
     except (TypeError, ValueError) as exc:
         raise MimregError(f"cannot write {path} as JSON: {exc}; pass plain numbers, strings, lists and dicts") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    return atomic_write(path, lambda handle: handle.write(text), binary=False)
 
 
 def is_percent_column(name: str) -> bool:
