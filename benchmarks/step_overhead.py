@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mimreg.config import load_config
 from mimreg.engine.build import build_trainee
+from mimreg.engine.schedule import build_optimizer
 
 RECIPES = ("mae", "u-mae", "m-mae", "mu-mae")
 TARGETS = {"u-mae": 1.02, "m-mae": 1.03, "mu-mae": 1.04}
@@ -34,7 +35,7 @@ def make_step(recipe: str, args):
     if args.compile:
         for block in trainee.method.encoder.vit.blocks:
             block.compile()
-    optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    optimizer = build_optimizer(trainee, cfg.optim)
     images = torch.randn(args.batch, 3, 32, 32, device=args.device)
 
     def step():
