@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/mimreg: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(BIN)/mimreg

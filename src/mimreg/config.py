@@ -112,9 +112,10 @@ class Config:
 def load_config(source: str | Path, overrides: list[str] = ()) -> Config:
     """A recipe name (`u-mae`, `cifar10/u-mae`) or a YAML path, plus `key=value` overrides."""
     raw = read_recipe(source)
+    defaults = raw.pop("regularizer_defaults", None)
     for item in overrides:
         apply_override(raw, item)
-    return config_from_dict(raw)
+    return config_from_dict(apply_regularizer_defaults(raw, defaults))
 
 
 def read_recipe(source: str | Path) -> dict:
@@ -128,13 +129,13 @@ def read_recipe(source: str | Path) -> dict:
     preset = raw.pop("preset", None)
     if preset is not None:
         raw = merge(_read_yaml(_preset_path(preset)), raw)
-    return _apply_regularizer_defaults(raw)
+    return raw
 
 
-def _apply_regularizer_defaults(raw: dict) -> dict:
-    """A preset's `regularizer_defaults: {magma: {start_epoch: 10}}` fills keys a recipe leaves out
-    (schedules depend on the training length, which the preset sets)."""
-    defaults = raw.pop("regularizer_defaults", None) or {}
+def apply_regularizer_defaults(raw: dict, defaults: dict | None) -> dict:
+    """A preset's `regularizer_defaults: {magma: {start_epoch: 10}}` fills keys a recipe (or --set)
+    leaves out: schedules depend on the training length, which the preset sets."""
+    defaults = defaults or {}
     for entry in list(raw.get("regularizers") or []) + list(raw.get("monitor") or []):
         if isinstance(entry, dict):
             for key, value in (defaults.get(entry.get("name")) or {}).items():
@@ -210,9 +211,9 @@ def apply_override(raw: dict, item: str) -> None:
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
     last = parts[-1]
     if isinstance(node, list):
-        entry = _list_entry(node, last, key)
-        entry.clear()
-        entry.update(value if isinstance(value, dict) else {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"--set {key}: a list entry takes a mapping, e.g. {key}='{{weight: 2}}'")
+        _list_entry(node, last, key).update(value)
     else:
         node[last] = value
 
@@ -374,16 +375,16 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if cfg.data.subset is not None and cfg.data.subset < 1:
         raise ConfigError(f"data.subset must be a positive number of images, got {cfg.data.subset}")
-    seen = set()
-    for reg in cfg.regularizers:
-        if reg.name in seen:
-            raise ConfigError(f"regularizer {reg.name!r} is listed twice; list each once")
-        seen.add(reg.name)
-        if reg.duration is not None and reg.duration < 0 or reg.start_epoch < 0:
-            raise ConfigError(f"regularizer {reg.name!r}: start_epoch and duration must be >= 0")
+    for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):
+        names = [r.name for r in entries]
+        for reg in entries:
+            if names.count(reg.name) > 1:
+                raise ConfigError(f"{section}: {reg.name!r} is listed twice; list each once")
+            if reg.duration is not None and reg.duration < 0 or reg.start_epoch < 0:
+                raise ConfigError(f"{section}: {reg.name!r}: start_epoch and duration must be >= 0")
     from mimreg.regularizers import REGULARIZERS
 
-    batch_wide = [r.name for r in cfg.regularizers if REGULARIZERS[r.name].batch_wide]
+    batch_wide = [r.name for r in cfg.regularizers + cfg.monitor if REGULARIZERS[r.name].batch_wide]
     if batch_wide and cfg.optim.batch_size < 2:
         raise ConfigError(f"regularizers {batch_wide} are batch-wide and need optim.batch_size >= 2, "
                           f"got {cfg.optim.batch_size}")

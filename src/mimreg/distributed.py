@@ -47,6 +47,15 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / world_size()
 
 
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    """Minimum of a tensor over processes, without gradient."""
+    if not is_distributed():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MIN)
+    return y
+
+
 def init_from_env(device_type: str) -> bool:
     """Join the process group that `torchrun` describes in the environment; False if none."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():

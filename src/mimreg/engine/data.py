@@ -39,8 +39,12 @@ class PretrainData:
 
     def loader(self, epoch: int, start: int, num_workers: int, pin_memory: bool) -> DataLoader:
         self.dataset.set_epoch(epoch)
+        # the loader draws its worker seeds from this generator, not from the global RNG, so a
+        # resumed run draws the same model randomness (e.g. drop_path) as an uninterrupted one
+        generator = torch.Generator().manual_seed(self.batches.seed * 100_003 + epoch)
         return DataLoader(self.dataset, batch_sampler=self.batches.for_epoch(epoch, start),
-                          collate_fn=collate_keep_size, num_workers=num_workers, pin_memory=pin_memory)
+                          collate_fn=collate_keep_size, num_workers=num_workers, pin_memory=pin_memory,
+                          generator=generator)
 
 
 def build_pretrain_data(cfg: Config, world: int, rank: int) -> PretrainData:

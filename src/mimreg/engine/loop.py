@@ -82,6 +82,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
     base_lr = learning_rate(cfg.optim, world)
 
     step = 0
+    interval, epoch_means = RunningMeans(), RunningMeans()
     if resume and (found := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(found, map_location=device)
         trainee.load_state_dict(state["model"])
@@ -89,23 +90,28 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         step = state["step"]
+        interval.load_state_dict(state["means"]["interval"], device)
+        epoch_means.load_state_dict(state["means"]["epoch"], device)
         if main:
             _truncate_metrics(run_dir / "metrics.jsonl", step)
             print(f"resuming {run_dir} from step {step} (epoch {step // steps_per_epoch})")
 
+    if main and step == 0:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a restart before the first checkpoint
     writer = MetricsWriter(run_dir, main, cfg.train.tensorboard)
     if main and step == 0:
         writer.write({"kind": "start", "config": cfg.recipe, "images": data.num_images, "world": world,
                       "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "lr": base_lr})
     autocast = _autocast(cfg.train.precision, device)
     show_bar = cfg.train.progress and main and sys.stderr.isatty()
-    interval, epoch_means = RunningMeans(), RunningMeans()
-    last_path, last_metrics, halted = latest_checkpoint(ckpt_dir), {}, False
+    last_path, halted = latest_checkpoint(ckpt_dir), False
+    last_metrics = _previous_summary(run_dir).get("last_metrics", {}) if step else {}
 
     def checkpoint(epoch_done: int) -> Path | None:
         payload = {"model": trainee.state_dict(), "optimizer": optimizer.state_dict(),
                    "scaler": scaler.state_dict(), "scheduler": {"step": step, "total_steps": total_steps},
-                   "rng": rng_state(), "step": step, "epoch": epoch_done, "config": config_to_dict(cfg)}
+                   "rng": rng_state(), "step": step, "epoch": epoch_done, "config": config_to_dict(cfg),
+                   "means": {"interval": interval.state_dict(), "epoch": epoch_means.state_dict()}}
         return save_checkpoint(ckpt_dir, step, payload, cfg.train.keep_last) if main else None
 
     trainee.train()
@@ -199,6 +205,11 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, ckpt_dir: Path, resume: bool, m
         dump_config(cfg, saved)
 
 
+def _previous_summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _changed_keys(a, b, prefix="") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -225,7 +236,8 @@ def _autocast(precision: str, device: torch.device):
 
 def _check_finite(result, step: int) -> None:
     values = [result.total] + list(result.terms.values())
-    if bool(torch.isfinite(torch.stack([v.detach().float() for v in values])).all()):
+    finite = torch.isfinite(torch.stack([v.detach().float() for v in values])).all().float()
+    if bool(dist.all_reduce_min(finite)):  # every process stops together, none waits in backward
         return
     bad = [name for name, v in result.terms.items() if not bool(torch.isfinite(v).all())] or ["total"]
     raise NonFiniteLossError(f"non-finite loss at step {step} in term(s) {bad}; the last good checkpoint "

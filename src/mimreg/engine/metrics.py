@@ -24,6 +24,13 @@ class RunningMeans:
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
             self.counts[name] = self.counts.get(name, 0) + 1
 
+    def state_dict(self) -> dict:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.counts = dict(state["counts"])
+
     def read(self) -> dict[str, float]:
         """Means over the interval and over processes; resets the sums."""
         if not self.sums:

@@ -1,0 +1,96 @@
+"""Shared helpers: tiny, fast configs on the in-memory `synthetic` dataset (512 train / 256 test
+32x32 images, 10 classes), and one small pretrained run for tests that need a checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mimreg.config import Config, load_config
+
+# vit_micro/4 on 32x32 synthetic images with a one-block decoder: ~0.1 s per step of 32 images on CPU.
+TINY_SETS = (
+    "data.name=synthetic",
+    "data.img_size=32",
+    "model.arch=vit_micro",
+    "method.decoder_dim=32",
+    "method.decoder_depth=1",
+    "method.decoder_heads=2",
+    "optim.batch_size=32",
+    "train.epochs=1",
+    "train.device=cpu",
+    "train.progress=false",
+    "train.log_every=1",
+    "train.monitor_every=1",
+)
+
+
+def as_override(key: str, value) -> str:
+    """`train__epochs=2` style keyword -> the `--set` string `train.epochs=2` (value as YAML)."""
+    if isinstance(value, str):
+        text = value
+    else:  # flow-style YAML; a plain scalar comes with a "..." document-end marker
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"{key.replace('__', '.')}={text}"
+
+
+def tiny_config(recipe: str = "mae", *sets: str, **overrides) -> Config:
+    """A recipe on the digits preset, switched to tiny synthetic runs.
+
+    Extra overrides come as `key=value` strings (`"regularizers.magma.start_epoch=1"`) or as
+    keywords with `__` for dots (`train__epochs=2`, `data__subset=128`, `regularizers=[]`).
+    """
+    extra = list(sets) + [as_override(k, v) for k, v in overrides.items()]
+    return load_config(f"digits/{recipe}", [*TINY_SETS, *extra])
+
+
+@pytest.fixture(name="tiny_config", scope="session")
+def tiny_config_fixture():
+    """The `tiny_config(recipe="mae", *sets, **overrides) -> Config` helper."""
+    return tiny_config
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one CPU thread. On the 2-core test machine with other work running, torch's
+    default 2 threads make these tiny models ~20x slower (threads wait for a busy core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """torch on one CPU thread for the tests of a module (see `one_thread`); use it with
+    `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """A finished u-mae run: 3 epochs of 256 synthetic images (24 steps of 32, lr 1e-3 after one
+    warmup epoch), logged and monitored every 2 steps, checkpoints of steps 16 and 24 kept.
+    Shared: do not modify it; the `tiny_run` fixture gives a private copy."""
+    from mimreg.engine.loop import pretrain
+
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = tiny_config("u-mae", train__epochs=3, data__subset=256, optim__warmup_epochs=1, train__log_every=2,
+                      train__monitor_every=2)
+    with one_thread():
+        pretrain(cfg, run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def tiny_run(tiny_run_dir, tmp_path) -> Path:
+    """A private copy of the shared finished tiny run, free to modify."""
+    return Path(shutil.copytree(tiny_run_dir, tmp_path / "run"))

@@ -1,0 +1,225 @@
+"""The `mimreg` command line, run in-process through `mimreg.cli.main`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mimreg.cli import main
+from mimreg.config import RECIPES_DIR, config_to_dict, load_config, preset_names, recipe_names
+from mimreg.engine.checkpoint import list_checkpoints
+from mimreg.eval.frozen import load_encoder
+from mimreg.methods import METHODS
+from mimreg.regularizers import REGULARIZERS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SMALL = ["--set", "data.name=synthetic", "--set", "method.decoder_dim=32", "--set", "method.decoder_depth=1",
+         "--set", "method.decoder_heads=2", "--set", "optim.batch_size=32", "--set", "train.device=cpu",
+         "--set", "train.progress=false", "--set", "data.subset=64"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- recipes
+def test_recipes_lists_recipes_presets_methods_and_regularizers(capsys):
+    code, out, err = run_cli(capsys, "recipes")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    for name in recipe_names():
+        description = yaml.safe_load((RECIPES_DIR / "methods" / f"{name}.yaml").read_text())["description"]
+        assert any(line.split()[:1] == [name] and description in line for line in lines), name
+    for name in [*preset_names(), *METHODS, *REGULARIZERS]:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    sections = [line for line in lines if not line.startswith(" ")]
+    assert [s.split()[0] for s in sections] == ["recipes", "presets", "methods:", "regularizers:"]
+    assert REGULARIZERS["magma"].paper in out and REGULARIZERS["uniformity"].paper in out
+
+
+# ---------------------------------------------------------------- pretrain
+def test_pretrain_from_a_yaml_file_then_halt_and_resume(tmp_path, capsys, tiny_config):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(config_to_dict(tiny_config("u-mae", "data.subset=64", "train.epochs=2"))))
+    out_dir = tmp_path / "run"
+
+    code, out, err = run_cli(capsys, "pretrain", config_file, "--out", out_dir, "--set", "train.halt_after_steps=3")
+    assert code == 0, err
+    assert f"halted at step 3 (train.halt_after_steps); continue with --resume --out {out_dir}" in out
+    assert [p.name for p in list_checkpoints(out_dir / "checkpoints")] == ["ckpt_00000002.pt"]
+
+    # a second start in the same folder is refused: one line on stderr, exit code 2
+    code, out, err = run_cli(capsys, "pretrain", config_file, "--out", out_dir)
+    assert code == 2
+    assert err.splitlines() == [err.strip()] and err.startswith("error: run folder")
+    assert "--resume" in err
+
+    code, out, err = run_cli(capsys, "pretrain", config_file, "--out", out_dir, "--resume")
+    assert code == 0, err
+    assert f"resuming {out_dir} from step 2" in out
+    assert f"done: 4 steps; checkpoint {out_dir / 'checkpoints' / 'ckpt_00000004.pt'}" in out
+    assert load_config(out_dir / "config.yaml") == load_config(config_file)
+
+
+def test_pretrain_recipe_with_set_and_default_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "pretrain", "cifar10-cpu/m-mae", *SMALL, "--set", "train.epochs=1",
+                             "--set", "regularizers.magma.weight=2", "--set", "data.num_workers=0")
+    assert code == 0, err
+    run = tmp_path / "runs" / "cifar10-cpu-m-mae"  # runs/<recipe with / as ->
+    assert f"done: 2 steps; checkpoint {Path('runs/cifar10-cpu-m-mae/checkpoints/ckpt_00000002.pt')}" in out
+    cfg = load_config(run / "config.yaml")
+    assert cfg.recipe == "cifar10-cpu/m-mae" and cfg.data.name == "synthetic"
+    magma = cfg.regularizers[0]
+    assert (magma.weight, magma.start_epoch, magma.duration) == (2.0, 1, 6)  # window from the cifar10-cpu preset
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "nope"], "error: unknown recipe 'nope'"),
+    (["pretrain", "mae", "--set", "optim.bacth_size=64"], "error: config.optim: unknown key 'bacth_size'"),
+    (["pretrain", "mae", "--set", "optim.blr=abc"], "error: config.optim.blr: expected a number, got 'abc'"),
+    (["eval", "knn", "--checkpoint", "does/not/exist.pt"], "error: checkpoint does/not/exist.pt does not exist"),
+    (["export", "--checkpoint", "missing_run_dir/ckpt_00000001.pt", "--out", "x.pth"], "error: checkpoint"),
+])
+def test_errors_print_one_line_and_exit_2(capsys, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(message), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_shows_the_traceback(capsys):
+    code, out, err = run_cli(capsys, "--debug", "pretrain", "mae", "--set", "optim.bacth_size=64")
+    assert code == 2
+    assert err.startswith("Traceback (most recent call last)")
+    assert "mimreg.errors.ConfigError: config.optim: unknown key 'bacth_size'" in err
+    assert "did you mean 'batch_size'" in err
+
+
+def test_unexpected_errors_show_their_type_and_the_last_line(capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Caught ValueError in DataLoader worker process 0.\nTraceback ...\nValueError: bad pixel")
+
+    monkeypatch.setattr("mimreg.commands.analyze", broken)
+    code, out, err = run_cli(capsys, "analyze", "--checkpoint", "somewhere")
+    assert code == 2
+    assert err.splitlines() == ["error: RuntimeError: ValueError: bad pixel",
+                                "(run again with --debug for the traceback)"]
+
+
+def test_interrupt_exits_130_with_a_hint(capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mimreg.engine.loop.pretrain", interrupted)
+    code, out, err = run_cli(capsys, "pretrain", "mae")
+    assert code == 130
+    assert "--resume" in err
+
+
+def test_bad_arguments_exit_through_argparse(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "probe", "--checkpoint", "x"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- eval, analyze, export on a pretrained run
+def test_eval_linear(tiny_run, capsys):
+    code, out, err = run_cli(capsys, "eval", "linear", "--checkpoint", tiny_run, "--epochs", "5")
+    assert code == 0, err
+    report = json.loads((tiny_run / "eval_linear.json").read_text())
+    assert report["protocol"] == "linear" and report["data"] == "synthetic"
+    assert (report["train_images"], report["test_images"]) == (512, 256)
+    assert (report["step"], report["epoch"], report["recipe"]) == (24, 3, "digits/u-mae")
+    result = report["results"]["cls"]
+    assert result["epochs"] == 5 and result["num_classes"] == 10
+    assert 0 <= result["top1"] <= result["top5"] <= 100
+    assert result["top1"] > 50  # ten separable classes; chance is 10%
+    assert "linear top1" in out and "cls" in out
+
+
+def test_eval_knn_with_both_pools(tiny_run, capsys):
+    code, out, err = run_cli(capsys, "eval", "knn", "--checkpoint", tiny_run / "checkpoints" / "ckpt_00000016.pt",
+                             "--pool", "cls", "--pool", "mean", "--test-images", "100")
+    assert code == 0, err
+    report = json.loads((tiny_run / "eval_knn.json").read_text())  # written next to the run, not in checkpoints/
+    assert report["step"] == 16 and report["test_images"] == 100
+    assert set(report["results"]) == {"cls", "mean"}
+    for pool in ("cls", "mean"):
+        for key in ("knn10_euclidean", "knn20_cosine"):
+            assert 30 < report["results"][pool][key] <= 100
+    assert not (tiny_run / "checkpoints" / "eval_knn.json").exists()
+
+
+def test_analyze_writes_the_spectrum(tiny_run, capsys):
+    code, out, err = run_cli(capsys, "analyze", "--checkpoint", tiny_run)
+    assert code == 0, err
+    report = json.loads((tiny_run / "analysis.json").read_text())
+    assert set(report["effective_rank"]) == {"cls", "mean"}
+    for pool in ("cls", "mean"):
+        rank = report["effective_rank"][pool]
+        values = report["singular_values"][pool]
+        assert 1.0 <= rank <= 128
+        assert len(values) == 128  # min(256 test images, 128 dims)
+        assert all(a >= b >= 0 for a, b in zip(values, values[1:]))
+    png = tiny_run / "spectrum.png"
+    assert report["plot"] == str(png)
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "erank" in out and f"spectrum plot: {png}" in out
+
+
+def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    out_file = tmp_path / "export" / "encoder.pth"
+    code, out, err = run_cli(capsys, "export", "--checkpoint", tiny_run, "--out", out_file)
+    assert code == 0, err
+    info = json.loads(out_file.with_suffix(".json").read_text())
+    assert info["timm_model"] == "vit_base_patch16_224" and info["recipe"] == "digits/u-mae"
+    assert info["kwargs"] == {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4,
+                              "num_classes": 0}
+    assert f"wrote {out_file}" in out and "timm.create_model('vit_base_patch16_224'" in out
+
+    model = timm.create_model(info["timm_model"], pretrained=False, **info["kwargs"])
+    model.load_state_dict(torch.load(out_file, weights_only=True), strict=True)
+    model.eval()
+    encoder, _, _ = load_encoder(tiny_run)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = model.forward_features(images)
+        ours = encoder.forward_masked(images, None)
+    torch.testing.assert_close(theirs, torch.cat([ours.cls[:, None], ours.tokens], dim=1), rtol=0, atol=1e-5)
+    assert not torch.allclose(ours.cls[0], ours.cls[1])  # the features depend on the image
+
+
+# ---------------------------------------------------------------- demo
+def test_demo_writes_report_and_plots(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    code, out, err = run_cli(capsys, "demo", "--data", "synthetic", "--epochs", "1", "--recipes", "mae,u-mae",
+                             "--out", out_dir, *SMALL[2:], "--set", "data.subset=128")
+    assert code == 0, err
+    report = (out_dir / "report.md").read_text()
+    assert report.startswith("# mimreg demo on `synthetic`")
+    table_rows = [line for line in report.splitlines() if line.startswith("| mae ") or line.startswith("| u-mae ")]
+    assert len(table_rows) == 4  # two recipes x two pools
+    assert "![loss curves](loss_curves.png)" in report and "![spectra](spectra.png)" in report
+    for name in ("loss_curves.png", "spectra.png"):
+        assert (out_dir / name).read_bytes()[:8] == PNG_MAGIC
+    for recipe in ("mae", "u-mae"):
+        run = out_dir / recipe
+        assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt_00000004.pt"]
+        for protocol in ("linear", "knn", "erank"):
+            results = json.loads((run / f"eval_{protocol}.json").read_text())["results"]
+            assert set(results) == {"cls", "mean"}
+    assert f"report: {out_dir / 'report.md'}" in out
