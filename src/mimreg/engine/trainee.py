@@ -24,6 +24,13 @@ class StepResult:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def keep_in_graph(total: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """`total` plus a zero that touches every parameter of an idle module, so DDP finds them used."""
+    for p in module.parameters():
+        total = total + p.sum() * 0.0
+    return total
+
+
 class Trainee(nn.Module):
     def __init__(self, method: Method, regularizers: list[Regularizer], monitors: list[Regularizer],
                  num_classes: int = 0, probe_feature: str = "cls"):
@@ -57,13 +64,20 @@ class Trainee(nn.Module):
                 value = reg(out.features)
                 total = total + weight * value
                 terms[f"reg/{reg.name}"] = value.detach()
-            elif monitor:
+                aux = reg.auxiliary_loss(out.features)
+                if aux is not None:  # trains the regularizer's own parameters, unweighted
+                    total = total + aux
+                    terms[f"aux/{reg.name}"] = aux.detach()
+            else:
+                if monitor:
+                    with torch.no_grad():
+                        terms[f"monitor/{reg.name}"] = reg(out.features)
+                total = keep_in_graph(total, reg)
+        for reg in self.monitors:
+            if monitor:
                 with torch.no_grad():
                     terms[f"monitor/{reg.name}"] = reg(out.features)
-        if monitor:
-            with torch.no_grad():
-                for reg in self.monitors:
-                    terms[f"monitor/{reg.name}"] = reg(out.features)
+            total = keep_in_graph(total, reg)
         if self.probe is not None and labels is not None:
             ce, acc = self.probe_loss(out.features[self.probe_feature], labels)
             total = total + ce

@@ -12,7 +12,7 @@ from mimreg.models import MAEDecoder, ViTEncoder, mask_noise, patchify, random_m
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tensor,
                         norm_pix: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """MAE loss (spec §0.1): per-patch MSE averaged over masked patches only.
+    """MAE (He et al., CVPR 2022), §3 "Reconstruction target": per-patch MSE over masked patches only.
 
     pred, target: (B, L, p*p*3); removed: (B, L), 1 where masked. With norm_pix each target patch
     is standardised by its own mean and unbiased variance. Computed in fp32.

@@ -24,7 +24,8 @@ class Regularizer(nn.Module):
     Subclasses set `name`, `paper`, `summary`, `Options` (a dataclass), `default_weight`, and
     implement `reads()` (feature names, in the order `loss` takes them) and `loss(*tensors)`.
     The weight is `weight` during epochs [start_epoch, start_epoch + duration) and 0 outside.
-    With `gather`, batch-wide losses see the global batch of all processes.
+    With `gather`, batch-wide losses see the global batch of all processes. A regularizer with its
+    own parameters can train them through `auxiliary_loss`, which the Trainee adds unweighted.
     """
 
     name: ClassVar[str]
@@ -36,21 +37,27 @@ class Regularizer(nn.Module):
     min_batch: ClassVar[int] = 2
 
     def __init__(self, options: Any, *, weight: float | None = None, start_epoch: int = 0,
-                 duration: int | None = None, gather: bool = True, depth: int = 0):
+                 duration: int | None = None, gather: bool = True, depth: int = 0, embed_dim: int = 0):
         super().__init__()
         self.options = options
+        self.embed_dim = embed_dim
         self.weight = self.default_weight if weight is None else float(weight)
         self.start_epoch, self.duration, self.gather = start_epoch, duration, gather
         self.setup(depth)
 
     def setup(self, depth: int) -> None:
-        """Resolve options that depend on the encoder (e.g. negative block indices)."""
+        """Resolve options that depend on the encoder (e.g. negative block indices; `self.embed_dim`)."""
 
     def reads(self) -> tuple[str, ...]:
         raise NotImplementedError
 
     def loss(self, *features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def auxiliary_loss(self, features: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """A loss for the regularizer's own parameters, added unweighted while the weight is active
+        (never when only monitored); None for regularizers without parameters."""
+        return None
 
     def weight_at(self, epoch: int) -> float:
         end = float("inf") if self.duration is None else self.start_epoch + self.duration
