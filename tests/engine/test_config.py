@@ -154,7 +154,9 @@ def test_batch_of_one_with_a_batch_wide_regularizer():
     with pytest.raises(ConfigError, match=r"optim\.batch_size >= 2.*got 1") as info:
         load_config("u-mae", ["optim.batch_size=1"])
     assert "uniformity" in str(info.value)
-    assert load_config("u-mae", ["optim.batch_size=1", "regularizers=[]"]).optim.batch_size == 1
+    assert load_config("u-mae", ["optim.batch_size=1", "regularizers=[]", "monitor=[]"]).optim.batch_size == 1
+    with pytest.raises(ConfigError, match="magma"):  # monitored batch-wide losses need 2 samples too
+        load_config("u-mae", ["optim.batch_size=1", "regularizers=[]"])
 
 
 def test_unknown_recipe_and_preset():
