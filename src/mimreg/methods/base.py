@@ -21,8 +21,9 @@ def register(cls: type["Method"]) -> type["Method"]:
 @dataclass
 class MethodOutput:
     """losses: name -> scalar term, summed with weight 1 into the objective.
-    features: name -> (B, D) tensor that regularizers and the online probe may read
-    (`cls`, `mean`, `block.<i>` for the mean-pooled output of block i before the final norm)."""
+    features: name -> tensor that regularizers and the online probe may read: (B, D) `cls`, `mean`,
+    `block.<i>` (mean-pooled output of block i before the final norm); (B, N, D) `tokens` (encoder
+    output at the visible patches) and `patch_embed` (the encoder's input at the same patches)."""
 
     losses: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -43,7 +44,7 @@ class Method(nn.Module):
 
     def feature_names(self) -> set[str]:
         """Every feature name this method can return."""
-        return {"cls", "mean", *(f"block.{i}" for i in range(self.encoder.depth))}
+        return {"cls", "mean", "tokens", "patch_embed", *(f"block.{i}" for i in range(self.encoder.depth))}
 
     def forward(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
                 generator: torch.Generator | None = None) -> MethodOutput:

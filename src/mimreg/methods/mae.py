@@ -59,6 +59,7 @@ class MAE(Method):
         pred = self.decoder(latent, mask.restore_ids)
         target = patchify(images, self.encoder.patch_size)
         loss = reconstruction_loss(pred, target, mask.removed, self.options.norm_pix_loss)
-        features = {"cls": out.cls, "mean": out.tokens.mean(dim=1)}
+        features = {"cls": out.cls, "mean": out.tokens.mean(dim=1), "tokens": out.tokens,
+                    "patch_embed": out.patch_embeddings}
         features.update({f"block.{i}": x for i, x in out.pooled_blocks.items()})
         return MethodOutput(losses={"rec": loss}, features=features)

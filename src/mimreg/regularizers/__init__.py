@@ -8,4 +8,5 @@ from mimreg.regularizers.mst import mst_edges, mst_length, sphere_loss, t_reg_lo
 from mimreg.regularizers.uniformity import uniformity_loss
 
 __all__ = ["REGULARIZERS", "Regularizer", "club_nll", "club_sample_bound", "magma_loss", "mask_infonce_loss",
-           "mst_edges", "mst_length", "rbf_affinity", "register", "sphere_loss", "t_reg_loss", "tregs_loss", "uniformity_loss"]
+           "mst_edges", "mst_length", "rbf_affinity", "register", "sphere_loss", "t_reg_loss", "tregs_loss",
+           "uniformity_loss"]
