@@ -34,6 +34,9 @@ class DataConfig:
     num_workers: int = 0
     crop_scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
+    augmentation: str = "mae"  # mae: crop + flip; simclr: crop + flip + colour jitter + grayscale (+ blur)
+    num_views: int = 1  # augmented views per image (2 for joint-embedding methods)
+    blur: bool = False  # Gaussian blur in the simclr augmentation (off at CIFAR size)
 
 
 @dataclass
@@ -113,8 +116,10 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> Config:
     """A recipe name (`u-mae`, `cifar10/u-mae`) or a YAML path, plus `key=value` overrides."""
     raw = read_recipe(source)
     defaults = raw.pop("regularizer_defaults", None)
+    method_defaults = raw.pop("method_defaults", None)
     for item in overrides:
         apply_override(raw, item)
+    apply_method_defaults(raw, method_defaults)
     return config_from_dict(apply_regularizer_defaults(raw, defaults))
 
 
@@ -130,6 +135,15 @@ def read_recipe(source: str | Path) -> dict:
     if preset is not None:
         raw = merge(_read_yaml(_preset_path(preset)), raw)
     return raw
+
+
+def apply_method_defaults(raw: dict, defaults: dict | None) -> None:
+    """A preset's `method_defaults: {mae: {decoder_dim: 96}}` fills the options of that method only,
+    so one preset serves every method."""
+    method = raw.setdefault("method", {})
+    if isinstance(method, dict):
+        for key, value in ((defaults or {}).get(method.get("name", "mae")) or {}).items():
+            method.setdefault(key, value)
 
 
 def apply_regularizer_defaults(raw: dict, defaults: dict | None) -> dict:
@@ -363,11 +377,12 @@ def validate(cfg: Config) -> None:
     from mimreg.models import ARCHS
 
     choices = {"data.name": (cfg.data.name, DATASET_NAMES), "model.arch": (cfg.model.arch, sorted(ARCHS)),
-               "train.precision": (cfg.train.precision, ["fp32", "bf16", "fp16"])}
+               "train.precision": (cfg.train.precision, ["fp32", "bf16", "fp16"]),
+               "data.augmentation": (cfg.data.augmentation, ["mae", "simclr"])}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
-    positive = {"optim.batch_size": cfg.optim.batch_size, "optim.accum_steps": cfg.optim.accum_steps,
+    positive = {"optim.batch_size": cfg.optim.batch_size, "data.num_views": cfg.data.num_views, "optim.accum_steps": cfg.optim.accum_steps,
                 "train.epochs": cfg.train.epochs, "train.log_every": cfg.train.log_every,
                 "train.monitor_every": cfg.train.monitor_every, "train.keep_last": cfg.train.keep_last}
     for key, value in positive.items():

@@ -12,16 +12,19 @@ from mimreg.data.seeded import TransformedDataset
 from mimreg.data.transforms import (
     DATASET_STATS,
     IMAGENET_STATS,
+    MultiView,
     dataset_stats,
     default_img_size,
     eval_transform,
     pretrain_transform,
+    simclr_transform,
 )
 
 __all__ = [
     "DATASET_NAMES",
     "DATASET_STATS",
     "IMAGENET_STATS",
+    "MultiView",
     "SPLITS",
     "UNLABELED",
     "BadSample",
@@ -35,4 +38,5 @@ __all__ = [
     "eval_transform",
     "load_dataset",
     "pretrain_transform",
+    "simclr_transform",
 ]

@@ -74,3 +74,29 @@ def eval_transform(img_size: int, mean: Sequence[float] = IMAGENET_STATS[0],
         T.ToTensor(),
         T.Normalize(tuple(mean), tuple(std)),
     ])
+
+
+def simclr_transform(img_size: int, crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True,
+                     blur: bool = False, mean: Sequence[float] = IMAGENET_STATS[0],
+                     std: Sequence[float] = IMAGENET_STATS[1]) -> T.Compose:
+    """SimCLR views: resized crop, flip, colour jitter (0.4, 0.4, 0.2, 0.1; p 0.8), grayscale
+    (p 0.2), optional Gaussian blur (p 0.5; off by default as at CIFAR size), normalise."""
+    steps = [T.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
+    if blur:
+        kernel = max(3, (img_size // 10) | 1)  # about 10% of the image, odd
+        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    return T.Compose(steps)
+
+
+class MultiView:
+    """Apply one random transform `num_views` times: a list of independently augmented views."""
+
+    def __init__(self, transform, num_views: int):
+        self.transform, self.num_views = transform, num_views
+
+    def __call__(self, image) -> list:
+        return [self.transform(image) for _ in range(self.num_views)]

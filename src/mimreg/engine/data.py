@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimreg.config import Config
-from mimreg.data import (Batch, dataset_stats, TransformedDataset, collate_skipping_bad, load_dataset,
-                         pretrain_transform)
+from mimreg.data import (Batch, MultiView, TransformedDataset, collate_skipping_bad, dataset_stats,
+                         load_dataset, pretrain_transform, simclr_transform)
 from mimreg.errors import DataError
 
 
@@ -59,12 +59,22 @@ def build_pretrain_data(cfg: Config, world: int, rank: int) -> PretrainData:
         raise DataError(f"dataset {cfg.data.name!r} has {len(raw)} images, fewer than one global batch "
                         f"({cfg.optim.batch_size} x {world} processes); lower optim.batch_size")
     mean, std = dataset_stats(cfg.data.name)
-    transform = pretrain_transform(cfg.img_size, tuple(cfg.data.crop_scale), cfg.data.hflip, mean, std)
+    transform = pretrain_views(cfg, mean, std)
     dataset = TransformedDataset(raw, transform, seed=cfg.train.seed)
     labels = np.asarray(raw.labels)
     num_classes = int(raw.num_classes) if (labels >= 0).any() else 0
     return PretrainData(dataset, EpochBatches(len(raw), cfg.optim.batch_size, world, rank, cfg.train.seed),
                         num_classes, len(raw))
+
+
+def pretrain_views(cfg: Config, mean, std):
+    """The augmentation of `data.augmentation`, applied `data.num_views` times when more than once."""
+    d = cfg.data
+    if d.augmentation == "simclr":
+        transform = simclr_transform(cfg.img_size, tuple(d.crop_scale), d.hflip, d.blur, mean, std)
+    else:
+        transform = pretrain_transform(cfg.img_size, tuple(d.crop_scale), d.hflip, mean, std)
+    return MultiView(transform, d.num_views) if d.num_views > 1 else transform
 
 
 def collate_keep_size(samples) -> Batch:
@@ -73,11 +83,14 @@ def collate_keep_size(samples) -> Batch:
     batch = collate_skipping_bad(samples)
     if not batch.bad_files:
         return batch
-    if batch.images is None or len(batch.images) == 0:
+    if batch.images is None:
         raise DataError(f"every image of a batch failed to decode ({batch.bad_files[:3]} ...); "
                         "check the dataset files")
-    missing = len(samples) - len(batch.images)
-    repeat = torch.arange(missing) % len(batch.images)
-    batch.images = torch.cat([batch.images, batch.images[repeat]])
+    missing = len(samples) - len(batch.labels)
+    repeat = torch.arange(missing) % len(batch.labels)
+    if isinstance(batch.images, list):
+        batch.images = [torch.cat([view, view[repeat]]) for view in batch.images]
+    else:
+        batch.images = torch.cat([batch.images, batch.images[repeat]])
     batch.labels = torch.cat([batch.labels, batch.labels[repeat]])
     return batch

@@ -123,7 +123,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
                        leave=False, dynamic_ncols=True)
             micro = 0
             for batch in loader:
-                images = batch.images.to(device, non_blocking=True)
+                images = to_device(batch.images, device)
                 labels = batch.labels.to(device, non_blocking=True)
                 if batch.bad_files and main:
                     writer.write({"kind": "skipped_images", "step": step, "files": batch.bad_files})
@@ -153,6 +153,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                trainee.method.on_step_end(step / total_steps)  # e.g. EMA target updates
                 bar.update(1)
                 if step % cfg.train.log_every == 0 or step % steps_per_epoch == 0:
                     last_metrics = interval.read()
@@ -179,6 +180,12 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
         write_json_atomic(run_dir / "summary.json", {"steps": step, "halted": halted, "checkpoint": str(last_path),
                                                "last_metrics": last_metrics})
     return RunResult(run_dir, last_path, step, halted, last_metrics)
+
+
+def to_device(images, device: torch.device):
+    if isinstance(images, list):
+        return [view.to(device, non_blocking=True) for view in images]
+    return images.to(device, non_blocking=True)
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, ckpt_dir: Path, resume: bool, main: bool) -> None:

@@ -87,6 +87,8 @@ class Trainee(nn.Module):
     def probe_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the online linear probe on detached features; unlabelled (-1) ignored."""
         logits = self.probe(features.detach().float())
+        if len(logits) != len(labels):  # multi-view methods stack their views along the batch
+            labels = labels.repeat(len(logits) // len(labels))
         known = labels >= 0
         if not bool(known.any()):
             # keep every parameter in the graph (DDP) while adding nothing

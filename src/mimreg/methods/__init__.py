@@ -1,6 +1,12 @@
 """Methods: each turns a batch into named loss terms and named features."""
 
 from mimreg.methods.base import METHODS, Method, MethodOutput, register
+from mimreg.methods.barlow import BarlowTwins, barlow_loss
+from mimreg.methods.byol import BYOL, byol_loss
 from mimreg.methods.mae import MAE, reconstruction_loss
+from mimreg.methods.mse import MSE
+from mimreg.methods.simclr import SimCLR, nt_xent_loss
+from mimreg.methods.vicreg import VICReg, vicreg_terms
 
-__all__ = ["MAE", "METHODS", "Method", "MethodOutput", "reconstruction_loss", "register"]
+__all__ = ["BYOL", "BarlowTwins", "MAE", "METHODS", "MSE", "Method", "MethodOutput", "SimCLR", "VICReg",
+           "barlow_loss", "byol_loss", "nt_xent_loss", "reconstruction_loss", "register", "vicreg_terms"]

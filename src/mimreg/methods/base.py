@@ -46,9 +46,13 @@ class Method(nn.Module):
         """Every feature name this method can return."""
         return {"cls", "mean", "tokens", "patch_embed", *(f"block.{i}" for i in range(self.encoder.depth))}
 
-    def forward(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
+    def forward(self, images: torch.Tensor | list[torch.Tensor], *, needs: frozenset[str] = frozenset(),
                 generator: torch.Generator | None = None) -> MethodOutput:
+        """images: (B, 3, H, W), or a list of views of the same B images for multi-view methods."""
         raise NotImplementedError
+
+    def on_step_end(self, progress: float) -> None:
+        """Called after every optimizer step with the fraction of training done (EMA updates)."""
 
 
 def pooled_block_indices(needs: frozenset[str]) -> list[int]:

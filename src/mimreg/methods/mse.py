@@ -1,0 +1,34 @@
+"""L_MSE (the invariance-only baseline of T-REGS): collapses alone, trains with T-REGS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from mimreg.methods.base import MethodOutput, register
+from mimreg.methods.joint import JointEmbedding, mlp
+from mimreg.models import ViTEncoder
+
+
+@dataclass
+class MSEOptions:
+    weight: float = 10.0  # beta of T-REGS (spec §4.3), on F.mse_loss (mean over N x d)
+    proj_hidden_dim: int = 2048
+    proj_output_dim: int = 2048
+
+
+@register
+class MSE(JointEmbedding):
+    name = "mse"
+    paper = "T-REGS (slides, Tab. 1-4): L_MSE baseline"
+    summary = "invariance only (mean squared error between two views' embeddings); pair it with mst"
+    Options = MSEOptions
+
+    def __init__(self, encoder: ViTEncoder, options: MSEOptions):
+        dims = [encoder.embed_dim, options.proj_hidden_dim, options.proj_hidden_dim, options.proj_output_dim]
+        super().__init__(encoder, options, mlp(dims))
+
+    def forward(self, images, *, needs=frozenset(), generator=None) -> MethodOutput:
+        (z1, z2), features = self.embed(images, needs)
+        return MethodOutput({"mse": self.options.weight * F.mse_loss(z1.float(), z2.float())}, features)
