@@ -42,12 +42,13 @@ def run_demo(recipes: list[str], data: str = "digits", data_root: str | None = N
                          "knn10": res["knn"][pool]["knn10_euclidean"], "knn20cos": res["knn"][pool]["knn20_cosine"],
                          "erank": res["erank"][pool]["effective_rank"], "minutes": minutes})
         metrics = [m for m in read_metrics(run_dir / "metrics.jsonl") if m.get("kind") == "train"]
-        curves[recipe] = ([m["step"] for m in metrics], [m["rec"] for m in metrics if "rec" in m])
+        key = "rec" if all("rec" in m for m in metrics) else "loss"  # joint-embedding methods: the objective
+        curves[f"{recipe} ({key})"] = ([m["step"] for m in metrics], [m[key] for m in metrics])
         spectra[recipe] = torch.tensor(res["erank"]["cls"]["singular_values"])
     columns = ["recipe", "pool", "linear", "knn10", "knn20cos", "erank", "minutes"]
     table = format_table(rows, columns)
     print(table)
-    loss_png = plot_curves(curves, out / "loss_curves.png", "reconstruction loss", "step", "rec", logy=True)
+    loss_png = plot_curves(curves, out / "loss_curves.png", "training loss", "step", "loss", logy=True)
     spectrum_png = plot_spectrum(spectra, out / "spectra.png", title="cls feature spectra (test split)")
     (out / "report.md").write_text(
         f"# mimreg demo on `{data}`\n\n"
