@@ -59,6 +59,7 @@ class RegularizerConfig:
     start_epoch: int = 0
     duration: int | None = None  # None: active until the end
     gather: bool = True  # batch-wide losses over the global batch of all processes
+    gate_rec_loss: float | None = None  # off until an EMA of the `rec` loss falls below this (one way)
     options: Any = None
 
 

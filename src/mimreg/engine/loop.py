@@ -139,6 +139,11 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
                         result = model(images, labels, epoch=epoch, monitor=monitor, generator=generator)
                     _check_finite(result, step)
                     scaler.scale(result.total / accum).backward()
+                for name in [k for k in result.terms if k.startswith("gate/")]:
+                    writer.write({"kind": "gate", "step": step, "regularizer": name[5:],
+                                  "rec_ema": float(result.terms.pop(name))})
+                    if main:
+                        print(f"step {step}: {name[5:]} switched on (reconstruction EMA below its gate)", flush=True)
                 terms = {"loss": result.total.detach(), **result.terms}
                 interval.add(terms)
                 epoch_means.add(terms)

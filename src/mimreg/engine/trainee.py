@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimreg.distributed import all_reduce_mean
 from mimreg.methods import Method
 from mimreg.regularizers import Regularizer
 
@@ -40,6 +41,7 @@ class Trainee(nn.Module):
         self.monitors = nn.ModuleList(monitors)
         self.probe_feature = probe_feature
         self.probe = nn.Linear(method.encoder.embed_dim, num_classes) if num_classes > 0 else None
+        self.register_buffer("rec_ema", torch.tensor(float("nan")))  # for gated regularizers
 
     def needs(self, epoch: int, monitor: bool) -> frozenset[str]:
         """Features the method must return at this step."""
@@ -58,6 +60,8 @@ class Trainee(nn.Module):
         out = self.method(images, needs=self.needs(epoch, monitor), **method_kwargs)
         total = torch.stack([loss.float() for loss in out.losses.values()]).sum()
         terms = {name: loss.detach() for name, loss in out.losses.items()}
+        if self.training and any(r.gate_rec_loss is not None for r in self.regularizers):
+            terms.update(self.update_gates(out.losses["rec"]))
         for reg in self.regularizers:
             weight = reg.weight_at(epoch)
             if weight != 0:
@@ -83,6 +87,20 @@ class Trainee(nn.Module):
             total = total + ce
             terms["probe/ce"], terms["probe/acc"] = ce.detach(), acc
         return StepResult(total=total, terms=terms)
+
+    @torch.no_grad()
+    def update_gates(self, rec: torch.Tensor, decay: float = 0.98) -> dict[str, torch.Tensor]:
+        """Track an EMA of the reconstruction loss (the same on every process) and open, for good,
+        each gated regularizer whose threshold it falls below; returns `gate/<name>` for those."""
+        value = all_reduce_mean(rec.detach().float())
+        ema = value if torch.isnan(self.rec_ema) else decay * self.rec_ema + (1 - decay) * value
+        self.rec_ema.copy_(ema)
+        opened = {}
+        for reg in self.regularizers:
+            if reg.gate_rec_loss is not None and not bool(reg.gate_open) and float(ema) < reg.gate_rec_loss:
+                reg.gate_open.fill_(True)
+                opened[f"gate/{reg.name}"] = ema.clone()
+        return opened
 
     def probe_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the online linear probe on detached features; unlabelled (-1) ignored."""

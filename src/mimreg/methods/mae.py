@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
-from mimreg.models import MAEDecoder, ViTEncoder, mask_noise, patchify, random_mask
+from mimreg.models import MAEDecoder, Mask, ViTEncoder, mask_noise, orthogonal_masks, patchify, random_mask
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tensor,
@@ -34,6 +35,8 @@ class MAEOptions:
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
+    num_masks: int = 1  # K masked views per image, encoded in one batched pass (MI-MAE: 4)
+    mask_mode: str = "orthogonal"  # with num_masks > 1: disjoint visible sets, or "independent"
 
 
 @register
@@ -45,20 +48,31 @@ class MAE(Method):
 
     def __init__(self, encoder: ViTEncoder, options: MAEOptions):
         super().__init__(encoder, options)
+        if options.num_masks < 1 or options.mask_mode not in ("orthogonal", "independent"):
+            raise ConfigError("method.num_masks must be >= 1 and method.mask_mode 'orthogonal' or 'independent'")
         self.decoder = MAEDecoder(encoder.embed_dim, encoder.grid_size, encoder.patch_size,
                                   options.decoder_dim, options.decoder_depth, options.decoder_heads)
 
     def forward(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> MethodOutput:
         """images (B, 3, H, W); `noise` (B, L) fixes the mask (else drawn from `generator`)."""
+        o = self.options
+        k = o.num_masks
         if noise is None:
-            noise = mask_noise(images.shape[0], self.encoder.num_patches, images.device, generator)
-        mask = random_mask(noise, self.options.mask_ratio)
+            noise = mask_noise(images.shape[0] * (k if o.mask_mode == "independent" else 1),
+                               self.encoder.num_patches, images.device, generator)
+        if k == 1:
+            mask = random_mask(noise, o.mask_ratio)
+        else:  # K views per image, view-major along the batch: rows v * B + i
+            images = images.repeat(k, 1, 1, 1)
+            views = (orthogonal_masks(noise, k, o.mask_ratio) if o.mask_mode == "orthogonal"
+                     else [random_mask(noise, o.mask_ratio)])
+            mask = Mask(*(torch.cat([getattr(m, f) for m in views]) for f in ("keep_ids", "restore_ids", "removed")))
         out = self.encoder.forward_masked(images, mask.keep_ids, pooled_block_indices(needs))
         latent = torch.cat([out.cls.unsqueeze(1), out.tokens], dim=1)
         pred = self.decoder(latent, mask.restore_ids)
         target = patchify(images, self.encoder.patch_size)
-        loss = reconstruction_loss(pred, target, mask.removed, self.options.norm_pix_loss)
+        loss = reconstruction_loss(pred, target, mask.removed, o.norm_pix_loss)
         features = {"cls": out.cls, "mean": out.tokens.mean(dim=1), "tokens": out.tokens,
                     "patch_embed": out.patch_embeddings}
         features.update({f"block.{i}": x for i, x in out.pooled_blocks.items()})

@@ -47,3 +47,22 @@ def mask_noise(batch: int, length: int, device: torch.device | str,
 def take_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """tokens (B, L, D), ids (B, K) -> (B, K, D)."""
     return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def orthogonal_masks(noise: torch.Tensor, num_masks: int, mask_ratio: float) -> list[Mask]:
+    """MI-MAE (Huang et al., ICLR 2025) §4.2: K masks whose visible sets are disjoint, from one
+    permutation per image split into K chunks of N_vis patches (they cover every patch when
+    K * N_vis = L). noise (B, L) -> K Masks."""
+    batch, length = noise.shape
+    keep = num_visible(length, mask_ratio)
+    if num_masks * keep > length:
+        raise ValueError(f"{num_masks} disjoint masks of {keep} visible patches need {num_masks * keep} "
+                         f"patches, the image has {length}; lower num_masks or raise mask_ratio")
+    shuffle = torch.argsort(noise, dim=1)
+    masks = []
+    for k in range(num_masks):
+        # rotate the permutation so that chunk k comes first, then reuse random_mask's bookkeeping
+        order = torch.roll(shuffle, shifts=-k * keep, dims=1)
+        rank = torch.argsort(order, dim=1).to(noise.dtype)  # position of each patch in `order`
+        masks.append(random_mask(rank / length, mask_ratio))
+    return masks

@@ -37,8 +37,12 @@ class Regularizer(nn.Module):
     min_batch: ClassVar[int] = 2
 
     def __init__(self, options: Any, *, weight: float | None = None, start_epoch: int = 0,
-                 duration: int | None = None, gather: bool = True, depth: int = 0, embed_dim: int = 0):
+                 duration: int | None = None, gather: bool = True, depth: int = 0, embed_dim: int = 0,
+                 gate_rec_loss: float | None = None):
         super().__init__()
+        # MI-MAE's one-way switch: off until the reconstruction loss (an EMA) drops below the gate
+        self.gate_rec_loss = gate_rec_loss
+        self.register_buffer("gate_open", torch.tensor(gate_rec_loss is None))
         self.options = options
         self.embed_dim = embed_dim
         self.weight = self.default_weight if weight is None else float(weight)
@@ -60,6 +64,10 @@ class Regularizer(nn.Module):
         return None
 
     def weight_at(self, epoch: int) -> float:
+        """The weight at `epoch`: inside [start_epoch, start_epoch + duration), or, for a gated
+        regularizer, from the step its gate opened on (the gate replaces the window)."""
+        if self.gate_rec_loss is not None:
+            return self.weight if bool(self.gate_open) else 0.0
         end = float("inf") if self.duration is None else self.start_epoch + self.duration
         return self.weight if self.start_epoch <= epoch < end else 0.0
 
