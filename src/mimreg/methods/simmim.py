@@ -1,0 +1,73 @@
+"""SimMIM (Xie et al., CVPR 2022): mask tokens in the encoder, a linear decoder, L1 on masked pixels."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mimreg.errors import ConfigError
+from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
+from mimreg.models import ViTEncoder, patchify
+
+
+def block_mask(batch: int, grid: int, unit: int, mask_ratio: float, device=None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """SimMIM's block-wise random masking: (B, grid*grid) float, 1 = masked; whole unit x unit
+    blocks of patches are masked, ceil(ratio * blocks) of them per image."""
+    if grid % unit:
+        raise ConfigError(f"method.mask_unit {unit} must divide the {grid}x{grid} patch grid")
+    blocks = (grid // unit) ** 2
+    count = math.ceil(blocks * mask_ratio)
+    noise = torch.rand(batch, blocks, device=device, generator=generator)
+    chosen = torch.zeros(batch, blocks, device=device)
+    chosen.scatter_(1, noise.argsort(dim=1)[:, :count], 1.0)
+    side = grid // unit
+    chosen = chosen.view(batch, side, 1, side, 1).expand(-1, -1, unit, -1, unit)
+    return chosen.reshape(batch, grid * grid)
+
+
+def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """SimMIM Eq. 1: mean absolute error over the pixels of masked patches only.
+    pred, target (B, L, p*p*3); removed (B, L) with 1 for masked patches. fp32; scalar."""
+    per_patch = (pred.float() - target.float()).abs().mean(dim=-1)
+    removed = removed.float()
+    return (per_patch * removed).sum() / removed.sum().clamp_min(1.0)
+
+
+@dataclass
+class SimMIMOptions:
+    mask_ratio: float = 0.6
+    mask_unit: int = 2  # masked blocks of mask_unit x mask_unit patches (SimMIM: 32 px at patch 16)
+
+
+@register
+class SimMIM(Method):
+    name = "simmim"
+    paper = "SimMIM (Xie et al., CVPR 2022), Eq. 1"
+    summary = "masked image modeling with mask tokens in the encoder and a linear pixel decoder (L1)"
+    Options = SimMIMOptions
+
+    def __init__(self, encoder: ViTEncoder, options: SimMIMOptions):
+        super().__init__(encoder, options)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Linear(encoder.embed_dim, encoder.patch_size**2 * 3)
+
+    def forward(self, images, *, needs=frozenset(), generator=None, removed=None) -> MethodOutput:
+        """images (B, 3, H, W); `removed` (B, L) fixes the mask (else drawn from `generator`)."""
+        enc = self.encoder
+        if removed is None:
+            removed = block_mask(images.shape[0], enc.grid_size, self.options.mask_unit, self.options.mask_ratio,
+                                 images.device, generator)
+        tokens = enc.vit.patch_embed(images)
+        tokens = torch.where(removed.unsqueeze(-1).bool(), self.mask_token.to(tokens.dtype), tokens)
+        out = enc.forward_tokens(tokens + enc.vit.pos_embed[:, 1:], pooled_block_indices(needs))
+        pred = self.decoder(out.tokens)
+        loss = masked_l1_loss(pred, patchify(images, enc.patch_size), removed)
+        features = {"cls": out.cls, "mean": out.tokens.mean(dim=1), "tokens": out.tokens,
+                    "patch_embed": out.patch_embeddings,
+                    **{f"block.{i}": x for i, x in out.pooled_blocks.items()}}
+        return MethodOutput({"rec": loss}, features)
