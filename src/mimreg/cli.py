@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a frozen encoder")
-    p.add_argument("protocol", choices=["linear", "knn", "erank"])
+    p.add_argument("protocol", choices=["linear", "knn", "erank", "lowshot", "robustness"])
     add_checkpoint_args(p)
     p.add_argument("--pool", action="append", choices=["cls", "mean"], help="feature(s); default cls")
     p.add_argument("--linear-protocol", default="magma", choices=["magma", "mae"],
@@ -107,7 +107,12 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mimreg.commands import evaluate
+    from mimreg.commands import evaluate, robustness
+
+    if args.protocol == "robustness":
+        robustness(args.checkpoint, data=args.data, data_root=args.data_root, train_images=args.train_images,
+                   test_images=args.test_images, device=args.device)
+        return 0
 
     evaluate(args.checkpoint, [args.protocol], data=args.data, data_root=args.data_root,
              pools=tuple(args.pool or ["cls"]), train_images=args.train_images, test_images=args.test_images,

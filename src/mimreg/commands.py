@@ -9,10 +9,10 @@ import torch
 
 from mimreg.analysis import effective_rank, plot_spectrum, singular_values
 from mimreg.errors import MimregError
-from mimreg.eval import format_table, knn_protocols, linear_probe, write_json
+from mimreg.eval import format_table, knn_protocols, linear_probe, lowshot_logistic, write_json
 from mimreg.eval.frozen import Split, embed_split, load_encoder
 
-PROTOCOLS = ("linear", "knn", "erank")
+PROTOCOLS = ("linear", "knn", "erank", "lowshot")
 
 
 def run_dir_of(checkpoint: str | Path) -> Path:
@@ -55,6 +55,9 @@ def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=No
                                               protocol=linear_protocol, epochs=linear_epochs, device=device)
             elif protocol == "knn":
                 per_pool[pool] = knn_protocols(train.features[pool], train.labels, test.features[pool], test.labels)
+            elif protocol == "lowshot":
+                per_pool[pool] = lowshot_logistic(train.features[pool], train.labels, test.features[pool],
+                                                  test.labels)
             else:
                 spectrum = singular_values(test.features[pool])
                 per_pool[pool] = {"effective_rank": effective_rank(spectrum, center=False),
@@ -73,9 +76,36 @@ def summary_row(results: dict, pool: str) -> dict:
     if "knn" in results:
         row["knn10 euclid"] = results["knn"][pool]["knn10_euclidean"]
         row["knn20 cosine"] = results["knn"][pool]["knn20_cosine"]
+    if "lowshot" in results:
+        row.update({f"lowshot {k}": v["mean"] for k, v in results["lowshot"][pool].items()})
     if "erank" in results:
         row["erank"] = results["erank"][pool]["effective_rank"]
     return row
+
+
+def robustness(checkpoint, *, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), train_mask_ratio=0.7, data=None, data_root=None,
+               train_images=None, test_images=None, device="cpu", out_dir=None, echo=print) -> dict:
+    """MSN's masking robustness: cosine similarity of the cls features of masked and unmasked test
+    images per mask ratio, and low-shot accuracy with masked training / unmasked test images."""
+    encoder, cfg, meta = load_encoder(checkpoint)
+    name = data or cfg.data.name
+    root = data_root if data is not None or data_root is not None else cfg.data.root
+    common = dict(img_size=cfg.img_size, pools=("cls",), device=device, seed=cfg.train.seed)
+    clean = embed_split(encoder, name, "test", root, max_images=test_images, **common)
+    similarity = {}
+    for ratio in ratios:
+        masked = embed_split(encoder, name, "test", root, max_images=test_images, mask_ratio=ratio, **common)
+        cos = torch.nn.functional.cosine_similarity(masked.features["cls"], clean.features["cls"], dim=1)
+        similarity[str(ratio)] = {"mean": float(cos.mean()), "std": float(cos.std()) if len(cos) > 1 else 0.0}
+    train = embed_split(encoder, name, "train", root, max_images=train_images, mask_ratio=train_mask_ratio, **common)
+    lowshot = lowshot_logistic(train.features["cls"], train.labels, clean.features["cls"], clean.labels)
+    out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
+    payload = {**meta, "checkpoint": str(checkpoint), "data": name, "cosine_similarity": similarity,
+               "train_mask_ratio": train_mask_ratio, "lowshot_masked_train": lowshot}
+    write_json(out_dir / "eval_robustness.json", payload)
+    echo(format_table([{"mask ratio": r, "cosine": v["mean"]} for r, v in similarity.items()], ["mask ratio", "cosine"]))
+    echo(format_table([{"split": k, "top1": v["mean"]} for k, v in lowshot.items()], ["split", "top1"]))
+    return payload
 
 
 def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="cpu", out_dir=None,

@@ -13,7 +13,7 @@ from mimreg.config import Config, config_from_dict
 from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
 from mimreg.engine.build import build_encoder
 from mimreg.engine.checkpoint import load_checkpoint
-from mimreg.models import ViTEncoder
+from mimreg.models import ViTEncoder, mask_noise, random_mask
 
 ENCODER_PREFIX = "method.encoder."
 
@@ -41,8 +41,10 @@ def load_encoder(checkpoint: str | Path) -> tuple[ViTEncoder, Config, dict]:
 @torch.no_grad()
 def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *, img_size: int,
                 pools: tuple[str, ...] = ("cls", "mean"), max_images: int | None = None, seed: int = 0,
-                batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0) -> Split:
-    """Features of unmasked, eval-transformed images; a random subset when max_images is set."""
+                batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
+                mask_ratio: float = 0.0) -> Split:
+    """Features of eval-transformed images, unmasked or with `mask_ratio` of their patches dropped
+    at random (seeded); a random subset when max_images is set."""
     raw = load_dataset(name, split, root)
     if max_images is not None and max_images < len(raw):
         chosen = np.random.default_rng(seed).choice(len(raw), max_images, replace=False)
@@ -54,10 +56,15 @@ def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *,
     encoder = encoder.to(device)
     chunks: dict[str, list[torch.Tensor]] = {p: [] for p in pools}
     labels = []
+    generator = torch.Generator(device=device).manual_seed(seed)
     for batch in loader:
         if batch.images is None:
             continue
-        out = encoder.forward_masked(batch.images.to(device), None)
+        keep = None
+        if mask_ratio > 0:
+            noise = mask_noise(len(batch.labels), encoder.num_patches, device, generator)
+            keep = random_mask(noise, mask_ratio).keep_ids
+        out = encoder.forward_masked(batch.images.to(device), keep)
         pooled = {"cls": out.cls, "mean": out.tokens.mean(dim=1)}
         for pool in pools:
             chunks[pool].append(pooled[pool].float().cpu())
