@@ -37,6 +37,8 @@ class DataConfig:
     augmentation: str = "mae"  # mae: crop + flip; simclr: crop + flip + colour jitter + grayscale (+ blur)
     num_views: int = 1  # augmented views per image (2 for joint-embedding methods)
     blur: bool = False  # Gaussian blur in the simclr augmentation (off at CIFAR size)
+    focal_views: int = 10  # msn: small unmasked views besides the target and anchor views
+    focal_size: int | None = None  # msn: their size (None: 96/224 of the image size, to the patch)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class OptimConfig:
     lr: float | None = None
     min_lr: float = 0.0
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine schedule to this value (MSN: 0.04 -> 0.4)
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_epochs: float = 1.0
     clip_grad: float | None = None
@@ -379,7 +382,7 @@ def validate(cfg: Config) -> None:
 
     choices = {"data.name": (cfg.data.name, DATASET_NAMES), "model.arch": (cfg.model.arch, sorted(ARCHS)),
                "train.precision": (cfg.train.precision, ["fp32", "bf16", "fp16"]),
-               "data.augmentation": (cfg.data.augmentation, ["mae", "simclr"])}
+               "data.augmentation": (cfg.data.augmentation, ["mae", "simclr", "msn"])}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")

@@ -16,6 +16,7 @@ from mimreg.data.transforms import (
     dataset_stats,
     default_img_size,
     eval_transform,
+    msn_views,
     pretrain_transform,
     simclr_transform,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "default_img_size",
     "eval_transform",
     "load_dataset",
+    "msn_views",
     "pretrain_transform",
     "simclr_transform",
 ]

@@ -100,3 +100,21 @@ class MultiView:
 
     def __call__(self, image) -> list:
         return [self.transform(image) for _ in range(self.num_views)]
+
+
+class MSNViews:
+    """MSN's views: a target and an anchor view (crop scale 0.3-1) and `focal` small views (crop
+    scale 0.05-0.3) at `focal_size`, each with SimCLR colour augmentation."""
+
+    def __init__(self, img_size: int, focal: int, focal_size: int, blur: bool, mean, std):
+        self.large = simclr_transform(img_size, (0.3, 1.0), True, blur, mean, std)
+        self.small = simclr_transform(focal_size, (0.05, 0.3), True, blur, mean, std)
+        self.focal = focal
+
+    def __call__(self, image) -> list:
+        return [self.large(image), self.large(image)] + [self.small(image) for _ in range(self.focal)]
+
+
+def msn_views(img_size: int, focal: int, focal_size: int, blur: bool = False,
+              mean: Sequence[float] = IMAGENET_STATS[0], std: Sequence[float] = IMAGENET_STATS[1]) -> MSNViews:
+    return MSNViews(img_size, focal, focal_size, blur, mean, std)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from mimreg.config import Config
 from mimreg.data import (Batch, MultiView, TransformedDataset, collate_skipping_bad, dataset_stats,
-                         load_dataset, pretrain_transform, simclr_transform)
+                         load_dataset, msn_views, pretrain_transform, simclr_transform)
 from mimreg.errors import DataError
 
 
@@ -70,6 +70,9 @@ def build_pretrain_data(cfg: Config, world: int, rank: int) -> PretrainData:
 def pretrain_views(cfg: Config, mean, std):
     """The augmentation of `data.augmentation`, applied `data.num_views` times when more than once."""
     d = cfg.data
+    if d.augmentation == "msn":
+        return msn_views(cfg.img_size, d.focal_views, d.focal_size or cfg.model.patch_size * max(
+            1, round(cfg.img_size * 96 / 224 / cfg.model.patch_size)), d.blur, mean, std)
     if d.augmentation == "simclr":
         transform = simclr_transform(cfg.img_size, tuple(d.crop_scale), d.hflip, d.blur, mean, std)
     else:

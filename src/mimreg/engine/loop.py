@@ -19,7 +19,8 @@ from mimreg.engine.build import build_trainee
 from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mimreg.engine.data import build_pretrain_data
 from mimreg.engine.metrics import MetricsWriter, RunningMeans, read_metrics
-from mimreg.engine.schedule import build_optimizer, learning_rate, lr_at, set_lr
+from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, set_lr, set_weight_decay,
+                                    weight_decay_at)
 from mimreg.errors import ConfigError, MimregError, NonFiniteLossError
 from mimreg.io import write_json_atomic
 
@@ -130,6 +131,9 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
                 lr = lr_at(step, base_lr=base_lr, min_lr=cfg.optim.min_lr, warmup_steps=warmup_steps,
                            total_steps=total_steps)
                 set_lr(optimizer, lr)
+                if cfg.optim.weight_decay_end is not None:
+                    set_weight_decay(optimizer, weight_decay_at(step, start=cfg.optim.weight_decay,
+                                                                end=cfg.optim.weight_decay_end, total_steps=total_steps))
                 monitor = step % cfg.train.monitor_every == 0 and micro == 0
                 generator = torch.Generator(device=device).manual_seed(step_seed(cfg.train.seed, rank, step, micro))
                 last_micro = micro == accum - 1

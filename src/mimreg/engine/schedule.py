@@ -31,12 +31,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name:
+        if param.ndim <= 1 or name.endswith(".bias") or any(k in name for k in ("token", "pos_embed", "prototypes")):
             no_decay.append(param)
         else:
             decay.append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def weight_decay_at(step: int, *, start: float, end: float | None, total_steps: int) -> float:
+    """Constant `start`, or a half-cosine from `start` to `end` (MSN: 0.04 -> 0.4), per step."""
+    if end is None:
+        return start
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        if group["weight_decay"] > 0:
+            group["weight_decay"] = weight_decay
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:

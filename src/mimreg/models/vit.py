@@ -72,8 +72,15 @@ class ViTEncoder(nn.Module):
         return absolute
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, L, D) patch tokens with their position embedding, no cls."""
-        return self.vit.patch_embed(images) + self.vit.pos_embed[:, 1:]
+        """(B, 3, H, W) -> (B, L, D) patch tokens with their position embedding, no cls. Smaller
+        square images (e.g. MSN's focal views) get the position grid resized bicubically."""
+        grid = images.shape[-1] // self.patch_size
+        if grid == self.grid_size:
+            return self.vit.patch_embed(images) + self.vit.pos_embed[:, 1:]
+        pos = self.vit.pos_embed[:, 1:].reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
+        pos = torch.nn.functional.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False)
+        tokens = self.vit.patch_embed.proj(images).flatten(2).transpose(1, 2)  # any size, same weights
+        return tokens + pos.flatten(2).transpose(1, 2)
 
     def forward_tokens(self, patch_tokens: torch.Tensor, pooled_blocks: Iterable[int] = ()) -> EncoderOutput:
         """Run cls + the given patch tokens (B, N, D) through the blocks and the final norm."""
