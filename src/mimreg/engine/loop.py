@@ -86,7 +86,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
     interval, epoch_means = RunningMeans(), RunningMeans()
     if resume and (found := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(found, map_location=device)
-        trainee.load_state_dict(state["model"])
+        _load_model_state(trainee, state["model"], found)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -189,6 +189,18 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
         write_json_atomic(run_dir / "summary.json", {"steps": step, "halted": halted, "checkpoint": str(last_path),
                                                "last_metrics": last_metrics})
     return RunResult(run_dir, last_path, step, halted, last_metrics)
+
+
+# buffers added after the first release: a checkpoint without them starts them at their defaults
+OPTIONAL_BUFFERS = ("rec_ema", "gate_open")
+
+
+def _load_model_state(trainee: torch.nn.Module, state: dict, path: Path) -> None:
+    missing, unexpected = trainee.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(OPTIONAL_BUFFERS)]
+    if missing or unexpected:
+        raise MimregError(f"checkpoint {path} does not match the model built from the config: missing "
+                          f"{missing[:5]}, unexpected {unexpected[:5]}; resume with the config it was made with")
 
 
 def to_device(images, device: torch.device):
