@@ -91,8 +91,9 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         step = state["step"]
-        interval.load_state_dict(state["means"]["interval"], device)
-        epoch_means.load_state_dict(state["means"]["epoch"], device)
+        if "means" in state:  # absent from checkpoints of the first release
+            interval.load_state_dict(state["means"]["interval"], device)
+            epoch_means.load_state_dict(state["means"]["epoch"], device)
         if main:
             _truncate_metrics(run_dir / "metrics.jsonl", step)
             print(f"resuming {run_dir} from step {step} (epoch {step // steps_per_epoch})")
