@@ -10,12 +10,13 @@ from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, mlp
 from mimreg.models import ViTEncoder
+from mimreg.numerics import fp32_loss
 
 
+@fp32_loss
 def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: float = 1e-5) -> torch.Tensor:
     """Barlow Twins Eq. 1: sum_i (1 - c_ii)^2 + lambda sum_{i!=j} c_ij^2 with c = z1n^T z2n / N, each
     view standardised over the batch (affine-free BN). z1, z2 (N, d), N >= 2. fp32; scalar."""
-    z1, z2 = z1.float(), z2.float()
     n = z1.shape[0]
     z1 = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + eps)
     z2 = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + eps)

@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, mlp
 from mimreg.models import ViTEncoder
+from mimreg.numerics import fp32_loss
 
 
+@fp32_loss
 def byol_loss(p: torch.Tensor, z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """BYOL Eq. 2: 2 - 2 cos(p, sg(z)), mean over rows; p, z (N, d). fp32; z is detached here."""
-    p, z = p.float(), z.detach().float()
+    z = z.detach()
     cos = (p * z).sum(1) * torch.rsqrt((p * p).sum(1).clamp_min(eps * eps) * (z * z).sum(1).clamp_min(eps * eps))
     return (2 - 2 * cos).mean()
 

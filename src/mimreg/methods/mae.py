@@ -9,8 +9,10 @@ import torch
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
 from mimreg.models import MAEDecoder, Mask, ViTEncoder, mask_noise, orthogonal_masks, patchify, random_mask
+from mimreg.numerics import fp32_loss
 
 
+@fp32_loss
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tensor,
                         norm_pix: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """MAE (He et al., CVPR 2022), §3 "Reconstruction target": per-patch MSE over masked patches only.
@@ -18,13 +20,12 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch
     pred, target: (B, L, p*p*3); removed: (B, L), 1 where masked. With norm_pix each target patch
     is standardised by its own mean and unbiased variance. Computed in fp32.
     """
-    pred, target = pred.float(), target.float()
     if norm_pix:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         target = (target - mean) / torch.sqrt(var + eps)
     per_patch = (pred - target).pow(2).mean(dim=-1)
-    removed = removed.float()
+    removed = removed.to(pred.dtype)
     return (per_patch * removed).sum() / removed.sum().clamp_min(1.0)
 
 

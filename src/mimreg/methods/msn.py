@@ -15,6 +15,7 @@ from mimreg.distributed import gather_with_grad, is_distributed, world_size
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
 from mimreg.models import ViTEncoder
+from mimreg.numerics import fp32_loss
 
 
 def projection_head(dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -47,6 +48,7 @@ def sinkhorn(probs: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     return (q * batch).T
 
 
+@fp32_loss
 def msn_loss(anchor: torch.Tensor, target: torch.Tensor, prototypes: torch.Tensor, *,
              anchor_temperature: float = 0.1, sharpen: float = 0.25, memax_weight: float = 1.0,
              use_sinkhorn: bool = True, gather: bool = True, eps: float = 1e-12) -> dict[str, torch.Tensor]:
@@ -56,8 +58,8 @@ def msn_loss(anchor: torch.Tensor, target: torch.Tensor, prototypes: torch.Tenso
     anchor: (V*B, d) view-major anchor embeddings; target: (B, d) target embeddings; prototypes
     (K, d). fp32, log_softmax form. The mean prediction is averaged over all processes with gather.
     """
-    anchor, target = F.normalize(anchor.float(), dim=1, eps=eps), F.normalize(target.float(), dim=1, eps=eps)
-    protos = F.normalize(prototypes.float(), dim=1, eps=eps)
+    anchor, target = F.normalize(anchor, dim=1, eps=eps), F.normalize(target, dim=1, eps=eps)
+    protos = F.normalize(prototypes, dim=1, eps=eps)
     logits = anchor @ protos.T / anchor_temperature
     with torch.no_grad():
         # sharpening a softmax at temperature tau with T is a softmax at tau * T

@@ -11,12 +11,14 @@ from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, mlp
 from mimreg.models import ViTEncoder
+from mimreg.numerics import fp32_loss
 
 
+@fp32_loss
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, eps: float = 1e-12) -> torch.Tensor:
     """SimCLR Eq. 1 (NT-Xent), log-sum-exp form: z1, z2 (N, d) embeddings of two views; positives
     are rows with the same index, negatives the other 2N-2 rows. fp32; returns a scalar."""
-    z = torch.cat([z1, z2]).float()
+    z = torch.cat([z1, z2])
     z = z * torch.rsqrt((z * z).sum(dim=1, keepdim=True).clamp_min(eps * eps))
     n = z1.shape[0]
     logits = z @ z.T / temperature

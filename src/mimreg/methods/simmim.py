@@ -11,6 +11,7 @@ from torch import nn
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
 from mimreg.models import ViTEncoder, patchify
+from mimreg.numerics import fp32_loss
 
 
 def block_mask(batch: int, grid: int, unit: int, mask_ratio: float, device=None,
@@ -29,11 +30,12 @@ def block_mask(batch: int, grid: int, unit: int, mask_ratio: float, device=None,
     return chosen.reshape(batch, grid * grid)
 
 
+@fp32_loss
 def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """SimMIM Eq. 1: mean absolute error over the pixels of masked patches only.
     pred, target (B, L, p*p*3); removed (B, L) with 1 for masked patches. fp32; scalar."""
-    per_patch = (pred.float() - target.float()).abs().mean(dim=-1)
-    removed = removed.float()
+    per_patch = (pred - target).abs().mean(dim=-1)
+    removed = removed.to(pred.dtype)
     return (per_patch * removed).sum() / removed.sum().clamp_min(1.0)
 
 

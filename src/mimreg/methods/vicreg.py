@@ -11,14 +11,17 @@ from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, mlp
 from mimreg.models import ViTEncoder
+from mimreg.numerics import fp32_loss
 
 
+@fp32_loss
 def variance_loss(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """VICReg Eq. 1: mean over dims of relu(1 - sqrt(var + eps)); z (N, d), N >= 2."""
     std = torch.sqrt(z.var(dim=0) + eps)
     return F.relu(1 - std).mean()
 
 
+@fp32_loss
 def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     """VICReg Eq. 3: sum of squared off-diagonal covariances / d; z (N, d), N >= 2."""
     n, d = z.shape
@@ -28,12 +31,12 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum() / d
 
 
+@fp32_loss
 def vicreg_terms(z1, z2, z1_all=None, z2_all=None) -> dict[str, torch.Tensor]:
     """Unweighted VICReg terms (solo-learn form, no /2 on the std terms): invariance on the local
     pair (N, d); variance and covariance on the global batch (z*_all) when given. fp32."""
-    z1, z2 = z1.float(), z2.float()
-    z1_all = z1 if z1_all is None else z1_all.float()
-    z2_all = z2 if z2_all is None else z2_all.float()
+    z1_all = z1 if z1_all is None else z1_all
+    z2_all = z2 if z2_all is None else z2_all
     return {"invariance": F.mse_loss(z1, z2),
             "variance": variance_loss(z1_all) + variance_loss(z2_all),
             "covariance": covariance_loss(z1_all) + covariance_loss(z2_all)}

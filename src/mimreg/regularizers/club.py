@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 from mimreg.errors import ConfigError
 from mimreg.regularizers.base import Regularizer, register
+from mimreg.numerics import fp32_loss
 
 VARIANCE_MODES = ("variance", "log_variance")
 
@@ -25,6 +26,7 @@ def _check(mu: torch.Tensor, var: torch.Tensor, z: torch.Tensor, who: str) -> No
                          f"{tuple(mu.shape)}, {tuple(var.shape)} and {tuple(z.shape)}")
 
 
+@fp32_loss
 def club_sample_bound(mu: torch.Tensor, var: torch.Tensor, z: torch.Tensor, perm: torch.Tensor,
                       eps: float = 1e-6) -> torch.Tensor:
     """CLUB (Cheng et al., ICML 2020) sampled estimator, as MI-MAE's l_min (Eq. 10; spec §5.2(b)).
@@ -44,6 +46,7 @@ def club_sample_bound(mu: torch.Tensor, var: torch.Tensor, z: torch.Tensor, perm
     return (positive - negative).sum(dim=1).mean()
 
 
+@fp32_loss
 def club_nll(mu: torch.Tensor, var: torch.Tensor, z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """CLUB's learning loss for q (MI-MAE Eq. 9, spec §5.2(b)): Gaussian NLL up to constants.
 

@@ -9,8 +9,10 @@ import torch
 from mimreg.distributed import gather_with_grad
 from mimreg.errors import ConfigError
 from mimreg.regularizers.base import Regularizer, register
+from mimreg.numerics import fp32_loss
 
 
+@fp32_loss
 def mask_infonce_loss(latents: torch.Tensor, num_views: int, temperature: float = 0.1,
                       eps: float = 1e-12) -> torch.Tensor:
     """MI-MAE (Huang et al., ICLR 2025) Eq. 7-8 as reconstructed in spec §5.2(a): InfoNCE across masks.

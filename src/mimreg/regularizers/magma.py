@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mimreg.regularizers.base import Regularizer, register
+from mimreg.numerics import fp32_loss
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +34,7 @@ def rbf_affinity(reference: torch.Tensor, fixed_gamma: float | None = None,
     return affinity * (1 - torch.eye(sq.shape[0], dtype=sq.dtype, device=sq.device))
 
 
+@fp32_loss
 def magma_loss(reference: torch.Tensor, regularized: torch.Tensor, fixed_gamma: float | None = None,
                degree_eps: float = 1e-4) -> torch.Tensor:
     """MAGMA Eq. 1 as implemented (spec §1.2): trace(Y^T (I - D^-1/2 W D^-1/2) Y) / B^2.

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mimreg.regularizers.base import Regularizer, register
+from mimreg.numerics import fp32_loss
 
 BACKENDS = ("auto", "numpy", "torch")
 
@@ -109,6 +110,7 @@ def selection_sq_distances(z: torch.Tensor) -> torch.Tensor:
         return torch.addmm(sq.unsqueeze(1), x, x.T, alpha=-2.0).add_(sq.unsqueeze(0))
 
 
+@fp32_loss
 def mst_length(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """E(MST(Z)) = sum over MST edges of ||z_i - z_j||_2 (T-REGS slides, Euclidean, unsquared).
 
@@ -126,11 +128,13 @@ def mst_length(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (diff * diff).sum(dim=1).clamp_min(eps).sqrt().sum()
 
 
+@fp32_loss
 def t_reg_loss(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """T-REGS slides, L_E(Z) = -(1/n) E(MST(Z)). z: (n, d); fp32 inside; returns a scalar."""
     return -mst_length(z, eps) / z.shape[0]
 
 
+@fp32_loss
 def sphere_loss(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """T-REGS slides, L_S(Z) = (1/n) sum_i (||z_i||_2 - 1)^2 (soft unit sphere).
 
@@ -142,6 +146,7 @@ def sphere_loss(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (norm - 1).pow(2).mean()
 
 
+@fp32_loss
 def tregs_loss(z: torch.Tensor, edge_weight: float = 0.2, sphere_weight: float = 8e-4,
                eps: float = 1e-12) -> torch.Tensor:
     """T-REG (T-REGS slides): gamma * L_E(Z) + lambda * L_S(Z) on one view's embeddings.

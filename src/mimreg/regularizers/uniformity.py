@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from mimreg.regularizers.base import Regularizer, register
+from mimreg.numerics import fp32_loss
 
 
+@fp32_loss
 def uniformity_loss(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """U-MAE Eq. 11 (code form, spec §2.1): mean over all B x B entries of (f_i . f_j)^2, f = z / ||z||.
 
