@@ -94,3 +94,23 @@ def tiny_run_dir(tmp_path_factory) -> Path:
 def tiny_run(tiny_run_dir, tmp_path) -> Path:
     """A private copy of the shared finished tiny run, free to modify."""
     return Path(shutil.copytree(tiny_run_dir, tmp_path / "run"))
+
+
+def run_torchrun(args: list[str], cwd: Path, timeout: int = 240):
+    """Run `python -m torch.distributed.run --standalone --nproc_per_node=2 ARGS` with this checkout's
+    src/ on the path and one thread per process; fail the test with the output tail on error."""
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(name="torchrun", scope="session")
+def torchrun_fixture():
+    return run_torchrun

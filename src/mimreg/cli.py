@@ -146,17 +146,17 @@ def cmd_recipes(args) -> int:
     print("recipes (mimreg pretrain [PRESET/]RECIPE; default preset digits):")
     for name in recipe_names():
         text = yaml.safe_load((RECIPES_DIR / "methods" / f"{name}.yaml").read_text())
-        print(f"  {name:<12} {text.get('description', '')}")
+        print(f"  {name:<14} {text.get('description', '')}")
     print("presets (data, model, optimisation):")
     for name in preset_names():
         first = (RECIPES_DIR / "presets" / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
-        print(f"  {name:<12} {first}")
+        print(f"  {name:<14} {first}")
     print("methods:")
     for name, cls in sorted(METHODS.items()):
-        print(f"  {name:<12} {cls.summary} [{cls.paper}]")
+        print(f"  {name:<14} {cls.summary} [{cls.paper}]")
     print("regularizers:")
     for name, cls in sorted(REGULARIZERS.items()):
-        print(f"  {name:<12} {cls.summary} [{cls.paper}]")
+        print(f"  {name:<14} {cls.summary} [{cls.paper}]")
     return 0
 
 

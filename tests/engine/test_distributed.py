@@ -2,9 +2,6 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,6 @@ import torch
 from mimreg.regularizers import magma_loss, uniformity_loss
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def load_worker():
@@ -23,17 +19,8 @@ def load_worker():
     return module
 
 
-def torchrun(args, tmp_path, timeout=240):
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
-def two_process_results(tmp_path_factory):
+def two_process_results(tmp_path_factory, torchrun):
     out = {}
     for mode in ("gather", "local"):
         folder = tmp_path_factory.mktemp(mode)
@@ -80,7 +67,7 @@ def test_per_process_option_uses_the_local_batch(two_process_results):
     assert ranks[0]["terms"]["reg/magma"].item() != pytest.approx(ranks[1]["terms"]["reg/magma"].item())
 
 
-def test_pretrain_cli_under_torchrun(tmp_path):
+def test_pretrain_cli_under_torchrun(tmp_path, torchrun):
     run = tmp_path / "run"
     torchrun(["-m", "mimreg.cli", "pretrain", "mu-mae", "--out", str(run),
               "--set", "data.name=synthetic", "--set", "data.subset=128", "--set", "optim.batch_size=16",

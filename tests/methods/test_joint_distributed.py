@@ -2,9 +2,6 @@
 the concatenated batch, in loss and in gradients."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,6 @@ import torch
 from mimreg.methods import nt_xent_loss
 
 WORKER = Path(__file__).with_name("ddp_joint_worker.py")
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def load_worker():
@@ -24,13 +20,9 @@ def load_worker():
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def ranks(tmp_path_factory, torchrun):
     folder = tmp_path_factory.mktemp("ddp_joint")
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(folder)]
-    proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun([str(WORKER), str(folder)], folder)
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 

@@ -173,20 +173,11 @@ dist.shutdown()
 '''
 
 
-def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, torchrun):
     """A real 2-process gloo run (torchrun, CPU): each rank holds view-major rows of its own images."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    src = Path(__file__).resolve().parents[2] / "src"
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun([str(script), str(tmp_path)], tmp_path, timeout=120)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     views = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(0))

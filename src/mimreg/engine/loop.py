@@ -250,7 +250,9 @@ def _changed_keys(a, b, prefix="") -> list[str]:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records written after the checkpoint we resume from (they will be written again)."""
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    # gate and skipped-image records carry the step before its optimizer update: strictly earlier only
+    kept = [r for r in read_metrics(path)
+            if r.get("step", 0) < step or (r.get("step", 0) == step and r.get("kind") not in ("gate", "skipped_images"))]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -35,8 +35,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             no_decay.append(param)
         else:
             decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "decay": True},
+            {"params": no_decay, "weight_decay": 0.0, "decay": False}]
 
 
 def weight_decay_at(step: int, *, start: float, end: float | None, total_steps: int) -> float:
@@ -48,7 +48,7 @@ def weight_decay_at(step: int, *, start: float, end: float | None, total_steps: 
 
 def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
     for group in optimizer.param_groups:
-        if group["weight_decay"] > 0:
+        if group.get("decay", True):
             group["weight_decay"] = weight_decay
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimreg.distributed import all_reduce_mean
+from mimreg.errors import ConfigError
 from mimreg.methods import Method
 from mimreg.regularizers import Regularizer
 
@@ -45,7 +46,9 @@ class Trainee(nn.Module):
 
     def needs(self, epoch: int, monitor: bool) -> frozenset[str]:
         """Features the method must return at this step."""
-        active = [r for r in self.regularizers if r.weight_at(epoch) != 0 or monitor]
+        # a closed gate may open during this very step, so its features are always computed
+        active = [r for r in self.regularizers
+                  if r.weight_at(epoch) != 0 or monitor or (r.gate_rec_loss is not None and not bool(r.gate_open))]
         if monitor:
             active += list(self.monitors)
         names = {name for reg in active for name in reg.reads()}
@@ -61,6 +64,9 @@ class Trainee(nn.Module):
         total = torch.stack([loss.float() for loss in out.losses.values()]).sum()
         terms = {name: loss.detach() for name, loss in out.losses.items()}
         if self.training and any(r.gate_rec_loss is not None for r in self.regularizers):
+            if "rec" not in out.losses:
+                raise ConfigError(f"gate_rec_loss needs a reconstruction loss `rec`; method {self.method.name!r} "
+                                  f"has {sorted(out.losses)}: remove gate_rec_loss or use mae/simmim")
             terms.update(self.update_gates(out.losses["rec"]))
         for reg in self.regularizers:
             weight = reg.weight_at(epoch)

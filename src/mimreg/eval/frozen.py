@@ -13,10 +13,8 @@ from mimreg.config import Config, config_from_dict
 from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
 from mimreg.engine.build import build_encoder
 from mimreg.engine.checkpoint import load_checkpoint
+from mimreg.methods import METHODS
 from mimreg.models import ViTEncoder, mask_noise, random_mask
-
-ENCODER_PREFIX = "method.encoder."
-
 
 @dataclass
 class Split:
@@ -31,7 +29,8 @@ def load_encoder(checkpoint: str | Path) -> tuple[ViTEncoder, Config, dict]:
     state = load_checkpoint(checkpoint)
     cfg = config_from_dict(state["config"])
     encoder = build_encoder(cfg)
-    weights = {k[len(ENCODER_PREFIX):]: v for k, v in state["model"].items() if k.startswith(ENCODER_PREFIX)}
+    prefix = f"method.{METHODS[cfg.method.name].eval_encoder}."
+    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     encoder.load_state_dict(weights)
     encoder.eval()
     meta = {"step": state.get("step"), "epoch": state.get("epoch"), "recipe": cfg.recipe}

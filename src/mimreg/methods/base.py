@@ -36,6 +36,7 @@ class Method(nn.Module):
     paper: ClassVar[str]
     summary: ClassVar[str]
     Options: ClassVar[type]
+    eval_encoder: ClassVar[str] = "encoder"  # the attribute holding the encoder to evaluate and export
 
     def __init__(self, encoder: ViTEncoder, options):
         super().__init__()

@@ -98,6 +98,7 @@ class MSN(Method):
     paper = "MSN (Assran et al., ECCV 2022), Eq. 1-2"
     summary = "masked anchor views match prototype assignments of an EMA target view, with ME-MAX"
     Options = MSNOptions
+    eval_encoder = "target_encoder"  # MSN evaluates its EMA target encoder (spec §3.6)
 
     def __init__(self, encoder: ViTEncoder, options: MSNOptions):
         super().__init__(encoder, options)

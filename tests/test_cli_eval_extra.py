@@ -1,0 +1,121 @@
+"""`mimreg eval lowshot` and `mimreg eval robustness` on a tiny pretrained MSN run, and the masked
+feature extraction behind them (`embed_split(mask_ratio=...)`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mimreg.cli import main
+from mimreg.commands import robustness
+from mimreg.data import TransformedDataset, dataset_stats, eval_transform, load_dataset
+from mimreg.eval.frozen import embed_split, load_encoder
+from mimreg.models import random_mask
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SMALL = ["--set", "data.name=synthetic", "--set", "data.subset=64", "--set", "optim.batch_size=32",
+         "--set", "train.epochs=1", "--set", "train.device=cpu", "--set", "train.progress=false",
+         "--set", "data.focal_views=2", "--set", "method.proj_hidden_dim=64", "--set", "method.num_prototypes=64"]
+SUBSETS = ["--train-images", "200", "--test-images", "64"]
+SETTINGS = ["1_per_class", "2_per_class", "5_per_class", "1pct", "10pct"]
+RATIOS = ["0.15", "0.3", "0.5", "0.7", "0.9"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def msn_run_dir(tmp_path_factory) -> Path:
+    """`mimreg pretrain msn` for one epoch of 64 synthetic images (2 steps). Shared: do not modify."""
+    run_dir = tmp_path_factory.mktemp("cli_msn") / "run"
+    assert main(["pretrain", "msn", "--out", str(run_dir), *SMALL]) == 0
+    return run_dir
+
+
+def check_lowshot_entry(entry: dict, seeds: int = 3) -> None:
+    assert set(entry) == {"mean", "std", "runs", "n_labelled"}
+    assert len(entry["runs"]) == seeds
+    assert all(0 <= r <= 100 for r in entry["runs"])
+    assert entry["mean"] == pytest.approx(float(np.mean(entry["runs"])))
+    assert entry["std"] == pytest.approx(float(np.std(entry["runs"])))  # population std over the seeds
+
+
+def test_eval_lowshot_writes_shots_and_fractions(msn_run_dir, tmp_path, capsys):
+    run = Path(shutil.copytree(msn_run_dir, tmp_path / "run"))
+    code, out, err = run_cli(capsys, "eval", "lowshot", "--checkpoint", run, *SUBSETS)
+    assert code == 0, err
+    report = json.loads((run / "eval_lowshot.json").read_text())
+    assert report["protocol"] == "lowshot" and report["data"] == "synthetic"
+    assert (report["recipe"], report["step"]) == ("digits/msn", 2)
+    assert (report["train_images"], report["test_images"]) == (200, 64)
+    result = report["results"]["cls"]
+    assert list(result) == SETTINGS
+    for key in SETTINGS:
+        check_lowshot_entry(result[key])
+    assert [result[k]["n_labelled"] for k in SETTINGS[:3]] == [10, 20, 50]  # 10 classes
+    assert result["1pct"]["n_labelled"] == 10  # at least one per class
+    assert 10 <= result["10pct"]["n_labelled"] <= 30
+    assert result["5_per_class"]["mean"] > 20  # ten separable classes; chance is 10%
+    for key in SETTINGS:
+        assert f"lowshot {key}" in out
+
+
+def test_eval_robustness_writes_similarities_and_masked_lowshot(msn_run_dir, tmp_path, capsys):
+    run = Path(shutil.copytree(msn_run_dir, tmp_path / "run"))
+    code, out, err = run_cli(capsys, "eval", "robustness", "--checkpoint", run, *SUBSETS)
+    assert code == 0, err
+    report = json.loads((run / "eval_robustness.json").read_text())
+    assert (report["recipe"], report["data"], report["train_mask_ratio"]) == ("digits/msn", "synthetic", 0.7)
+    similarity = report["cosine_similarity"]
+    assert list(similarity) == RATIOS
+    for ratio in RATIOS:
+        assert -1.0 <= similarity[ratio]["mean"] <= 1.0 + 1e-6
+        assert similarity[ratio]["std"] >= 0
+    # dropping fewer patches keeps the representation closer to the unmasked one
+    assert similarity["0.15"]["mean"] >= similarity["0.9"]["mean"]
+    lowshot = report["lowshot_masked_train"]
+    assert list(lowshot) == SETTINGS
+    for key in SETTINGS:
+        check_lowshot_entry(lowshot[key])
+    assert "mask ratio" in out and "0.15" in out and "1_per_class" in out
+
+
+def test_robustness_compares_masked_with_unmasked_features_of_the_same_images(msn_run_dir, tmp_path):
+    report = robustness(msn_run_dir, ratios=(0.0, 0.5), train_images=100, test_images=32, out_dir=tmp_path,
+                        echo=lambda *a: None)
+    assert (tmp_path / "eval_robustness.json").is_file()
+    assert report["cosine_similarity"]["0.0"]["mean"] == pytest.approx(1.0, abs=1e-6)  # no mask: identical
+    encoder, _, _ = load_encoder(msn_run_dir)
+    common = dict(img_size=32, pools=("cls",), max_images=32, seed=0)
+    clean = embed_split(encoder, "synthetic", "test", None, **common)
+    masked = embed_split(encoder, "synthetic", "test", None, mask_ratio=0.5, **common)
+    cos = torch.nn.functional.cosine_similarity(masked.features["cls"], clean.features["cls"], dim=1)
+    assert report["cosine_similarity"]["0.5"]["mean"] == pytest.approx(float(cos.mean()), rel=1e-6)
+    assert float(cos.mean()) < 1.0
+
+
+def test_embed_split_drops_a_seeded_random_mask_ratio_of_patches(msn_run_dir):
+    encoder, _, _ = load_encoder(msn_run_dir)
+    split = embed_split(encoder, "synthetic", "test", None, img_size=32, pools=("cls", "mean"), seed=3,
+                        mask_ratio=0.75, batch_size=256)
+    raw = load_dataset("synthetic", "test", None)
+    data = TransformedDataset(raw, eval_transform(32, *dataset_stats("synthetic")), seed=3)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    noise = torch.rand(len(data), 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = encoder.forward_masked(images, random_mask(noise, 0.75).keep_ids)
+    assert out.tokens.shape == (256, 16, 128)  # 25% of the 64 patches
+    torch.testing.assert_close(split.features["cls"], out.cls, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split.features["mean"], out.tokens.mean(dim=1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(split.labels, torch.tensor(np.array(raw.labels), dtype=torch.int64))
+    again = embed_split(encoder, "synthetic", "test", None, img_size=32, pools=("cls",), seed=3, mask_ratio=0.75)
+    torch.testing.assert_close(again.features["cls"], split.features["cls"])  # seeded
