@@ -177,3 +177,28 @@ def test_u_simmim_trains_with_its_regularizer(tmp_path):
         assert {"rec", "reg/uniformity", "weight/uniformity", "probe/ce"} <= set(rec)
         assert rec["loss"] == pytest.approx(rec["rec"] + 0.01 * rec["reg/uniformity"] + rec["probe/ce"], rel=1e-5)
         assert 0 < rec["rec"] < 10
+
+
+# ---------------------------------------------------------------- MI-SimMIM
+def test_orthogonal_block_masks_have_disjoint_visible_blocks():
+    from mimreg.methods.simmim import orthogonal_block_masks
+
+    masks = orthogonal_block_masks(3, 8, 2, 0.6, 2, generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (6, 64)
+    visible = (masks == 0).view(2, 3, 8, 8)
+    assert not (visible[0] & visible[1]).any()  # the two views of an image share no visible patch
+    assert visible.sum(dim=(2, 3)).tolist() == [[24, 24, 24], [24, 24, 24]]  # 6 of 16 blocks each
+    # whole 2x2 blocks
+    blocks = visible.view(2, 3, 4, 2, 4, 2)
+    assert torch.equal(blocks.all(dim=(3, 5)), blocks.any(dim=(3, 5)))
+    with pytest.raises(ConfigError, match="num_masks"):
+        orthogonal_block_masks(1, 8, 2, 0.6, 3)
+
+
+def test_mi_simmim_views_and_visible_features():
+    m = make_simmim(num_masks=2)
+    needs = frozenset({"visible_tokens", "visible_patch_embed"})
+    out = m(torch.randn(3, 3, 32, 32), needs=needs, generator=torch.Generator().manual_seed(0))
+    assert out.features["cls"].shape == (6, 128)  # view-major: 2 views x 3 images
+    assert out.features["visible_tokens"].shape == (6, 24, 128)
+    assert out.features["visible_patch_embed"].shape == (6, 24, 128)

@@ -10,7 +10,7 @@ from torch import nn
 
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
-from mimreg.models import ViTEncoder, patchify
+from mimreg.models import ViTEncoder, patchify, take_tokens
 from mimreg.numerics import fp32_loss
 
 
@@ -31,6 +31,27 @@ def block_mask(batch: int, grid: int, unit: int, mask_ratio: float, device=None,
 
 
 @fp32_loss
+def orthogonal_block_masks(batch: int, grid: int, unit: int, mask_ratio: float, num_masks: int, device=None,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """K block masks per image whose visible blocks are disjoint (MI-SimMIM): one permutation of
+    the blocks split into K visible sets. Returns (K*B, grid*grid), view-major, 1 = masked."""
+    if grid % unit:
+        raise ConfigError(f"method.mask_unit {unit} must divide the {grid}x{grid} patch grid")
+    side = grid // unit
+    blocks = side**2
+    visible = blocks - math.ceil(blocks * mask_ratio)
+    if num_masks * visible > blocks:
+        raise ConfigError(f"{num_masks} masks with {visible} visible blocks each need {num_masks * visible} "
+                          f"blocks, there are {blocks}; lower num_masks or raise mask_ratio")
+    order = torch.rand(batch, blocks, device=device, generator=generator).argsort(dim=1)
+    views = []
+    for k in range(num_masks):
+        chosen = torch.ones(batch, blocks, device=device)
+        chosen.scatter_(1, order[:, k * visible:(k + 1) * visible], 0.0)
+        views.append(chosen.view(batch, side, 1, side, 1).expand(-1, -1, unit, -1, unit).reshape(batch, -1))
+    return torch.cat(views)
+
+
 def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """SimMIM Eq. 1: mean absolute error over the pixels of masked patches only.
     pred, target (B, L, p*p*3); removed (B, L) with 1 for masked patches. fp32; scalar."""
@@ -43,6 +64,7 @@ def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tens
 class SimMIMOptions:
     mask_ratio: float = 0.6
     mask_unit: int = 2  # masked blocks of mask_unit x mask_unit patches (SimMIM: 32 px at patch 16)
+    num_masks: int = 1  # K views per image with disjoint visible blocks (MI-SimMIM), view-major
 
 
 @register
@@ -58,12 +80,19 @@ class SimMIM(Method):
         nn.init.normal_(self.mask_token, std=0.02)
         self.decoder = nn.Linear(encoder.embed_dim, encoder.patch_size**2 * 3)
 
+    def feature_names(self) -> set[str]:
+        return super().feature_names() | {"visible_tokens", "visible_patch_embed"}
+
     def forward(self, images, *, needs=frozenset(), generator=None, removed=None) -> MethodOutput:
         """images (B, 3, H, W); `removed` (B, L) fixes the mask (else drawn from `generator`)."""
-        enc = self.encoder
-        if removed is None:
-            removed = block_mask(images.shape[0], enc.grid_size, self.options.mask_unit, self.options.mask_ratio,
-                                 images.device, generator)
+        enc, o = self.encoder, self.options
+        if o.num_masks > 1:
+            images = images.repeat(o.num_masks, 1, 1, 1)
+            if removed is None:
+                removed = orthogonal_block_masks(images.shape[0] // o.num_masks, enc.grid_size, o.mask_unit,
+                                                 o.mask_ratio, o.num_masks, images.device, generator)
+        elif removed is None:
+            removed = block_mask(images.shape[0], enc.grid_size, o.mask_unit, o.mask_ratio, images.device, generator)
         tokens = enc.vit.patch_embed(images)
         tokens = torch.where(removed.unsqueeze(-1).bool(), self.mask_token.to(tokens.dtype), tokens)
         out = enc.forward_tokens(tokens + enc.vit.pos_embed[:, 1:], pooled_block_indices(needs))
@@ -72,4 +101,9 @@ class SimMIM(Method):
         features = {"cls": out.cls, "mean": out.tokens.mean(dim=1), "tokens": out.tokens,
                     "patch_embed": out.patch_embeddings,
                     **{f"block.{i}": x for i, x in out.pooled_blocks.items()}}
+        if {"visible_tokens", "visible_patch_embed"} & needs:
+            # CLUB pairs input and output tokens of the visible patches (every image shows as many)
+            visible = (removed == 0).nonzero()[:, 1].view(removed.shape[0], -1)
+            features["visible_tokens"] = take_tokens(out.tokens, visible)
+            features["visible_patch_embed"] = take_tokens(out.patch_embeddings, visible)
         return MethodOutput({"rec": loss}, features)
