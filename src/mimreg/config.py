@@ -76,6 +76,7 @@ class OptimConfig:
     weight_decay_end: float | None = None  # cosine schedule to this value (MSN: 0.04 -> 0.4)
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_epochs: float = 1.0
+    schedule_stretch: float = 1.0  # cosine lr/wd schedules span stretch x the run (MSN official: 1.25)
     clip_grad: float | None = None
 
 
@@ -392,6 +393,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.optim.schedule_stretch < 1:
+        raise ConfigError(f"optim.schedule_stretch must be >= 1, got {cfg.optim.schedule_stretch}")
     if cfg.data.subset is not None and cfg.data.subset < 1:
         raise ConfigError(f"data.subset must be a positive number of images, got {cfg.data.subset}")
     for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):

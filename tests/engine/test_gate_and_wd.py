@@ -251,3 +251,16 @@ def test_pretrain_follows_the_weight_decay_schedule(tmp_path):
         seen.append(decay["weight_decay"])
     assert seen[0] == pytest.approx(0.05)
     assert seen == sorted(seen) and abs(seen[-1] - 0.5) < 0.2 * (0.5 - 0.05)  # close to the end value
+
+
+def test_schedule_stretch_slows_the_cosine(tmp_path, tiny_config):
+    """MSN's official 1.25 stretch: the lr cosine only reaches 80% of its period by the last step."""
+    import json
+
+    plain = pretrain(tiny_config("mae", "data.subset=256", "train.log_every=1", "optim.warmup_epochs=0"), tmp_path / "a")
+    stretched = pretrain(tiny_config("mae", "data.subset=256", "train.log_every=1", "optim.warmup_epochs=0",
+                                     "optim.schedule_stretch=1.25"), tmp_path / "b")
+    lrs = [[json.loads(l)["lr"] for l in (r.run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(l).get("kind") == "train"] for r in (plain, stretched)]
+    assert lrs[0][0] == pytest.approx(lrs[1][0])  # same start
+    assert all(b >= a for a, b in zip(*lrs)) and lrs[1][-1] > lrs[0][-1]

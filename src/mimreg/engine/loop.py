@@ -80,6 +80,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
                           f"batch {cfg.optim.batch_size} x accum {accum} x {world} processes")
     total_steps = cfg.train.epochs * steps_per_epoch
     warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    schedule_steps = int(round(total_steps * cfg.optim.schedule_stretch))
     base_lr = learning_rate(cfg.optim, world)
 
     step = 0
@@ -130,11 +131,11 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
                 if batch.bad_files and main:
                     writer.write({"kind": "skipped_images", "step": step, "files": batch.bad_files})
                 lr = lr_at(step, base_lr=base_lr, min_lr=cfg.optim.min_lr, warmup_steps=warmup_steps,
-                           total_steps=total_steps)
+                           total_steps=schedule_steps)
                 set_lr(optimizer, lr)
                 if cfg.optim.weight_decay_end is not None:
                     set_weight_decay(optimizer, weight_decay_at(step, start=cfg.optim.weight_decay,
-                                                                end=cfg.optim.weight_decay_end, total_steps=total_steps))
+                                                                end=cfg.optim.weight_decay_end, total_steps=schedule_steps))
                 monitor = step % cfg.train.monitor_every == 0 and micro == 0
                 generator = torch.Generator(device=device).manual_seed(step_seed(cfg.train.seed, rank, step, micro))
                 last_micro = micro == accum - 1
