@@ -17,11 +17,19 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_recipe_and_preset_lists():
-    assert recipe_names() == ["m-mae", "mae", "mu-mae", "u-mae"]
+    assert set(recipe_names()) == set(EXPECTED)
     assert {"digits", "cifar10", "cifar10-cpu", "cifar100", "cifar100-cpu"} <= set(preset_names())
 
 
-EXPECTED_REGS = {"mae": [], "u-mae": ["uniformity"], "m-mae": ["magma"], "mu-mae": ["uniformity", "magma"]}
+# recipe -> (method, regularizers)
+EXPECTED = {
+    "mae": ("mae", []), "u-mae": ("mae", ["uniformity"]), "m-mae": ("mae", ["magma"]),
+    "mu-mae": ("mae", ["uniformity", "magma"]), "mi-mae": ("mae", ["infonce_masks", "club"]),
+    "simmim": ("simmim", []), "u-simmim": ("simmim", ["uniformity"]), "mi-simmim": ("simmim", ["infonce_masks", "club"]),
+    "msn": ("msn", []), "simclr": ("simclr", []), "m-simclr": ("simclr", ["magma"]), "vicreg": ("vicreg", []),
+    "m-vicreg": ("vicreg", ["magma"]), "byol": ("byol", []), "barlow": ("barlow", []), "mse": ("mse", []),
+    "mse+t-regs": ("mse", ["mst"]), "byol+t-regs": ("byol", ["mst"]), "barlow+t-regs": ("barlow", ["mst"]),
+}
 
 
 @pytest.mark.parametrize("preset", preset_names())
@@ -29,16 +37,25 @@ EXPECTED_REGS = {"mae": [], "u-mae": ["uniformity"], "m-mae": ["magma"], "mu-mae
 def test_every_recipe_loads_on_every_preset(recipe, preset):
     cfg = load_config(f"{preset}/{recipe}")
     assert cfg.recipe == f"{preset}/{recipe}"
-    assert cfg.method.name == "mae"
-    assert isinstance(cfg.method.options, MAEOptions)
-    assert cfg.method.options.mask_ratio == 0.75
-    assert [r.name for r in cfg.regularizers] == EXPECTED_REGS[recipe]
+    method, regs = EXPECTED[recipe]
+    assert cfg.method.name == method
+    if method == "mae":
+        assert isinstance(cfg.method.options, MAEOptions)
+        assert cfg.method.options.mask_ratio == 0.75
+    assert [r.name for r in cfg.regularizers] == regs
     expected_data = {"digits": "digits", "cifar10": "cifar10", "cifar10-cpu": "cifar10",
                      "cifar100": "cifar100", "cifar100-cpu": "cifar100"}
     if preset in expected_data:
         assert cfg.data.name == expected_data[preset]
     for reg in cfg.regularizers:
         assert reg.weight is not None and reg.weight > 0
+
+
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_every_recipe_composes(recipe):
+    """Every regularizer of every recipe reads features its method produces (checked at build)."""
+    trainee = build_trainee(load_config(f"digits/{recipe}"), num_classes=10)
+    assert [r.name for r in trainee.regularizers] == EXPECTED[recipe][1]
 
 
 def test_recipe_without_preset_uses_digits():

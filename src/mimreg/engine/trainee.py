@@ -42,7 +42,7 @@ class Trainee(nn.Module):
         self.monitors = nn.ModuleList(monitors)
         self.probe_feature = probe_feature
         self.probe = nn.Linear(method.encoder.embed_dim, num_classes) if num_classes > 0 else None
-        self.register_buffer("rec_ema", torch.tensor(float("nan")))  # for gated regularizers
+        self.register_buffer("rec_ema", torch.tensor(-1.0))  # for gated regularizers; -1: no value yet
 
     def needs(self, epoch: int, monitor: bool) -> frozenset[str]:
         """Features the method must return at this step."""
@@ -99,7 +99,7 @@ class Trainee(nn.Module):
         """Track an EMA of the reconstruction loss (the same on every process) and open, for good,
         each gated regularizer whose threshold it falls below; returns `gate/<name>` for those."""
         value = all_reduce_mean(rec.detach().float())
-        ema = value if torch.isnan(self.rec_ema) else decay * self.rec_ema + (1 - decay) * value
+        ema = value if self.rec_ema < 0 else decay * self.rec_ema + (1 - decay) * value
         self.rec_ema.copy_(ema)
         opened = {}
         for reg in self.regularizers:
