@@ -46,7 +46,7 @@ def run_demo(recipes: list[str], data: str = "digits", data_root: str | None = N
         curves[f"{recipe} ({key})"] = ([m["step"] for m in metrics], [m[key] for m in metrics])
         spectra[recipe] = torch.tensor(res["erank"]["cls"]["singular_values"])
     columns = ["recipe", "pool", "linear", "knn10", "knn20cos", "erank", "minutes"]
-    table = format_table(rows, columns)
+    table = format_table(rows, columns, {"erank": ".1f", "minutes": ".1f"})
     print(table)
     loss_png = plot_curves(curves, out / "loss_curves.png", "training loss", "step", "loss", logy=True)
     spectrum_png = plot_spectrum(spectra, out / "spectra.png", title="cls feature spectra (test split)")

@@ -76,7 +76,7 @@ def test_preset_values_reach_the_config():
     assert (cfg.model.arch, cfg.train.precision, cfg.optim.warmup_epochs) == ("vit_tiny", "bf16", 40.0)
 
 
-@pytest.mark.parametrize("preset, start, duration", [("digits", 2, 15), ("cifar10-cpu", 1, 6), ("cifar10", 10, 100)])
+@pytest.mark.parametrize("preset, start, duration", [("digits", 2, 10), ("cifar10-cpu", 1, 6), ("cifar10", 10, 100)])
 def test_regularizer_defaults_fill_the_magma_window(preset, start, duration):
     for recipe in ("m-mae", "mu-mae"):
         magma = next(r for r in load_config(f"{preset}/{recipe}").regularizers if r.name == "magma")
@@ -93,7 +93,7 @@ def test_explicit_window_wins_over_regularizer_defaults(tmp_path):
     path.write_text(yaml.safe_dump({"preset": "digits", "method": {"name": "mae"}, "regularizers": [
         {"name": "magma", "start_epoch": 5}]}))
     magma = load_config(path).regularizers[0]
-    assert (magma.start_epoch, magma.duration) == (5, 15)
+    assert (magma.start_epoch, magma.duration) == (5, 10)
 
 
 def test_set_overrides():
@@ -120,7 +120,7 @@ def test_set_replaces_whole_lists():
 def test_regularizer_added_by_set_gets_the_preset_window():
     added = load_config("mae", ["regularizers=[{name: magma}]"]).regularizers[0]
     from_recipe = load_config("m-mae").regularizers[0]
-    assert (added.start_epoch, added.duration) == (from_recipe.start_epoch, from_recipe.duration) == (2, 15)
+    assert (added.start_epoch, added.duration) == (from_recipe.start_epoch, from_recipe.duration) == (2, 10)
 
 
 def test_set_on_missing_list_entry_names_it():
