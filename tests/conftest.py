@@ -114,3 +114,18 @@ def run_torchrun(args: list[str], cwd: Path, timeout: int = 240):
 @pytest.fixture(name="torchrun", scope="session")
 def torchrun_fixture():
     return run_torchrun
+
+
+def load_module_from(path: Path):
+    """Import a test helper script (e.g. a torchrun worker) by its file path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(name="load_module", scope="session")
+def load_module_fixture():
+    return load_module_from

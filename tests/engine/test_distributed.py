@@ -1,6 +1,5 @@
 """Two processes (torchrun, gloo, CPU) must equal one process on the concatenated batch."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,9 @@ from mimreg.regularizers import magma_loss, uniformity_loss
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def load_worker():
-    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def worker(load_module):
+    return load_module(WORKER)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +26,7 @@ def two_process_results(tmp_path_factory, torchrun):
     return out
 
 
-def single_process():
-    worker = load_worker()
+def single_process(worker):
     trainee = worker.build_trainee(gather=True)
     images, labels, noise = worker.global_batch()
     result = trainee(images, labels, noise=noise)
@@ -39,9 +35,9 @@ def single_process():
     return result, grads
 
 
-def test_global_batch_losses_and_gradients_equal_one_process(two_process_results):
+def test_global_batch_losses_and_gradients_equal_one_process(two_process_results, worker):
     ranks = two_process_results["gather"]
-    single, single_grads = single_process()
+    single, single_grads = single_process(worker)
     for name in ("reg/uniformity", "reg/magma"):
         for r in ranks:  # every process sees the loss of the whole batch
             assert r["terms"][name].item() == pytest.approx(single.terms[name].item(), rel=1e-5)
@@ -53,9 +49,8 @@ def test_global_batch_losses_and_gradients_equal_one_process(two_process_results
             assert torch.allclose(r["grads"][name], grad, rtol=1e-4, atol=1e-6), name
 
 
-def test_per_process_option_uses_the_local_batch(two_process_results):
+def test_per_process_option_uses_the_local_batch(two_process_results, worker):
     ranks = two_process_results["local"]
-    worker = load_worker()
     trainee = worker.build_trainee(gather=False)
     images, labels, noise = worker.global_batch()
     for rank, r in enumerate(ranks):

@@ -1,0 +1,77 @@
+"""Batch-wide losses over the global batch: 2 processes (torchrun, gloo, CPU) equal 1 process on
+the concatenated batch, in loss and in gradients (SimCLR, VICReg, Barlow Twins through DDP; the bare
+NT-Xent, VICReg, Barlow, MSN with Sinkhorn + ME-MAX, and T-REGS losses on gathered inputs)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_batchwide_worker.py")
+
+
+@pytest.fixture(scope="module")
+def worker(load_module):
+    return load_module(WORKER)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, torchrun):
+    folder = tmp_path_factory.mktemp("ddp_batchwide")
+    torchrun([str(WORKER), str(folder)], folder)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def one_process_step(worker, name, views):
+    model = worker.build_joint(name, gather=True)
+    total = sum(model(views).losses.values())
+    total.backward()
+    return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["simclr", "vicreg", "barlow"])
+def test_joint_method_under_ddp_equals_one_process(ranks, worker, name, single_thread):
+    views = worker.global_views()
+    loss, grads = one_process_step(worker, name, views)
+    # SimCLR's and Barlow's losses are global on every process; VICReg's invariance is the mean over
+    # the local pairs, so the mean over processes is the global loss for all three
+    mean = (ranks[0][f"{name}/gather"]["loss"] + ranks[1][f"{name}/gather"]["loss"]) / 2
+    assert mean.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert set(ranks[0][f"{name}/gather"]["grads"]) == set(grads)
+    assert {"projector.0.weight", "encoder.vit.cls_token"} <= set(grads)
+    for n, grad in grads.items():
+        # fp32 sums in another order: errors relative to the largest entry (VICReg's and Barlow's
+        # losses do not depend on the projector's last bias: its gradient is rounding noise)
+        scale = max(grad.abs().max().item(), 1.0)
+        for r in ranks:  # all_gather's backward sums over processes, DDP averages: the global gradient
+            torch.testing.assert_close(r[f"{name}/gather"]["grads"][n], grad, rtol=1e-4, atol=1e-5 * scale, msg=n)
+
+
+@pytest.mark.parametrize("name", ["simclr", "vicreg", "barlow"])
+def test_without_gather_each_process_uses_its_local_batch(ranks, worker, name, single_thread):
+    model = worker.build_joint(name, gather=False)
+    views = worker.global_views()
+    for rank, r in enumerate(ranks):
+        part = slice(rank * 4, rank * 4 + 4)
+        with torch.no_grad():
+            expected = sum(model([v[part] for v in views]).losses.values())
+        assert r[f"{name}/local"]["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ranks[0][f"{name}/local"]["loss"].item() != pytest.approx(ranks[1][f"{name}/local"]["loss"].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("batch", [8, 2])
+def test_bare_batchwide_losses_on_gathered_inputs(ranks, worker, batch):
+    terms, grads = worker.run_bare(worker.global_inputs(batch), lambda x: x)
+    for name, value in terms.items():
+        got = [r[f"bare{batch}"]["terms"][name] for r in ranks]
+        if name in worker.LOCAL_TERMS:  # a mean over the local batch: its mean over processes
+            assert ((got[0] + got[1]) / 2).item() == pytest.approx(value.item(), rel=1e-5), name
+        else:
+            for g in got:
+                assert g.item() == pytest.approx(value.item(), rel=1e-5), name
+    for rank, r in enumerate(ranks):
+        part = slice(rank * batch // 2, (rank + 1) * batch // 2)
+        # without DDP's averaging, each process's slice receives the sum over the 2 processes of the
+        # same gradient (and a local mean weighs each row twice): twice the 1-process gradient
+        for got, expected in zip(r[f"bare{batch}"]["grads"], grads):
+            torch.testing.assert_close(got, 2 * expected[part], rtol=1e-5, atol=1e-7)
