@@ -75,3 +75,18 @@ def test_bare_batchwide_losses_on_gathered_inputs(ranks, worker, batch):
         # same gradient (and a local mean weighs each row twice): twice the 1-process gradient
         for got, expected in zip(r[f"bare{batch}"]["grads"], grads):
             torch.testing.assert_close(got, 2 * expected[part], rtol=1e-5, atol=1e-7)
+
+
+def test_joint_pretraining_under_torchrun(tmp_path, torchrun):
+    """A SimCLR run on 2 CPU processes: the views are sharded, the run finishes, and it says that
+    BatchNorm stays per process (SyncBatchNorm needs CUDA)."""
+    import json
+
+    run = tmp_path / "run"
+    proc = torchrun(["-m", "mimreg.cli", "pretrain", "digits/simclr", "--out", str(run),
+                     "--set", "data.name=synthetic", "--set", "data.subset=64", "--set", "optim.batch_size=8",
+                     "--set", "train.epochs=1", "--set", "train.progress=false"], tmp_path)
+    assert "SyncBatchNorm needs CUDA" in proc.stdout
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["world"] == 2 and records[0]["steps_per_epoch"] == 4  # 64 / (8 x 2)
+    assert any("nt_xent" in r for r in records)

@@ -93,6 +93,7 @@ class TrainConfig:
     online_probe: bool = True
     tensorboard: bool = False
     compile: bool = False
+    sync_batchnorm: bool = True  # under DDP on CUDA: BatchNorm over the global batch, as the official codes
     progress: bool = True
     halt_after_steps: int | None = None  # stop early as if interrupted (to exercise --resume)
 

@@ -68,3 +68,16 @@ def init_from_env(device_type: str) -> bool:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, str | None]:
+    """Turn every BatchNorm of `module` into SyncBatchNorm (statistics of the global batch) when
+    several CUDA processes train it. Returns the module and, where BatchNorm stays per process
+    (torch's SyncBatchNorm needs a GPU), a note saying so; None when nothing is to say."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    if not (has_bn and is_distributed()):
+        return module, None
+    if device.type != "cuda":
+        return module, (f"note: BatchNorm layers normalise over each process's batch: SyncBatchNorm needs CUDA, "
+                        f"this run is on {device.type}")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module), None

@@ -68,6 +68,10 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
             block.compile()
     model = trainee
     if dist.is_distributed():
+        if cfg.train.sync_batchnorm:
+            trainee, note = dist.sync_batchnorm(trainee, device)
+            if note and main:
+                print(note, flush=True)
         model = torch.nn.parallel.DistributedDataParallel(
             trainee, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(trainee, cfg.optim)
