@@ -126,3 +126,12 @@ def test_tau_is_saved_in_the_state_dict():
     fresh.load_state_dict(state)
     assert float(fresh.tau) == float(model.tau)
     assert any(k.startswith("target_encoder.") for k in state)
+
+
+def test_byol_loss_gradcheck_float64_and_target_is_a_constant():
+    g = torch.Generator().manual_seed(6)
+    p = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: byol_loss(a, z), (p,))
+    byol_loss(p, z).backward()
+    assert z.grad is None  # sg(z)

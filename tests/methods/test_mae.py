@@ -61,3 +61,12 @@ def test_short_training_lowers_loss():
         mae(x, noise=noise).losses["rec"].backward()
         opt.step()
     assert mae(x, noise=noise).losses["rec"].item() < 0.8 * first
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_reconstruction_loss_gradcheck_float64(norm_pix):
+    g = torch.Generator().manual_seed(7)
+    pred = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    removed = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: reconstruction_loss(p, target, removed, norm_pix), (pred,))

@@ -70,3 +70,14 @@ def test_mse_alone_collapses_and_tregs_prevents_it(seed):
     assert std_mse < 0.02 and nstd_mse < 0.03  # all points near one: collapse
     assert std_tregs > 100 * std_mse
     assert nstd_tregs > 0.15  # 1/sqrt(32) = 0.177 for directions spread evenly
+
+
+def test_invariance_loss_hand_computed_and_gradcheck():
+    from mimreg.methods import invariance_loss
+
+    z1, z2 = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    assert invariance_loss(z1, z2).item() == pytest.approx((1 + 4 + 9 + 0) / 4)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(invariance_loss, (a, b))
+    assert invariance_loss(z1.bfloat16(), z2.bfloat16()).dtype == torch.float32

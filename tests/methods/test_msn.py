@@ -410,3 +410,20 @@ def test_frozen_evaluation_of_an_msn_run_uses_the_target_encoder(msn_run):
     model = load_checkpoint(msn_run)["model"]
     torch.testing.assert_close(encoder.vit.blocks[0].attn.qkv.weight,
                                model["method.target_encoder.vit.blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("use_sinkhorn", [True, False])
+def test_msn_loss_gradcheck_float64(use_sinkhorn):
+    """Gradient of CE + ME-MAX with respect to the anchors. (Not the prototypes: the targets are
+    computed from them without gradient, so finite differences see a change autograd must not.)"""
+    g = torch.Generator().manual_seed(5)
+    anchor = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)  # 2 views x 3
+    target = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    protos = torch.randn(5, 4, generator=g, dtype=torch.float64)
+
+    def total(a):
+        out = msn_loss(a, target, protos, anchor_temperature=0.5, sharpen=0.5, memax_weight=2.0,
+                       use_sinkhorn=use_sinkhorn)
+        return out["msn"] + out["memax"]
+
+    assert torch.autograd.gradcheck(total, (anchor,))

@@ -202,3 +202,12 @@ def test_mi_simmim_views_and_visible_features():
     assert out.features["cls"].shape == (6, 128)  # view-major: 2 views x 3 images
     assert out.features["visible_tokens"].shape == (6, 24, 128)
     assert out.features["visible_patch_embed"].shape == (6, 24, 128)
+
+
+def test_masked_l1_loss_gradcheck_float64_and_fp32_under_bf16():
+    g = torch.Generator().manual_seed(8)
+    pred = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    removed = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: masked_l1_loss(p, target, removed), (pred,))
+    assert masked_l1_loss(pred.detach().bfloat16(), target.bfloat16(), removed).dtype == torch.float32

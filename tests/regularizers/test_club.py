@@ -192,3 +192,13 @@ def test_trainee_adds_the_nll_unweighted_only_while_active():
     assert idle.total.item() == pytest.approx(out.losses["rec"].item(), rel=1e-6)
     idle.total.backward()  # q's parameters are still in the graph (DDP), with zero gradient
     assert all(p.grad is not None and not p.grad.any() for p in reg.q.parameters())
+
+
+def test_club_bound_and_nll_gradcheck_float64():
+    g = torch.Generator().manual_seed(9)
+    mu = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    var = (torch.rand(4, 3, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    z = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    perm = torch.tensor([2, 0, 3, 1])
+    assert torch.autograd.gradcheck(lambda m, v, x: club_sample_bound(m, v, x, perm), (mu, var, z))
+    assert torch.autograd.gradcheck(club_nll, (mu, var, z))

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, mlp
 from mimreg.models import ViTEncoder
+from mimreg.numerics import fp32_loss
+
+
+@fp32_loss
+def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """T-REGS slides, L_MSE: mean over N x d of (z1 - z2)^2 between two views; z1, z2 (N, d). fp32."""
+    return F.mse_loss(z1, z2)
 
 
 @dataclass
@@ -31,4 +39,4 @@ class MSE(JointEmbedding):
 
     def forward(self, images, *, needs=frozenset(), generator=None) -> MethodOutput:
         (z1, z2), features = self.embed(images, needs)
-        return MethodOutput({"mse": self.options.weight * F.mse_loss(z1.float(), z2.float())}, features)
+        return MethodOutput({"mse": self.options.weight * invariance_loss(z1, z2)}, features)

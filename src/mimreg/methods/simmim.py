@@ -52,6 +52,7 @@ def orthogonal_block_masks(batch: int, grid: int, unit: int, mask_ratio: float, 
     return torch.cat(views)
 
 
+@fp32_loss
 def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """SimMIM Eq. 1: mean absolute error over the pixels of masked patches only.
     pred, target (B, L, p*p*3); removed (B, L) with 1 for masked patches. fp32; scalar."""
