@@ -170,7 +170,7 @@ class StubMethod(nn.Module):
         return MethodOutput(losses={"rec": z.pow(2).mean()}, features={"patch_embed": images, "tokens": z})
 
 
-def test_trainee_adds_the_nll_unweighted_only_while_active():
+def test_trainee_adds_the_nll_unweighted_from_the_first_step_and_the_bound_only_while_active():
     torch.manual_seed(0)
     reg = Club(ClubOptions(hidden_dim=8), weight=5.0, start_epoch=1, embed_dim=4)
     trainee = Trainee(StubMethod(), [reg], [])
@@ -187,11 +187,19 @@ def test_trainee_adds_the_nll_unweighted_only_while_active():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reg.q.parameters())
 
     trainee.zero_grad()
-    idle = trainee(images, epoch=0, monitor=True)  # inactive: monitored under no_grad, no NLL
-    assert "aux/club" not in idle.terms and "monitor/club" in idle.terms
-    assert idle.total.item() == pytest.approx(out.losses["rec"].item(), rel=1e-6)
-    idle.total.backward()  # q's parameters are still in the graph (DDP), with zero gradient
-    assert all(p.grad is not None and not p.grad.any() for p in reg.q.parameters())
+    idle = trainee(images, epoch=0, monitor=True)  # before its window: bound monitored, q already fitted
+    assert {"aux/club", "monitor/club"} <= set(idle.terms) and "reg/club" not in idle.terms
+    assert idle.total.item() == pytest.approx((out.losses["rec"] + nll).item(), rel=1e-6)
+    idle.total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reg.q.parameters())
+    encoder_grads = [p.grad.clone() for p in trainee.method.parameters()]
+    trainee.zero_grad()
+    trainee.method(images).losses["rec"].backward()  # the encoder gets the gradient of rec alone
+    for got, expected in zip(encoder_grads, trainee.method.parameters()):
+        torch.testing.assert_close(got, expected.grad)
+
+    trainee.eval()  # evaluation trains nothing
+    assert "aux/club" not in trainee(images, epoch=0).terms
 
 
 def test_club_bound_and_nll_gradcheck_float64():

@@ -74,7 +74,9 @@ class MetricsWriter:
             self.tb.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl file, oldest first; [] when there is none yet."""
+    path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

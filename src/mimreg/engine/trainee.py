@@ -48,7 +48,8 @@ class Trainee(nn.Module):
         """Features the method must return at this step."""
         # a closed gate may open during this very step, so its features are always computed
         active = [r for r in self.regularizers
-                  if r.weight_at(epoch) != 0 or monitor or (r.gate_rec_loss is not None and not bool(r.gate_open))]
+                  if r.weight_at(epoch) != 0 or monitor or r.aux_while_off
+                  or (r.gate_rec_loss is not None and not bool(r.gate_open))]
         if monitor:
             active += list(self.monitors)
         names = {name for reg in active for name in reg.reads()}
@@ -82,7 +83,12 @@ class Trainee(nn.Module):
                 if monitor:
                     with torch.no_grad():
                         terms[f"monitor/{reg.name}"] = reg(out.features)
-                total = keep_in_graph(total, reg)
+                aux = reg.auxiliary_loss(out.features) if reg.aux_while_off and self.training else None
+                if aux is not None:
+                    total = total + aux
+                    terms[f"aux/{reg.name}"] = aux.detach()
+                else:
+                    total = keep_in_graph(total, reg)
         for reg in self.monitors:
             if monitor:
                 with torch.no_grad():

@@ -35,6 +35,9 @@ class Regularizer(nn.Module):
     default_weight: ClassVar[float] = 1.0
     batch_wide: ClassVar[bool] = True
     min_batch: ClassVar[int] = 2
+    # the auxiliary loss trains from the first step, before the weight switches on (a learned
+    # estimator must be fitted before the encoder is asked to minimise it)
+    aux_while_off: ClassVar[bool] = False
 
     def __init__(self, options: Any, *, weight: float | None = None, start_epoch: int = 0,
                  duration: int | None = None, gather: bool = True, depth: int = 0, embed_dim: int = 0,
@@ -60,7 +63,7 @@ class Regularizer(nn.Module):
 
     def auxiliary_loss(self, features: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """A loss for the regularizer's own parameters, added unweighted while the weight is active
-        (never when only monitored); None for regularizers without parameters."""
+        (also before, with `aux_while_off`; never for a monitor); None for regularizers without parameters."""
         return None
 
     def weight_at(self, epoch: int) -> float:

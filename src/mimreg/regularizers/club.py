@@ -107,8 +107,10 @@ class Club(Regularizer):
     Gradient routing (spec §5.2(b)): `forward` returns the sampled bound computed with q's
     parameters detached (torch.func.functional_call), so weight * bound reaches the encoder only,
     through x and z. `auxiliary_loss` returns q's NLL on detached (x, z) with live parameters, which
-    the Trainee adds unweighted while the weight is active: q trains at full strength whatever
-    `weight` is, and the NLL never reaches the encoder. Each forward of q is run twice (once per
+    the Trainee adds unweighted from the first step, before the weight (or gate) switches the bound
+    on: q trains at full strength whatever `weight` is, and the NLL never reaches the encoder. (The
+    paper trains q "jointly"; fitting q from the start is our choice: the bound of an unfitted q is
+    loose, and an encoder told to minimise it drifts away from q instead of losing information.) Each forward of q is run twice (once per
     routing); q is small.
 
     Rows: every token of every sequence, (B, N, D) flattened to (B*N, D). The negatives are one
@@ -122,6 +124,7 @@ class Club(Regularizer):
     Options = ClubOptions
     default_weight = 10.0  # spec §5.2(c): (l_max, l_min) = (1, 10) most likely [UNVERIFIED ordering]
     batch_wide = False
+    aux_while_off = True
 
     def setup(self, depth: int) -> None:
         if self.embed_dim <= 0:
