@@ -116,6 +116,38 @@ def torchrun_fixture():
     return run_torchrun
 
 
+def run_worker_ranks(worker: Path, folder: Path, *args: str) -> list[dict]:
+    """Run a worker script under torchrun with `folder` and `args` as its arguments; return what
+    each of the 2 ranks saved as folder/rank<r>.pt."""
+    run_torchrun([str(worker), str(folder), *args], folder)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.fixture(name="worker_ranks", scope="session")
+def worker_ranks_fixture():
+    return run_worker_ranks
+
+
+def trained_on_synthetic(cfg, checkpoint) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The trainee of a finished run in eval mode, and the 256 synthetic test images as its
+    evaluation sees them (the tests' measure of collapse after a short training)."""
+    from mimreg.data import dataset_stats, eval_transform, load_dataset
+    from mimreg.engine.build import build_trainee
+    from mimreg.engine.checkpoint import load_checkpoint
+
+    trainee = build_trainee(cfg, 10)
+    trainee.load_state_dict(load_checkpoint(checkpoint)["model"])
+    trainee.eval()
+    test = load_dataset("synthetic", "test", None)
+    transform = eval_transform(cfg.img_size, *dataset_stats("synthetic"))
+    return trainee, torch.stack([transform(test[i][0]) for i in range(len(test))])
+
+
+@pytest.fixture(name="trained_on_synthetic", scope="session")
+def trained_on_synthetic_fixture():
+    return trained_on_synthetic
+
+
 def load_module_from(path: Path):
     """Import a test helper script (e.g. a torchrun worker) by its file path."""
     import importlib.util

@@ -16,10 +16,8 @@ def worker(load_module):
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory, torchrun):
-    folder = tmp_path_factory.mktemp("ddp_batchwide")
-    torchrun([str(WORKER), str(folder)], folder)
-    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+def ranks(tmp_path_factory, worker_ranks):
+    return worker_ranks(WORKER, tmp_path_factory.mktemp("ddp_batchwide"))
 
 
 def one_process_step(worker, name, views):

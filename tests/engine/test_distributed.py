@@ -17,13 +17,8 @@ def worker(load_module):
 
 
 @pytest.fixture(scope="module")
-def two_process_results(tmp_path_factory, torchrun):
-    out = {}
-    for mode in ("gather", "local"):
-        folder = tmp_path_factory.mktemp(mode)
-        torchrun([str(WORKER), str(folder), mode], folder)
-        out[mode] = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    return out
+def two_process_results(tmp_path_factory, worker_ranks):
+    return {mode: worker_ranks(WORKER, tmp_path_factory.mktemp(mode), mode) for mode in ("gather", "local")}
 
 
 def single_process(worker):

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mimreg.analysis import effective_rank
 from mimreg.config import load_config
-from mimreg.data import dataset_stats, eval_transform, load_dataset
-from mimreg.engine.build import build_trainee
-from mimreg.engine.checkpoint import load_checkpoint
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import ConfigError
 from mimreg.methods import METHODS
 from mimreg.methods.joint import JointEmbedding, mlp
 from mimreg.models import ViTEncoder
+
+from support import normalised_std, run_summary
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -122,13 +120,7 @@ MIN_CLS_ERANK = 3.0  # measured 7.9 .. 9.3 (33.7 at initialisation; 1 for a rank
 RESULTS: dict[str, dict] = {}
 
 
-def normalised_std(x: torch.Tensor) -> float:
-    """Mean over dimensions of the std over the batch of the L2-normalised rows (SimSiam's
-    collapse measure): 0 when every row points the same way, ~1/sqrt(d) when spread evenly."""
-    return F.normalize(x, dim=1).std(dim=0).mean().item()
-
-
-def train(recipe: str, tmp_path_factory) -> dict:
+def train(recipe: str, tmp_path_factory, trained_on_synthetic) -> dict:
     if recipe in RESULTS:
         return RESULTS[recipe]
     extra = ["method.pred_hidden_dim=64"] if recipe == "byol" else []
@@ -139,29 +131,19 @@ def train(recipe: str, tmp_path_factory) -> dict:
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
     losses = [sum(r[name] for name in RECIPES[recipe]) for r in records]
 
-    trainee = build_trainee(cfg, 10)
-    trainee.load_state_dict(load_checkpoint(result.checkpoint)["model"])
-    trainee.eval()
-    test = load_dataset("synthetic", "test", None)
-    transform = eval_transform(32, *dataset_stats("synthetic"))
-    images = torch.stack([transform(test[i][0]) for i in range(len(test))])
+    trainee, images = trained_on_synthetic(cfg, result.checkpoint)
     with torch.no_grad():
         cls = trainee.method.encoder.features(images)
         z = trainee.method.projector(cls)
-    out = {"steps": result.steps, "losses": losses, "logged": set(records[-1]),
-           "tau": float(getattr(trainee.method, "tau", float("nan"))), "first": sum(losses[:5]) / 5, "last": sum(losses[-5:]) / 5,
-           "z_std": normalised_std(z), "z_raw_std": z.std(dim=0).mean().item(), "cls_std": normalised_std(cls),
-           "cls_erank": effective_rank(cls), "z_erank": effective_rank(z)}
-    print(f"\n{recipe}: {out['steps']} steps, loss {out['first']:.4f} -> {out['last']:.4f}; projector std "
-          f"{out['z_std']:.4f} (raw {out['z_raw_std']:.4f}, erank {out['z_erank']:.2f}); cls std "
-          f"{out['cls_std']:.4f}, cls effective rank {out['cls_erank']:.2f} on the 256 test images")
-    RESULTS[recipe] = out
+    RESULTS[recipe] = out = run_summary(
+        recipe, result.steps, losses, cls, logged=set(records[-1]), tau=float(getattr(trainee.method, "tau", float("nan"))),
+        z_std=normalised_std(z), z_raw_std=z.std(dim=0).mean().item(), z_erank=effective_rank(z))
     return out
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_loss_goes_down(recipe, tmp_path_factory):
-    run = train(recipe, tmp_path_factory)
+def test_loss_goes_down(recipe, tmp_path_factory, trained_on_synthetic):
+    run = train(recipe, tmp_path_factory, trained_on_synthetic)
     assert run["steps"] == 30 and len(run["losses"]) == 30
     assert all(torch.isfinite(torch.tensor(run["losses"])))
     assert run["last"] < 0.95 * run["first"], (run["first"], run["last"])
@@ -172,8 +154,8 @@ def test_loss_goes_down(recipe, tmp_path_factory):
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_no_collapse(recipe, tmp_path_factory):
-    run = train(recipe, tmp_path_factory)
+def test_no_collapse(recipe, tmp_path_factory, trained_on_synthetic):
+    run = train(recipe, tmp_path_factory, trained_on_synthetic)
     assert run["z_std"] > MIN_PROJECTOR_STD, run
     assert run["cls_std"] > MIN_CLS_STD, run
     assert run["cls_erank"] > MIN_CLS_ERANK, run

@@ -7,13 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimreg.analysis import effective_rank
 from mimreg.config import load_config
-from mimreg.data import dataset_stats, eval_transform, load_dataset
-from mimreg.engine.build import build_trainee
-from mimreg.engine.checkpoint import load_checkpoint
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
+
+from support import run_summary
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,7 +42,7 @@ MIN_CLS_ERANK = 3.0
 RESULTS: dict[str, dict] = {}
 
 
-def train(recipe: str, tmp_path_factory) -> dict:
+def train(recipe: str, tmp_path_factory, trained_on_synthetic) -> dict:
     if recipe in RESULTS:
         return RESULTS[recipe]
     cfg = load_config(f"digits/{recipe}", [*SETS, *EXTRA.get(recipe, [])])
@@ -53,28 +51,17 @@ def train(recipe: str, tmp_path_factory) -> dict:
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
     own, regs = RECIPES[recipe]
     losses = [sum(r[name] for name in own) for r in records]
-    trainee = build_trainee(cfg, 10)
-    trainee.load_state_dict(load_checkpoint(result.checkpoint)["model"])
-    trainee.eval()
+    trainee, images = trained_on_synthetic(cfg, result.checkpoint)
     encoder = getattr(trainee.method, trainee.method.eval_encoder)
-    test = load_dataset("synthetic", "test", None)
-    transform = eval_transform(32, *dataset_stats("synthetic"))
-    images = torch.stack([transform(test[i][0]) for i in range(len(test))])
     with torch.no_grad():
         cls = encoder.features(images)
-    out = {"steps": result.steps, "losses": losses, "records": records, "regs": regs,
-           "first": sum(losses[:5]) / 5, "last": sum(losses[-5:]) / 5,
-           "cls_std": torch.nn.functional.normalize(cls, dim=1).std(dim=0).mean().item(),
-           "cls_erank": effective_rank(cls)}
-    print(f"\n{recipe}: {out['steps']} steps, loss {out['first']:.4f} -> {out['last']:.4f}; cls std "
-          f"{out['cls_std']:.4f}, cls effective rank {out['cls_erank']:.2f} on the 256 test images")
-    RESULTS[recipe] = out
+    RESULTS[recipe] = out = run_summary(recipe, result.steps, losses, cls, records=records, regs=regs)
     return out
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_loss_goes_down_and_regularizers_switch_on(recipe, tmp_path_factory):
-    run = train(recipe, tmp_path_factory)
+def test_loss_goes_down_and_regularizers_switch_on(recipe, tmp_path_factory, trained_on_synthetic):
+    run = train(recipe, tmp_path_factory, trained_on_synthetic)
     assert run["steps"] == 30 and len(run["losses"]) == 30
     assert run["last"] < 0.95 * run["first"], (run["first"], run["last"])
     for name in run["regs"]:
@@ -84,7 +71,7 @@ def test_loss_goes_down_and_regularizers_switch_on(recipe, tmp_path_factory):
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_no_collapse(recipe, tmp_path_factory):
-    run = train(recipe, tmp_path_factory)
+def test_no_collapse(recipe, tmp_path_factory, trained_on_synthetic):
+    run = train(recipe, tmp_path_factory, trained_on_synthetic)
     assert run["cls_std"] > MIN_CLS_STD, run["cls_std"]
     assert run["cls_erank"] > MIN_CLS_ERANK, run["cls_erank"]
