@@ -85,10 +85,11 @@ def main() -> int:
             result.checkpoint, PROTOCOLS, pools=("cls", "mean"), train_images=args.eval_train, out_dir=run_dir,
             echo=print)["results"]
         metrics = [m for m in read_metrics(run_dir / "metrics.jsonl") if m.get("kind") == "epoch"]
-        main_loss = "rec" if cfg.method.name == "mae" else cfg.method.name
+        last = metrics[-1]  # the method's own terms are the keys without a "/" prefix
+        own = sum(v for k, v in last.items() if "/" not in k and k not in ("kind", "step", "epoch", "loss", "time"))
         row = {"recipe": recipe, "base": EPOCHS.get(recipe, (recipe,))[0], "epochs": epochs[recipe],
                "steps": metrics[-1]["step"], "pretrain min": metrics[-1]["time"] / 60,
-               "final loss": metrics[-1][main_loss]}
+               "final loss": own}
         for pool in ("cls", "mean"):
             row[f"lin {pool}"] = res["linear"][pool]["top1"]
             row[f"kNN {pool}"] = res["knn"][pool]["knn10_euclidean"]
