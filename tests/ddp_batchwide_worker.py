@@ -59,6 +59,7 @@ def bare_losses(inputs, gather):
     return {"nt_xent": nt_xent_loss(g1, g2, 0.3),
             **{f"vicreg/{k}": v for k, v in vicreg_terms(z1, z2, g1, g2).items()},
             "barlow": barlow_loss(g1, g2),
+            "barlow/all_reduce": barlow_loss(z1, z2, global_batch=True),
             "msn/ce": msn["msn"], "msn/memax": msn["memax"],
             "mst": mst({"emb.0": z1, "emb.1": z2})}  # the Regularizer gathers itself
 

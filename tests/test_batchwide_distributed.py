@@ -1,6 +1,6 @@
 """Batch-wide losses over the global batch: 2 processes (torchrun, gloo, CPU) equal 1 process on
 the concatenated batch, in loss and in gradients (SimCLR, VICReg, Barlow Twins through DDP; the bare
-NT-Xent, VICReg, Barlow, MSN with Sinkhorn + ME-MAX, and T-REGS losses on gathered inputs)."""
+NT-Xent, VICReg, Barlow (gathered and all-reduced), MSN with Sinkhorn + ME-MAX, and T-REGS)."""
 
 from pathlib import Path
 

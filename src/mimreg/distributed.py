@@ -38,6 +38,16 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of `x` over processes, keeping the autograd graph (the backward sums the gradients of
+    every process, as `gather_with_grad` does); `x` itself in a single process."""
+    if not is_distributed():
+        return x
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x.contiguous())
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over processes, without gradient (for logging)."""
     if not is_distributed():

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mimreg.distributed import gather_with_grad
+from mimreg.distributed import all_reduce_sum_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, mlp
 from mimreg.models import ViTEncoder
@@ -14,13 +14,23 @@ from mimreg.numerics import fp32_loss
 
 
 @fp32_loss
-def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: float = 1e-5) -> torch.Tensor:
+def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: float = 1e-5,
+                global_batch: bool = False) -> torch.Tensor:
     """Barlow Twins Eq. 1: sum_i (1 - c_ii)^2 + lambda sum_{i!=j} c_ij^2 with c = z1n^T z2n / N, each
-    view standardised over the batch (affine-free BN). z1, z2 (N, d), N >= 2. fp32; scalar."""
-    n = z1.shape[0]
-    z1 = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + eps)
-    z2 = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + eps)
-    c = z1.T @ z2 / n
+    view standardised over the batch (affine-free BN). z1, z2 (N, d), N >= 2 in all. fp32; scalar.
+
+    With `global_batch` under DDP, N, the per-dimension means and variances and c are sums over all
+    processes by gradient-carrying all-reduces (d x d, not N x d, crosses the network): every process
+    gets the loss of the global batch. In one process it changes nothing."""
+    total = all_reduce_sum_with_grad if global_batch else (lambda x: x)
+    n = total(torch.tensor(float(z1.shape[0]), device=z1.device, dtype=z1.dtype))
+
+    def standardised(z):
+        mean = total(z.sum(0)) / n
+        var = total((z - mean).pow(2).sum(0)) / n
+        return (z - mean) / torch.sqrt(var + eps)
+
+    c = total(standardised(z1).T @ standardised(z2)) / n
     on_diag = (1 - torch.diagonal(c)).pow(2).sum()
     off_diag = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
     return on_diag + lambd * off_diag
@@ -31,7 +41,7 @@ class BarlowOptions:
     lambd: float = 0.0051
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 2048
-    gather: bool = True  # the cross-correlation over the global batch
+    gather: bool = True  # statistics and cross-correlation over the global batch
 
 
 @register
@@ -47,6 +57,5 @@ class BarlowTwins(JointEmbedding):
 
     def forward(self, images, *, needs=frozenset(), generator=None) -> MethodOutput:
         (z1, z2), features = self.embed(images, needs)
-        if self.options.gather:  # concatenating the global batch = summing the per-process c
-            z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
-        return MethodOutput({"barlow": barlow_loss(z1, z2, self.options.lambd)}, features)
+        loss = barlow_loss(z1, z2, self.options.lambd, global_batch=self.options.gather)
+        return MethodOutput({"barlow": loss}, features)
