@@ -93,12 +93,14 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pretrain(args) -> int:
+    from mimreg import distributed
     from mimreg.config import load_config
     from mimreg.engine.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.recipe.replace("/", "-")
     result = pretrain(cfg, out, resume=args.resume)
+    distributed.shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
     if result.halted:
         print(f"halted at step {result.steps} (train.halt_after_steps); continue with --resume --out {out}")
     else:

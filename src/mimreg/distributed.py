@@ -76,7 +76,11 @@ def init_from_env(device_type: str) -> bool:
 
 
 def shutdown() -> None:
+    """Leave the process group. The barrier first lets every process finish its collectives: a
+    process that tears gloo down while a peer is still talking to it can abort the peer."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
