@@ -75,20 +75,17 @@ class Trainee(nn.Module):
                 value = reg(out.features)
                 total = total + weight * value
                 terms[f"reg/{reg.name}"] = value.detach()
-                aux = reg.auxiliary_loss(out.features)
-                if aux is not None:  # trains the regularizer's own parameters, unweighted
-                    total = total + aux
-                    terms[f"aux/{reg.name}"] = aux.detach()
-            else:
-                if monitor:
-                    with torch.no_grad():
-                        terms[f"monitor/{reg.name}"] = reg(out.features)
-                aux = reg.auxiliary_loss(out.features) if reg.aux_while_off and self.training else None
-                if aux is not None:
-                    total = total + aux
-                    terms[f"aux/{reg.name}"] = aux.detach()
-                else:
-                    total = keep_in_graph(total, reg)
+            elif monitor:
+                with torch.no_grad():
+                    terms[f"monitor/{reg.name}"] = reg(out.features)
+            # the regularizer's own parameters train on their loss, unweighted
+            fit = weight != 0 or (reg.aux_while_off and self.training)
+            aux = reg.auxiliary_loss(out.features) if fit else None
+            if aux is not None:
+                total = total + aux
+                terms[f"aux/{reg.name}"] = aux.detach()
+            elif weight == 0:
+                total = keep_in_graph(total, reg)
         for reg in self.monitors:
             if monitor:
                 with torch.no_grad():

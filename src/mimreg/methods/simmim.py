@@ -30,7 +30,6 @@ def block_mask(batch: int, grid: int, unit: int, mask_ratio: float, device=None,
     return chosen.reshape(batch, grid * grid)
 
 
-@fp32_loss
 def orthogonal_block_masks(batch: int, grid: int, unit: int, mask_ratio: float, num_masks: int, device=None,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """K block masks per image whose visible blocks are disjoint (MI-SimMIM): one permutation of
