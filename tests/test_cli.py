@@ -53,8 +53,9 @@ def test_pretrain_from_a_yaml_file_then_halt_and_resume(tmp_path, capsys, tiny_c
 
     code, out, err = run_cli(capsys, "pretrain", config_file, "--out", out_dir, "--set", "train.halt_after_steps=3")
     assert code == 0, err
-    assert f"halted at step 3 (train.halt_after_steps); continue with --resume --out {out_dir}" in out
-    assert [p.name for p in list_checkpoints(out_dir / "checkpoints")] == ["ckpt_00000002.pt"]
+    assert "halted at step 3 (train.halt_after_steps) with checkpoint" in out
+    assert f"mimreg pretrain {config_file} --out {out_dir} --resume" in out
+    assert [p.name for p in list_checkpoints(out_dir / "checkpoints")] == ["ckpt_00000002.pt", "ckpt_00000003.pt"]
 
     # a second start in the same folder is refused: one line on stderr, exit code 2
     code, out, err = run_cli(capsys, "pretrain", config_file, "--out", out_dir)
@@ -64,7 +65,7 @@ def test_pretrain_from_a_yaml_file_then_halt_and_resume(tmp_path, capsys, tiny_c
 
     code, out, err = run_cli(capsys, "pretrain", config_file, "--out", out_dir, "--resume")
     assert code == 0, err
-    assert f"resuming {out_dir} from step 2" in out
+    assert f"resuming from {out_dir / 'checkpoints' / 'ckpt_00000003.pt'} at step 3" in out
     assert f"done: 4 steps; checkpoint {out_dir / 'checkpoints' / 'ckpt_00000004.pt'}" in out
     assert load_config(out_dir / "config.yaml") == load_config(config_file)
 

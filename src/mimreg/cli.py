@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 import traceback
 from pathlib import Path
 
-from mimreg.errors import MimregError
+from mimreg.errors import MimregError, RunInterrupted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,9 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
+    except RunInterrupted as err:
+        if is_main_process():
+            print(f"{err}; continue with:\n  {resume_command(args)}", file=sys.stderr)
+        return 128 + signal.Signals[err.signal_name].value
     except KeyboardInterrupt:
-        print("interrupted; continue a pretraining run with `mimreg pretrain CONFIG --out DIR --resume`",
-              file=sys.stderr)
+        if is_main_process():
+            print("interrupted; continue a pretraining run with `mimreg pretrain CONFIG --out DIR --resume`",
+                  file=sys.stderr)
         return 130
     except Exception as err:  # one clear line unless --debug
         if args.debug:
@@ -29,12 +36,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (or a single process); readable after the group is gone."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def one_line(err: Exception) -> str:
+    """The error as one line. Errors raised in DataLoader workers carry the worker's traceback in
+    their message: its last line is the message. Any other multi-line message is joined."""
     text = str(err).strip()
-    # errors raised in DataLoader workers arrive with the worker's traceback in the message
-    lines = [line for line in text.splitlines() if line.strip()]
-    message = lines[-1] if lines else type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "in DataLoader worker process" in text:
+        message = lines[-1]
+    else:
+        message = " ".join(lines) if lines else type(err).__name__
     return message if isinstance(err, MimregError) else f"{type(err).__name__}: {message}"
+
+
+def resume_command(args) -> str:
+    """The `mimreg pretrain` command line that continues the run `args` started."""
+    parts = ["mimreg", "pretrain", args.config]
+    for item in args.overrides:
+        if not item.startswith("train.halt_after_steps="):
+            parts += ["--set", item]
+    parts += ["--out", str(args.out_dir), "--resume"]
+    return shlex.join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,11 +126,18 @@ def cmd_pretrain(args) -> int:
     from mimreg.engine.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / cfg.recipe.replace("/", "-")
-    result = pretrain(cfg, out, resume=args.resume)
+    args.out_dir = Path(args.out) if args.out else Path("runs") / cfg.recipe.replace("/", "-")
+    try:
+        result = pretrain(cfg, args.out_dir, resume=args.resume)
+    except RunInterrupted:
+        distributed.shutdown()  # every process stopped at the same step
+        raise
     distributed.shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
+    if not is_main_process():
+        return 0
     if result.halted:
-        print(f"halted at step {result.steps} (train.halt_after_steps); continue with --resume --out {out}")
+        print(f"halted at step {result.steps} (train.halt_after_steps) with checkpoint {result.checkpoint}; "
+              f"continue with:\n  {resume_command(args)}")
     else:
         print(f"done: {result.steps} steps; checkpoint {result.checkpoint}")
     return 0

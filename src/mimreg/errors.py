@@ -15,3 +15,11 @@ class DataError(MimregError):
 
 class NonFiniteLossError(MimregError):
     """A loss term became NaN or inf during training."""
+
+
+class RunInterrupted(MimregError):
+    """A run stopped on SIGTERM or SIGINT after writing a checkpoint; it continues with --resume."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint):
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint {checkpoint} written")

@@ -30,3 +30,43 @@ def atomic_write(path: str | Path, write: Callable[[IO], Any], binary: bool = Tr
 def write_json_atomic(path: str | Path, payload: Any, default: Callable | None = None) -> Path:
     text = json.dumps(payload, indent=2, default=default) + "\n"
     return atomic_write(path, lambda handle: handle.write(text), binary=False)
+
+
+def disk_full_message(path: str | Path, err: BaseException) -> str | None:
+    """A one-line "no space left on DEVICE writing PATH" when `err` (or the state of the disk after
+    it) says the disk is full; None otherwise. torch.save reports a full disk as a RuntimeError
+    ("unexpected pos"), so the free space is checked too."""
+    import errno
+    import shutil
+
+    folder = Path(path).parent
+    causes = [err, err.__cause__, err.__context__]
+    full = any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in causes)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if not full and (free is None or free > 16 * 2**20):
+        return None
+    return (f"no space left on {mount_of(folder)} writing {path}"
+            + (f" ({free / 2**20:.1f} MiB free)" if free is not None else "")
+            + "; free some space and resume with --resume (earlier checkpoints are intact)")
+
+
+def mount_of(folder: Path) -> str:
+    """`DEVICE (mounted at MOUNTPOINT)` for the file system holding `folder`."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists():
+        folder = folder.parent
+    mount = folder
+    while mount != mount.parent and os.stat(mount.parent).st_dev == os.stat(mount).st_dev:
+        mount = mount.parent
+    device = str(mount)
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 1 and fields[1] == str(mount):
+                device = fields[0]
+    except OSError:
+        pass
+    return f"{device} (mounted at {mount})"

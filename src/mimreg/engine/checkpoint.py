@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mimreg.errors import MimregError
-from mimreg.io import atomic_write
+from mimreg.io import atomic_write, disk_full_message
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 
@@ -50,7 +50,13 @@ def save_checkpoint(folder: Path, step: int, payload: dict, keep_last: int) -> P
     """Write ckpt_<step>.pt atomically (temporary file, then rename) and prune to `keep_last`."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt_{step:08d}.pt"
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    try:
+        atomic_write(path, lambda handle: torch.save(payload, handle))
+    except Exception as err:
+        message = disk_full_message(path, err)
+        if message is None:
+            raise
+        raise MimregError(message) from err
     for old in list_checkpoints(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
@@ -78,6 +84,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise MimregError(f"checkpoint {path} does not exist; pass a ckpt_*.pt file or a run folder")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupted or foreign file
-        raise MimregError(f"cannot read checkpoint {path}: {err}") from None
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch's own messages point at its documentation, not at the file
+        raise MimregError(f"cannot read checkpoint {path}: {_load_failure(err)}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise MimregError(f"{path} is not a mimreg checkpoint (no 'model' entry); pass a ckpt_*.pt written "
+                          "by mimreg pretrain")
+    return state
+
+
+def _load_failure(err: Exception) -> str:
+    text = str(err)
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return ("it holds Python objects other than tensors and plain values (a pickled model, or code), "
+                "which mimreg never writes and refuses to run; use a checkpoint written by mimreg pretrain")
+    if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
+        return ("the file is truncated or corrupt (not a complete torch archive); delete it, and "
+                "--resume continues from the previous checkpoint")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def non_finite_entries(state: dict, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors of a (nested) state dict holding NaN or inf."""
+    bad = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            bad += non_finite_entries(value, f"{name}.")
+        elif torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad

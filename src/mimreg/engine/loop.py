@@ -1,11 +1,15 @@
-"""The one training loop, for every method and regularizer."""
+"""The one training loop, for every method and regularizer.
+
+`pretrain` sets up (device, process group, run folder, resume) and hands over to a `Trainer`,
+whose methods are the loop's parts: one epoch, one step, the epoch's end, a checkpoint.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,15 +18,16 @@ import torch
 from tqdm import tqdm
 
 from mimreg import distributed as dist
-from mimreg.config import Config, config_to_dict, dump_config
+from mimreg.config import Config, config_to_dict
 from mimreg.engine.build import build_trainee
-from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mimreg.engine.checkpoint import load_checkpoint, non_finite_entries, rng_state, save_checkpoint, set_rng_state
 from mimreg.engine.data import build_pretrain_data
-from mimreg.engine.metrics import MetricsWriter, RunningMeans, read_metrics
+from mimreg.engine.metrics import MetricsWriter, RunningMeans
+from mimreg.engine.run_folder import RunFolder
 from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, set_lr, set_weight_decay,
                                     weight_decay_at)
-from mimreg.errors import ConfigError, MimregError, NonFiniteLossError
-from mimreg.io import write_json_atomic
+from mimreg.engine.stopping import GracefulStop
+from mimreg.errors import ConfigError, MimregError, NonFiniteLossError, RunInterrupted
 
 
 @dataclass
@@ -48,153 +53,282 @@ def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
 
 
 def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResult:
-    """Pretrain from `cfg` into `run_dir`, or continue the run there with `resume`."""
+    """Pretrain from `cfg` into `run_dir`, or continue the run there with `resume`.
+
+    Everything is built before the folder is touched, so a config that cannot run leaves no trace.
+    SIGTERM / SIGINT stop the run after the current step with a checkpoint (RunInterrupted).
+    """
     device = resolve_device(cfg.train.device)
     dist.init_from_env(device.type)
     if dist.is_distributed() and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    world, rank, main = dist.world_size(), dist.rank(), dist.is_main_process()
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    _prepare_run_dir(cfg, run_dir, ckpt_dir, resume, main)
-
-    torch.manual_seed(cfg.train.seed + rank)
-    np.random.seed((cfg.train.seed + rank) % 2**32)
-    data = build_pretrain_data(cfg, world, rank)
-    trainee = build_trainee(cfg, data.num_classes).to(device)
-    if cfg.train.compile:
-        for block in trainee.method.encoder.vit.blocks:
-            block.compile()
-    model = trainee
-    if dist.is_distributed():
-        if cfg.train.sync_batchnorm:
-            trainee, note = dist.sync_batchnorm(trainee, device)
-            if note and main:
-                print(note, flush=True)
-        model = torch.nn.parallel.DistributedDataParallel(
-            trainee, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(trainee, cfg.optim)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16" and device.type == "cuda")
-
-    accum = cfg.optim.accum_steps
-    steps_per_epoch = data.batches.steps // accum
-    if steps_per_epoch < 1:
-        raise ConfigError(f"one epoch of {data.num_images} images gives no optimizer step at "
-                          f"batch {cfg.optim.batch_size} x accum {accum} x {world} processes")
-    total_steps = cfg.train.epochs * steps_per_epoch
-    warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    schedule_steps = int(round(total_steps * cfg.optim.schedule_stretch))
-    base_lr = learning_rate(cfg.optim, world)
-
-    step = 0
-    interval, epoch_means = RunningMeans(), RunningMeans()
-    if resume and (found := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(found, map_location=device)
-        _load_model_state(trainee, state["model"], found)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        if "means" in state:  # absent from checkpoints of the first release
-            interval.load_state_dict(state["means"]["interval"], device)
-            epoch_means.load_state_dict(state["means"]["epoch"], device)
-        if main:
-            _truncate_metrics(run_dir / "metrics.jsonl", step)
-            print(f"resuming {run_dir} from step {step} (epoch {step // steps_per_epoch})")
-
-    if main and step == 0:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a restart before the first checkpoint
-    writer = MetricsWriter(run_dir, main, cfg.train.tensorboard)
-    if main and step == 0:
-        writer.write({"kind": "start", "config": cfg.recipe, "images": data.num_images, "world": world,
-                      "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "lr": base_lr})
-    autocast = _autocast(cfg.train.precision, device)
-    show_bar = cfg.train.progress and main and sys.stderr.isatty()
-    last_path, halted = latest_checkpoint(ckpt_dir), False
-    last_metrics = _previous_summary(run_dir).get("last_metrics", {}) if step else {}
-
-    def checkpoint(epoch_done: int) -> Path | None:
-        payload = {"model": trainee.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scaler": scaler.state_dict(), "scheduler": {"step": step, "total_steps": total_steps},
-                   "rng": rng_state(), "step": step, "epoch": epoch_done, "config": config_to_dict(cfg),
-                   "means": {"interval": interval.state_dict(), "epoch": epoch_means.state_dict()}}
-        return save_checkpoint(ckpt_dir, step, payload, cfg.train.keep_last) if main else None
-
-    trainee.train()
+    trainer = Trainer(cfg, device)
+    folder = RunFolder(run_dir)
+    found = folder.check_resumable(cfg, resume)
+    main = dist.is_main_process()
+    if main:
+        folder.open()
     try:
-        for epoch in range(step // steps_per_epoch, cfg.train.epochs):
-            first = step - epoch * steps_per_epoch
-            loader = data.loader(epoch, first * accum, cfg.data.num_workers, device.type == "cuda")
-            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch}", disable=not show_bar,
-                       leave=False, dynamic_ncols=True)
-            micro = 0
-            for batch in loader:
-                images = to_device(batch.images, device)
-                labels = batch.labels.to(device, non_blocking=True)
-                if batch.bad_files and main:
-                    writer.write({"kind": "skipped_images", "step": step, "files": batch.bad_files})
-                lr = lr_at(step, base_lr=base_lr, min_lr=cfg.optim.min_lr, warmup_steps=warmup_steps,
-                           total_steps=schedule_steps)
-                set_lr(optimizer, lr)
-                if cfg.optim.weight_decay_end is not None:
-                    set_weight_decay(optimizer, weight_decay_at(step, start=cfg.optim.weight_decay,
-                                                                end=cfg.optim.weight_decay_end, total_steps=schedule_steps))
-                monitor = step % cfg.train.monitor_every == 0 and micro == 0
-                generator = torch.Generator(device=device).manual_seed(step_seed(cfg.train.seed, rank, step, micro))
-                last_micro = micro == accum - 1
-                sync = contextlib.nullcontext() if last_micro or model is trainee else model.no_sync()
-                with sync:
-                    with autocast:
-                        result = model(images, labels, epoch=epoch, monitor=monitor, generator=generator)
-                    _check_finite(result, step)
-                    scaler.scale(result.total / accum).backward()
-                for name in [k for k in result.terms if k.startswith("gate/")]:
-                    writer.write({"kind": "gate", "step": step, "regularizer": name[5:],
-                                  "rec_ema": float(result.terms.pop(name))})
-                    if main:
-                        print(f"step {step}: {name[5:]} switched on (reconstruction EMA below its gate)", flush=True)
-                terms = {"loss": result.total.detach(), **result.terms}
-                interval.add(terms)
-                epoch_means.add(terms)
-                micro += 1
-                if not last_micro:
-                    continue
-                micro = 0
-                if cfg.optim.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainee.parameters(), cfg.optim.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                trainee.method.on_step_end(step / total_steps)  # e.g. EMA target updates
-                bar.update(1)
-                if step % cfg.train.log_every == 0 or step % steps_per_epoch == 0:
-                    last_metrics = interval.read()
-                    weights = {f"weight/{r.name}": r.weight_at(epoch) for r in trainee.regularizers}
-                    writer.write({"kind": "train", "step": step, "epoch": epoch, "lr": lr, **weights, **last_metrics})
-                    bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}")
-                if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0:
-                    last_path = checkpoint(epoch) or last_path
-                if cfg.train.halt_after_steps is not None and step >= cfg.train.halt_after_steps:
+        if main:
+            if resume and found is None:
+                print(f"--resume: no checkpoint in {folder.checkpoints}; starting from scratch", flush=True)
+            folder.write_config(cfg)
+        if found is not None:
+            trainer.restore(found)
+        if main:
+            folder.truncate_metrics(trainer.step)
+        with GracefulStop() as stop:
+            return trainer.run(folder, stop)
+    finally:
+        folder.close()
+
+
+class Trainer:
+    """The model, optimizer, data and counters of one run, and the loop over them."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.world, self.rank, self.main = dist.world_size(), dist.rank(), dist.is_main_process()
+        torch.manual_seed(cfg.train.seed + self.rank)
+        np.random.seed((cfg.train.seed + self.rank) % 2**32)
+        self.data = build_pretrain_data(cfg, self.world, self.rank)
+        self.trainee = build_trainee(cfg, self.data.num_classes).to(device)
+        if cfg.train.compile:
+            for block in self.trainee.method.encoder.vit.blocks:
+                block.compile()
+        self.model = self._wrap_distributed()
+        self.optimizer = build_optimizer(self.trainee, cfg.optim)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16" and device.type == "cuda")
+        self.autocast = _autocast(cfg.train.precision, device)
+
+        self.accum = cfg.optim.accum_steps
+        self.steps_per_epoch = self.data.batches.steps // self.accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"one epoch of {self.data.num_images} images gives no optimizer step at batch "
+                              f"{cfg.optim.batch_size} x accum {self.accum} x {self.world} processes")
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.schedule_steps = int(round(self.total_steps * cfg.optim.schedule_stretch))
+        self.base_lr = learning_rate(cfg.optim, self.world)
+        self.step = 0
+        self.interval, self.epoch_means = RunningMeans(), RunningMeans()
+        self.last_metrics: dict = {}
+        self.last_checkpoint: Path | None = None
+
+    def _wrap_distributed(self) -> torch.nn.Module:
+        if not dist.is_distributed():
+            return self.trainee
+        if self.cfg.train.sync_batchnorm:
+            self.trainee, note = dist.sync_batchnorm(self.trainee, self.device)
+            if note and self.main:
+                print(note, flush=True)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(self.trainee, device_ids=ids)
+
+    # ------------------------------------------------------------ state
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        _load_model_state(self.trainee, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        if "means" in state:  # absent from checkpoints of the first release
+            self.interval.load_state_dict(state["means"]["interval"], self.device)
+            self.epoch_means.load_state_dict(state["means"]["epoch"], self.device)
+        self.last_checkpoint = path
+        if self.main:
+            print(f"resuming from {path} at step {self.step} (epoch {self.step // self.steps_per_epoch})", flush=True)
+
+    def save_checkpoint(self, folder: RunFolder) -> Path | None:
+        """Write ckpt_<step>.pt (main process), never with non-finite weights or optimizer state."""
+        payload = {"model": self.trainee.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "scaler": self.scaler.state_dict(),
+                   "scheduler": {"step": self.step, "total_steps": self.total_steps},
+                   "rng": rng_state(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                   "config": config_to_dict(self.cfg),
+                   "means": {"interval": self.interval.state_dict(), "epoch": self.epoch_means.state_dict()}}
+        bad = non_finite_entries({"model": payload["model"], "optimizer": payload["optimizer"]["state"]})
+        if bad:
+            raise NonFiniteLossError(
+                f"after step {self.step} {len(bad)} tensors of the model or optimizer are NaN or inf (e.g. "
+                f"{', '.join(bad[:3])}); no checkpoint written, the last good one ({self.last_checkpoint}) "
+                f"is kept. {lr_hint(self.cfg)}")
+        if self.main:
+            self.last_checkpoint = save_checkpoint(folder.checkpoints, self.step, payload, self.cfg.train.keep_last)
+        return self.last_checkpoint
+
+    # ------------------------------------------------------------ the loop
+    def run(self, folder: RunFolder, stop: GracefulStop) -> RunResult:
+        cfg = self.cfg
+        writer = MetricsWriter(folder.path, self.main, cfg.train.tensorboard)
+        previous = folder.read_summary() if self.step else {}
+        self.last_metrics = previous.get("last_metrics", {})
+        halted = False
+        try:
+            if self.step == 0:
+                self.announce(writer)
+            self.trainee.train()
+            for epoch in range(self.step // self.steps_per_epoch, cfg.train.epochs):
+                reason = self.train_epoch(epoch, folder, writer, stop)
+                if reason == "halt":
                     halted = True
                     break
+                if reason is not None:
+                    self.write_summary(folder, halted=False, stopped_by=reason)
+                    raise RunInterrupted(reason, self.step, self.last_checkpoint)
+        finally:
+            writer.close()
+        self.write_summary(folder, halted=halted)
+        return RunResult(folder.path, self.last_checkpoint, self.step, halted, self.last_metrics)
+
+    def announce(self, writer: MetricsWriter) -> None:
+        """The `start` record and the run's first printed line: what will run, at which lr."""
+        encoder = self.trainee.method.encoder
+        lr_from = lr_source(self.cfg, self.world)
+        info = {"config": self.cfg.recipe, "images": self.data.num_images, "world": self.world,
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "lr": self.base_lr,
+                "lr_source": lr_from, "img_size": encoder.img_size, "patch_size": encoder.patch_size,
+                "patch_grid": [encoder.grid_size, encoder.grid_size], "tokens": encoder.num_patches,
+                "device": str(self.device)}
+        writer.write({"kind": "start", **info})
+        if self.main:
+            print(f"{self.cfg.recipe}: {self.data.num_images} images at {encoder.img_size}px, patch "
+                  f"{encoder.patch_size} -> {encoder.grid_size}x{encoder.grid_size} = {encoder.num_patches} tokens; "
+                  f"{self.cfg.train.epochs} epochs x {self.steps_per_epoch} steps on {self.device} x {self.world}; "
+                  f"lr {self.base_lr:.3g} ({lr_from})", flush=True)
+
+    def train_epoch(self, epoch: int, folder: RunFolder, writer: MetricsWriter, stop: GracefulStop) -> str | None:
+        """One epoch from the current step; returns why it stopped early ("halt", a signal name) or None."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        first = self.step - epoch * spe
+        loader = self.data.loader(epoch, first * self.accum, cfg.data.num_workers, self.device.type == "cuda")
+        show = cfg.train.progress and self.main and sys.stderr.isatty()
+        bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show,
+                   leave=False, dynamic_ncols=True)
+        shown_at, micro, stop_agreed = 0.0, 0, False
+        try:
+            for batch in loader:
+                if batch.bad_files and self.main:
+                    writer.write({"kind": "skipped_images", "step": self.step, "files": batch.bad_files})
+                lr = self.set_schedule()
+                terms, stop_agreed = self.forward_backward(batch, epoch, micro, stop, writer)
+                micro += 1
+                if micro < self.accum:
+                    continue
+                micro = 0
+                self.optimizer_step()
+                bar.update(1)
+                if show and time.monotonic() - shown_at > 0.5:  # a sync at most twice a second
+                    bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
+                    shown_at = time.monotonic()
+                self.log_step(epoch, lr, writer)
+                if self.step % spe == 0:
+                    self.end_epoch(epoch, writer)
+                reason = self.stop_reason(stop_agreed, stop)
+                every = cfg.train.ckpt_every_steps
+                if reason is not None or self.step % spe == 0 or (every and self.step % every == 0):
+                    self.save_checkpoint(folder)
+                if reason is not None:
+                    return reason
+        finally:
             bar.close()
-            if halted:
-                break
-            summary = epoch_means.read()
-            writer.write({"kind": "epoch", "step": step, "epoch": epoch, **summary})
-            if main and not show_bar:
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not k.startswith("probe/acc"))
-                print(f"epoch {epoch + 1}/{cfg.train.epochs} step {step}: {shown}", flush=True)
-            last_path = checkpoint(epoch + 1) or last_path
-    finally:
-        writer.close()
-    if main:
-        write_json_atomic(run_dir / "summary.json", {"steps": step, "halted": halted, "checkpoint": str(last_path),
-                                               "last_metrics": last_metrics})
-    return RunResult(run_dir, last_path, step, halted, last_metrics)
+        return None
+
+    def set_schedule(self) -> float:
+        o = self.cfg.optim
+        lr = lr_at(self.step, base_lr=self.base_lr, min_lr=o.min_lr, warmup_steps=self.warmup_steps,
+                   total_steps=self.schedule_steps)
+        set_lr(self.optimizer, lr)
+        if o.weight_decay_end is not None:
+            set_weight_decay(self.optimizer, weight_decay_at(self.step, start=o.weight_decay, end=o.weight_decay_end,
+                                                             total_steps=self.schedule_steps))
+        return lr
+
+    def forward_backward(self, batch, epoch: int, micro: int, stop: GracefulStop,
+                         writer: MetricsWriter) -> tuple[dict, bool]:
+        """One micro-step: forward, finiteness (and stop request) agreed by all processes, backward."""
+        images = to_device(batch.images, self.device)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        monitor = self.step % self.cfg.train.monitor_every == 0 and micro == 0
+        seed = step_seed(self.cfg.train.seed, self.rank, self.step, micro)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        last_micro = micro == self.accum - 1
+        sync = contextlib.nullcontext() if last_micro or self.model is self.trainee else self.model.no_sync()
+        with sync:
+            with self.autocast:
+                result = self.model(images, labels, epoch=epoch, monitor=monitor, generator=generator)
+            stop_agreed = _check_finite_and_stop(result, self.step, stop, self.cfg)
+            self.scaler.scale(result.total / self.accum).backward()
+        for name in [k for k in result.terms if k.startswith("gate/")]:
+            writer.write({"kind": "gate", "step": self.step, "regularizer": name[5:],
+                          "rec_ema": float(result.terms.pop(name))})
+            if self.main:
+                print(f"step {self.step}: {name[5:]} switched on (reconstruction EMA below its gate)", flush=True)
+        terms = {"loss": result.objective, **result.terms}
+        self.interval.add(terms)
+        self.epoch_means.add(terms)
+        return terms, stop_agreed
+
+    def optimizer_step(self) -> None:
+        if self.cfg.optim.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainee.parameters(), self.cfg.optim.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.trainee.method.on_step_end(self.step / self.total_steps)  # e.g. EMA target updates
+
+    def log_step(self, epoch: int, lr: float, writer: MetricsWriter) -> None:
+        if self.step % self.cfg.train.log_every == 0 or self.step % self.steps_per_epoch == 0:
+            self.last_metrics = self.interval.read()
+            weights = {f"weight/{r.name}": r.weight_at(epoch) for r in self.trainee.regularizers}
+            writer.write({"kind": "train", "step": self.step, "epoch": epoch, "lr": lr, **weights, **self.last_metrics})
+
+    def end_epoch(self, epoch: int, writer: MetricsWriter) -> None:
+        """The epoch's record and its one printed line; written before the epoch's checkpoint, so a
+        run resumed from that checkpoint neither repeats nor loses it."""
+        summary = self.epoch_means.read()
+        writer.write({"kind": "epoch", "step": self.step, "epoch": epoch, **summary})
+        if self.main:
+            tqdm.write(f"epoch {epoch + 1}/{self.cfg.train.epochs} step {self.step}: {format_terms(summary)}")
+            sys.stdout.flush()
+
+    def stop_reason(self, stop_agreed: bool, stop: GracefulStop) -> str | None:
+        halt = self.cfg.train.halt_after_steps
+        if stop_agreed:
+            return stop.signal_name or "SIGTERM"  # another process received it
+        if halt is not None and self.step >= halt and self.step < self.total_steps:
+            return "halt"
+        return None
+
+    def write_summary(self, folder: RunFolder, halted: bool, stopped_by: str | None = None) -> None:
+        if self.main:
+            folder.write_summary({"steps": self.step, "halted": halted, "stopped_by": stopped_by,
+                                  "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                                  "last_metrics": self.last_metrics})
+
+
+def format_terms(terms: dict[str, float]) -> str:
+    """`loss 0.5123, rec 0.5100, ... | probe/ce 2.01, probe/acc 31.2`: the objective's terms first."""
+    own = [f"{k} {v:.4f}" for k, v in terms.items() if not k.startswith(("probe/", "aux/"))]
+    side = [f"{k} {v:.4g}" for k, v in terms.items() if k.startswith(("probe/", "aux/"))]
+    return ", ".join(own) + (" | " + ", ".join(side) if side else "")
+
+
+def lr_source(cfg: Config, world: int) -> str:
+    """Which key set the lr in force, and how."""
+    o = cfg.optim
+    if o.lr is not None:
+        return f"optim.lr={o.lr:g}"
+    return (f"optim.blr={o.blr:g} x {o.batch_size} batch x {o.accum_steps} accum x {world} processes / 256")
+
+
+def lr_hint(cfg: Config) -> str:
+    key = "optim.lr" if cfg.optim.lr is not None else "optim.blr"
+    return f"Try a lower lr ({key}), optim.clip_grad, or train.precision fp32"
 
 
 # buffers added after the first release: a checkpoint without them starts them at their defaults
@@ -202,63 +336,22 @@ OPTIONAL_BUFFERS = ("rec_ema", "gate_open")
 
 
 def _load_model_state(trainee: torch.nn.Module, state: dict, path: Path) -> None:
-    missing, unexpected = trainee.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(OPTIONAL_BUFFERS)]
-    if missing or unexpected:
-        raise MimregError(f"checkpoint {path} does not match the model built from the config: missing "
-                          f"{missing[:5]}, unexpected {unexpected[:5]}; resume with the config it was made with")
+    own = trainee.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_BUFFERS)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise MimregError(f"checkpoint {path} does not match the model built from the config (missing "
+                          f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {mismatched[:3]}); resume with "
+                          "the config it was made with")
+    trainee.load_state_dict(state, strict=False)
 
 
 def to_device(images, device: torch.device):
     if isinstance(images, list):
         return [view.to(device, non_blocking=True) for view in images]
     return images.to(device, non_blocking=True)
-
-
-def _prepare_run_dir(cfg: Config, run_dir: Path, ckpt_dir: Path, resume: bool, main: bool) -> None:
-    existing = latest_checkpoint(ckpt_dir)
-    if existing is not None and not resume:
-        raise MimregError(f"run folder {run_dir} already holds checkpoints ({existing.name}); pass --resume "
-                          "to continue that run, or --out NEW_FOLDER to start a new one")
-    saved = run_dir / "config.yaml"
-    if resume and existing is not None and saved.is_file():
-        import yaml
-
-        from mimreg.config import config_from_dict
-
-        before = config_to_dict(config_from_dict(yaml.safe_load(saved.read_text())))
-        now = config_to_dict(cfg)
-        for section in (before, now):
-            section["train"].pop("halt_after_steps", None)
-        changed = _changed_keys(before, now)
-        if changed:
-            raise ConfigError(f"--resume with a config that differs from the run's config.yaml in {changed}; "
-                              "resume with the same config, or start a new run with --out")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, saved)
-
-
-def _previous_summary(run_dir: Path) -> dict:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _changed_keys(a, b, prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint we resume from (they will be written again)."""
-    # gate and skipped-image records carry the step before its optimizer update: strictly earlier only
-    kept = [r for r in read_metrics(path)
-            if r.get("step", 0) < step or (r.get("step", 0) == step and r.get("kind") not in ("gate", "skipped_images"))]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _autocast(precision: str, device: torch.device):
@@ -270,11 +363,20 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _check_finite(result, step: int) -> None:
-    values = [result.total] + list(result.terms.values())
-    finite = torch.isfinite(torch.stack([v.detach().float() for v in values])).all().float()
-    if bool(dist.all_reduce_min(finite)):  # every process stops together, none waits in backward
-        return
-    bad = [name for name, v in result.terms.items() if not bool(torch.isfinite(v).all())] or ["total"]
+def _check_finite_and_stop(result, step: int, stop: GracefulStop, cfg: Config) -> bool:
+    """Raise NonFiniteLossError naming every non-finite term; return whether any process was asked
+    to stop. One collective for both, so every process stops together and none waits in backward."""
+    values = [result.total, result.objective] + list(result.terms.values())
+    finite = torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values])).all().float()
+    flags = torch.stack([finite, torch.tensor(0.0 if stop.requested else 1.0, device=finite.device)])
+    finite_everywhere, none_stopping = dist.all_reduce_min(flags).tolist()
+    if finite_everywhere:
+        return not none_stopping
+    bad = [name for name, v in result.terms.items() if not bool(torch.isfinite(v).all())]
+    if not bad and bool(finite):
+        bad = ["(on another process)"]
+    elif not bad:
+        shown = ", ".join(f"{k}={float(v):.3g}" for k, v in result.terms.items())
+        bad = [f"the sum of finite terms overflowed ({shown})"]
     raise NonFiniteLossError(f"non-finite loss at step {step} in term(s) {bad}; the last good checkpoint "
-                             "is kept. Try a lower lr (optim.blr), optim.clip_grad, or train.precision fp32")
+                             f"is kept. {lr_hint(cfg)}")

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from mimreg.distributed import all_reduce_mean
+from mimreg.errors import MimregError
+from mimreg.io import disk_full_message
 
 
 class RunningMeans:
@@ -62,8 +64,14 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {**record, "time": round(time.time() - self.start, 3)}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            message = disk_full_message(self.path, err)
+            if message is None:
+                raise
+            raise MimregError(message) from err
         if self.tb is not None and "step" in record:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
@@ -75,8 +83,19 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl file, oldest first; [] when there is none yet."""
+    """The records of a metrics.jsonl file, oldest first; [] when there is none yet. A last line cut
+    short by a crash in mid-write is dropped; a damaged line before it is an error."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise MimregError(f"{path} line {number} is not a JSON record; delete that line "
+                              "(or the file) and resume") from None
+    return records

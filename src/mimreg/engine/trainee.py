@@ -20,9 +20,12 @@ from mimreg.regularizers import Regularizer
 
 @dataclass
 class StepResult:
-    """total: the scalar to back-propagate. terms: name -> detached scalar for logging."""
+    """total: the scalar to back-propagate (the objective plus the online probe's and regularizers'
+    own training losses). objective: what trains the encoder (method losses + weighted
+    regularizers). terms: name -> detached scalar for logging."""
 
     total: torch.Tensor
+    objective: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -63,6 +66,7 @@ class Trainee(nn.Module):
         gradient only when `monitor` is set (every `train.monitor_every` steps)."""
         out = self.method(images, needs=self.needs(epoch, monitor), **method_kwargs)
         total = torch.stack([loss.float() for loss in out.losses.values()]).sum()
+        objective = total.detach()
         terms = {name: loss.detach() for name, loss in out.losses.items()}
         if self.training and any(r.gate_rec_loss is not None for r in self.regularizers):
             if "rec" not in out.losses:
@@ -74,6 +78,7 @@ class Trainee(nn.Module):
             if weight != 0:
                 value = reg(out.features)
                 total = total + weight * value
+                objective = objective + weight * value.detach().float()
                 terms[f"reg/{reg.name}"] = value.detach()
             elif monitor:
                 with torch.no_grad():
@@ -95,7 +100,7 @@ class Trainee(nn.Module):
             ce, acc = self.probe_loss(out.features[self.probe_feature], labels)
             total = total + ce
             terms["probe/ce"], terms["probe/acc"] = ce.detach(), acc
-        return StepResult(total=total, terms=terms)
+        return StepResult(total=total, objective=objective, terms=terms)
 
     @torch.no_grad()
     def update_gates(self, rec: torch.Tensor, decay: float = 0.98) -> dict[str, torch.Tensor]:
