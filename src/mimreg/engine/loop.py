@@ -230,6 +230,7 @@ class Trainer:
                 every = cfg.train.ckpt_every_steps
                 if reason is not None or self.step % spe == 0 or (every and self.step % every == 0):
                     self.save_checkpoint(folder)
+                    reason = reason or self.stop_reason(False, stop)  # a signal during the write
                 if reason is not None:
                     return reason
         finally:
@@ -298,7 +299,8 @@ class Trainer:
 
     def stop_reason(self, stop_agreed: bool, stop: GracefulStop) -> str | None:
         halt = self.cfg.train.halt_after_steps
-        if stop_agreed:
+        # one process stops as soon as it is asked; several stop at the step they agreed on
+        if stop_agreed or (stop.requested and not dist.is_distributed()):
             return stop.signal_name or "SIGTERM"  # another process received it
         if halt is not None and self.step >= halt and self.step < self.total_steps:
             return "halt"

@@ -1,0 +1,120 @@
+"""Faults keep the run: a real `mimreg pretrain` subprocess is killed (SIGKILL), stopped (SIGTERM,
+SIGINT) or cut short at chosen points, resumed each time, and every record and the final weights
+are compared with an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mimreg.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from mimreg.engine.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = ROOT / "tests" / "fault_runner.py"
+# u-mae (a regularizer, a monitor, the online probe, drop path) on 128 synthetic images: 3 epochs of
+# 4 steps, a checkpoint every 3 steps and at each epoch's end (steps 3, 4, 6, 8, 9, 12)
+ARGS = ["pretrain", "u-mae", *[a for kv in (
+    "data.name=synthetic", "data.subset=128", "method.decoder_dim=32", "method.decoder_depth=1",
+    "method.decoder_heads=2", "optim.batch_size=32", "train.epochs=3", "train.device=cpu", "train.progress=false",
+    "train.log_every=1", "train.monitor_every=2", "train.ckpt_every_steps=3", "train.keep_last=3",
+    "model.drop_path=0.1") for a in ("--set", kv)]]
+
+
+def run_mimreg(fault: str, out: Path, *extra: str, wait: bool = True, **env) -> subprocess.Popen | subprocess.CompletedProcess:
+    cmd = [sys.executable, str(RUNNER), fault, *ARGS, "--out", str(out), *extra]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **env}
+    if not wait:
+        return subprocess.Popen(cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def without_time(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(path / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("faults") / "reference"
+    proc = run_mimreg("none", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_every_fault_is_resumed_to_the_uninterrupted_run(reference, tmp_path):
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+
+    # killed after step 5: the epoch-end checkpoint of step 4 is the latest
+    proc = run_mimreg("SIGKILL@after_step=5", run)
+    assert proc.returncode == -signal.SIGKILL
+    assert latest_checkpoint(ckpts).name == "ckpt_00000004.pt"
+
+    # killed after epoch 1's record, before that epoch's checkpoint: resumed from step 6
+    proc = run_mimreg("SIGKILL@after_epoch_record=8", run, "--resume")
+    assert proc.returncode == -signal.SIGKILL and "resuming from" in proc.stdout and "step 4" in proc.stdout
+    assert latest_checkpoint(ckpts).name == "ckpt_00000006.pt"
+
+    # Ctrl-C while the checkpoint of step 8 is written: the write completes, then the run stops
+    proc = run_mimreg("SIGINT@in_checkpoint_write=8", run, "--resume")
+    assert proc.returncode == 130, proc.stderr
+    assert "stopped by SIGINT at step 8" in proc.stderr and "--resume" in proc.stderr.splitlines()[-1]
+    assert "unexpected pos" not in proc.stderr and "Traceback" not in proc.stderr
+    assert load_checkpoint(ckpts / "ckpt_00000008.pt")["step"] == 8
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by"] == "SIGINT" and summary["checkpoint"].endswith("ckpt_00000008.pt")
+
+    # killed while writing the checkpoint of step 9: a half-written temporary file stays behind
+    proc = run_mimreg("SIGKILL@in_checkpoint_write=9", run, "--resume")
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list(ckpts.glob(".ckpt_00000009.pt.*.tmp"))) == 1
+    assert latest_checkpoint(ckpts).name == "ckpt_00000008.pt"
+
+    # killed half-way through a metrics line: the next start removes the temporary and reads past the cut
+    proc = run_mimreg("SIGKILL@in_metrics_line=10", run, "--resume")
+    assert proc.returncode == -signal.SIGKILL
+    assert not list(ckpts.glob("*.tmp"))
+    assert not (run / "metrics.jsonl").read_text().endswith("\n")
+
+    # SIGTERM (preemption) sent from outside while step 11 is done: checkpoint 11, exit 143; a second
+    # run on the same folder meanwhile is refused and names the holder
+    marker = tmp_path / "paused"
+    proc = run_mimreg("SIGTERM@pause_after_step=11", run, "--resume", wait=False, FAULT_MARKER=str(marker))
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()
+    intruder = run_mimreg("none", run, "--resume")
+    assert intruder.returncode == 2
+    assert f"is in use by pid {proc.pid}" in intruder.stderr, intruder.stderr
+    proc.send_signal(signal.SIGTERM)
+    marker.with_suffix(".go").write_text("")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM at step 11" in err
+    assert latest_checkpoint(ckpts).name == "ckpt_00000011.pt"
+
+    proc = run_mimreg("none", run, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 12 steps" in proc.stdout
+
+    # every record, in order, equals the uninterrupted run's (time aside), and so do the weights
+    got, want = without_time(run), without_time(reference)
+    assert [(r["kind"], r.get("step"), sorted(r)) for r in got] == [(r["kind"], r.get("step"), sorted(r)) for r in want]
+    for a, b in zip(got, want):
+        numbers = {k for k, v in b.items() if isinstance(v, float)}
+        assert {k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
+        assert {k: a[k] for k in numbers} == pytest.approx({k: b[k] for k in numbers}, rel=1e-6, abs=1e-7)
+    final, expected = load_checkpoint(run)["model"], load_checkpoint(reference)["model"]
+    for key, value in expected.items():
+        torch.testing.assert_close(final[key], value, rtol=0, atol=1e-6, msg=key)
+    assert json.loads((run / "summary.json").read_text())["stopped_by"] is None
+    assert [p.name for p in list_checkpoints(ckpts)] == [f"ckpt_{s:08d}.pt" for s in (9, 11, 12)]
