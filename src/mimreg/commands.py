@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from mimreg.analysis import effective_rank, plot_spectrum, singular_values
+from mimreg.engine.checkpoint import resolve_checkpoint
 from mimreg.errors import MimregError
+from mimreg.io import atomic_write, write_json_atomic
 from mimreg.eval import format_table, knn_protocols, linear_probe, lowshot_logistic, write_json
 from mimreg.eval.frozen import Split, embed_split, load_encoder
 
@@ -134,14 +135,24 @@ def timm_model_kwargs(encoder) -> dict:
 
 
 def export_timm(checkpoint, out: str | Path) -> dict:
-    """Save the encoder as a timm VisionTransformer state dict, plus a JSON of create_model args."""
-    encoder, cfg, meta = load_encoder(checkpoint)
+    """Save the encoder as a timm VisionTransformer state dict (OUT) plus OUT with suffix .json (the
+    create_model arguments); both written atomically, neither over the checkpoint it reads."""
+    source = resolve_checkpoint(checkpoint)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(encoder.vit.state_dict(), out)
+    sidecar = out.with_suffix(".json")
+    if sidecar == out:
+        raise MimregError(f"--out {out}: the export writes the weights to OUT and their timm arguments to "
+                          f"OUT with suffix .json, which is {out} itself; pass --out NAME.pth")
+    for target in (out, sidecar):
+        if target.exists() and target.resolve() == source.resolve():
+            raise MimregError(f"--out {out} would replace the checkpoint {source} it exports; choose another path")
+    encoder, cfg, meta = load_encoder(source)
     kwargs = timm_model_kwargs(encoder)
     info = {"timm_model": "vit_base_patch16_224", "kwargs": kwargs, "recipe": meta["recipe"],
+            "checkpoint": str(source),
             "usage": f"timm.create_model('vit_base_patch16_224', pretrained=False, "
                      f"{', '.join(f'{k}={v}' for k, v in kwargs.items())}).load_state_dict(torch.load(PATH))"}
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    weights = encoder.vit.state_dict()
+    atomic_write(out, lambda handle: torch.save(weights, handle))
+    write_json_atomic(sidecar, info)
     return info

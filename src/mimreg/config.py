@@ -197,10 +197,17 @@ def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, got {type(raw).__name__}")
     return raw
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """`line 3, column 7: mapping values are not allowed here`: the parser's point, on one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -219,7 +226,11 @@ def apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({yaml_problem(err)}); quote it, "
+                          "e.g. --set 'key=[1, 2]'") from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,8 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load with `weights_only=True`: a checkpoint holds tensors and plain Python values only."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file `path` names: itself, or the latest checkpoint of a run folder."""
     path = Path(path)
     if path.is_dir():
         found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
@@ -83,22 +84,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = found
     if not path.is_file():
         raise MimregError(f"checkpoint {path} does not exist; pass a ckpt_*.pt file or a run folder")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load with `weights_only=True`: a checkpoint holds tensors and plain Python values only."""
+    path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch's own messages point at its documentation, not at the file
-        raise MimregError(f"cannot read checkpoint {path}: {_load_failure(err)}") from None
+        raise MimregError(f"cannot read checkpoint {path}: {_load_failure(err, path)}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise MimregError(f"{path} is not a mimreg checkpoint (no 'model' entry); pass a ckpt_*.pt written "
                           "by mimreg pretrain")
     return state
 
 
-def _load_failure(err: Exception) -> str:
+def _load_failure(err: Exception, path: Path) -> str:
     text = str(err)
     if "Weights only load failed" in text or "Unsupported global" in text:
         return ("it holds Python objects other than tensors and plain values (a pickled model, or code), "
                 "which mimreg never writes and refuses to run; use a checkpoint written by mimreg pretrain")
-    if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
+    if not zipfile.is_zipfile(path) or "central directory" in text or isinstance(err, EOFError):
         return ("the file is truncated or corrupt (not a complete torch archive); delete it, and "
                 "--resume continues from the previous checkpoint")
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
@@ -114,3 +121,27 @@ def non_finite_entries(state: dict, prefix: str = "") -> list[str]:
         elif torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad.append(name)
     return bad
+
+
+def load_matching_state(module: torch.nn.Module, state: dict, path: Path, optional: tuple[str, ...] = ()) -> None:
+    """`module.load_state_dict(state)`, or a MimregError naming what does not match (keys missing or
+    unexpected, tensors of other shapes: a checkpoint of another model). Keys ending in `optional`
+    may be missing (buffers added after a checkpoint's release keep their defaults)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith(optional)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        raise MimregError(f"checkpoint {path} holds another model than the config builds (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}, other shapes {mismatched[:3]}); use the config it was "
+                          "trained with")
+    module.load_state_dict(state, strict=False)
+
+
+def config_of(state: dict, path: Path) -> dict:
+    """The run config stored in a checkpoint, or a MimregError saying it has none."""
+    if not isinstance(state.get("config"), dict):
+        raise MimregError(f"checkpoint {path} holds no run config: it was not written by mimreg pretrain "
+                          "(or by a release before configs were stored); re-export it from its run")
+    return state["config"]

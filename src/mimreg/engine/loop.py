@@ -20,14 +20,15 @@ from tqdm import tqdm
 from mimreg import distributed as dist
 from mimreg.config import Config, config_to_dict
 from mimreg.engine.build import build_trainee
-from mimreg.engine.checkpoint import load_checkpoint, non_finite_entries, rng_state, save_checkpoint, set_rng_state
+from mimreg.engine.checkpoint import (load_checkpoint, load_matching_state, non_finite_entries, rng_state,
+                                     save_checkpoint, set_rng_state)
 from mimreg.engine.data import build_pretrain_data
 from mimreg.engine.metrics import MetricsWriter, RunningMeans
 from mimreg.engine.run_folder import RunFolder
 from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, set_lr, set_weight_decay,
                                     weight_decay_at)
 from mimreg.engine.stopping import GracefulStop
-from mimreg.errors import ConfigError, MimregError, NonFiniteLossError, RunInterrupted
+from mimreg.errors import ConfigError, NonFiniteLossError, RunInterrupted
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Trainer:
     # ------------------------------------------------------------ state
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        _load_model_state(self.trainee, state["model"], path)
+        load_matching_state(self.trainee, state["model"], path, OPTIONAL_BUFFERS)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -335,19 +336,6 @@ def lr_hint(cfg: Config) -> str:
 
 # buffers added after the first release: a checkpoint without them starts them at their defaults
 OPTIONAL_BUFFERS = ("rec_ema", "gate_open")
-
-
-def _load_model_state(trainee: torch.nn.Module, state: dict, path: Path) -> None:
-    own = trainee.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_BUFFERS)]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                  if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise MimregError(f"checkpoint {path} does not match the model built from the config (missing "
-                          f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {mismatched[:3]}); resume with "
-                          "the config it was made with")
-    trainee.load_state_dict(state, strict=False)
 
 
 def to_device(images, device: torch.device):

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from mimreg.config import Config, config_from_dict
 from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
 from mimreg.engine.build import build_encoder
-from mimreg.engine.checkpoint import load_checkpoint
+from mimreg.engine.checkpoint import config_of, load_checkpoint, load_matching_state, resolve_checkpoint
 from mimreg.methods import METHODS
 from mimreg.models import ViTEncoder, mask_noise, random_mask
 
@@ -26,12 +26,13 @@ class Split:
 
 def load_encoder(checkpoint: str | Path) -> tuple[ViTEncoder, Config, dict]:
     """The trained encoder (eval mode), the run's config, and the checkpoint's metadata."""
-    state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(state["config"])
+    path = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(path)
+    cfg = config_from_dict(config_of(state, path))
     encoder = build_encoder(cfg)
     prefix = f"method.{METHODS[cfg.method.name].eval_encoder}."
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    encoder.load_state_dict(weights)
+    load_matching_state(encoder, weights, path)
     encoder.eval()
     meta = {"step": state.get("step"), "epoch": state.get("epoch"), "recipe": cfg.recipe}
     return encoder, cfg, meta

@@ -1,0 +1,169 @@
+"""Faults that must keep a run and say what happened: a changed config on resume without
+config.yaml, a full disk, non-finite weights, damaged or foreign checkpoints, exports."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mimreg.cli import main
+from mimreg.config import load_config
+from mimreg.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, non_finite_entries
+from mimreg.engine.loop import _check_finite_and_stop, pretrain
+from mimreg.engine.stopping import GracefulStop
+from mimreg.engine.trainee import StepResult
+from mimreg.errors import ConfigError, MimregError, NonFiniteLossError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- resume
+def test_resume_without_config_yaml_is_checked_against_the_checkpoint(tiny_run):
+    (tiny_run / "config.yaml").unlink()
+    changed = load_config("digits/u-mae", ["optim.lr=0.002"])
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        pretrain(changed, tiny_run, resume=True)
+    assert not (tiny_run / "config.yaml").exists()
+
+
+def test_resume_of_a_folder_without_checkpoint_says_it_starts_from_scratch(tmp_path, tiny_config, capsys):
+    pretrain(tiny_config("mae", "data.subset=64"), tmp_path / "new", resume=True)
+    assert f"--resume: no checkpoint in {tmp_path / 'new' / 'checkpoints'}; starting from scratch" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (needs root, as in CI); skipped where mounting is not allowed."""
+    mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk path is not exercised")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_keeps_the_checkpoints_and_says_so(small_disk, tiny_config):
+    run = small_disk / "run"
+    sets = ("data.subset=64", "train.epochs=3")
+    first = pretrain(tiny_config("mae", *sets, "train.halt_after_steps=2"), run)
+    size = first.checkpoint.stat().st_size
+    free = shutil.disk_usage(small_disk).free
+    # fill the disk up to half a checkpoint (written blocks: a sparse file would take no space)
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'filler'}", "bs=1M",
+                    f"count={(free - size // 2) // 2**20}", "status=none"], check=True)
+    with pytest.raises(MimregError, match=r"no space left on tmpfs \(mounted at .*\) writing .*ckpt_00000004\.pt"):
+        pretrain(tiny_config("mae", *sets), run, resume=True)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt_00000002.pt"]
+    assert load_checkpoint(run)["step"] == 2
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- non-finite values
+def test_weights_that_overflow_never_reach_a_checkpoint(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    cfg = tiny_config("mae", "data.subset=128", "train.epochs=3", "optim.lr=1e6", "train.ckpt_every_steps=1",
+                      "train.keep_last=10", "monitor=[]")
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(cfg, run)
+    kept = list_checkpoints(run / "checkpoints")
+    for path in kept:
+        state = load_checkpoint(path)
+        assert non_finite_entries({"model": state["model"], "optimizer": state["optimizer"]["state"]}) == [], path
+    message = str(info.value)
+    assert "optim.lr" in message and "optim.blr" not in message
+    assert str(kept[-1]) in message or "term(s)" in message
+
+
+def test_an_overflowing_sum_of_finite_terms_names_them():
+    big = torch.tensor(3e38)
+    result = StepResult(total=big * 2, objective=big * 2, terms={"rec": big, "reg/x": big})
+    cfg = load_config("mae")
+    with pytest.raises(NonFiniteLossError, match=r"overflowed \(rec=3e\+38, reg/x=3e\+38\)"):
+        _check_finite_and_stop(result, 7, GracefulStop(), cfg)
+    nan = StepResult(total=torch.tensor(float("nan")), objective=torch.tensor(1.0),
+                     terms={"rec": torch.tensor(1.0), "reg/a": torch.tensor(float("inf")), "reg/b": torch.tensor(float("nan"))})
+    with pytest.raises(NonFiniteLossError, match=r"\['reg/a', 'reg/b'\]"):
+        _check_finite_and_stop(nan, 7, GracefulStop(), cfg)
+
+
+# ---------------------------------------------------------------- damaged, foreign and unsafe checkpoints
+def test_truncated_checkpoint(tiny_run, capsys):
+    path = latest_checkpoint(tiny_run / "checkpoints")
+    path.write_bytes(path.read_bytes()[:5000])
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"cannot read checkpoint {path}: the file is truncated or corrupt" in err
+    assert "documentation" not in err
+
+
+def test_checkpoint_with_code_is_refused_and_not_run(tmp_path, capsys):
+    marker = tmp_path / "ran"
+
+    class Bomb:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "ckpt_00000001.pt"
+    torch.save({"model": {}, "config": {}, "bomb": Bomb()}, path)
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", path)
+    assert code == 2 and not marker.exists()
+    assert "holds Python objects other than tensors" in err and "refuses to run" in err
+
+
+def test_checkpoint_without_config(tmp_path, capsys):
+    path = tmp_path / "ckpt_00000001.pt"
+    torch.save({"model": {"w": torch.zeros(1)}}, path)
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", path)
+    assert code == 2 and "KeyError" not in err
+    assert f"checkpoint {path} holds no run config" in err
+
+
+def test_checkpoint_of_another_model(tiny_run, tmp_path, capsys):
+    state = load_checkpoint(tiny_run)
+    state["config"]["model"]["arch"] = "vit_tiny"
+    path = tmp_path / "ckpt_00000024.pt"
+    torch.save(state, path)
+    code, _, err = cli(capsys, "eval", "knn", "--checkpoint", path)
+    assert code == 2 and "size mismatch" not in err and "RuntimeError" not in err
+    assert f"checkpoint {path} holds another model than the config builds" in err
+    assert "other shapes" in err
+
+
+def test_yaml_errors_keep_their_point(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method:\n  name: mae\n  mask_ratio: [0.5\noptim: {lr: 1}\n")
+    code, _, err = cli(capsys, "pretrain", bad)
+    assert code == 2
+    assert err.strip() == f"error: {bad} is not valid YAML: line 4, column 6: expected ',' or ']', but got ':'"
+    code, _, err = cli(capsys, "pretrain", "mae", "--set", "optim.betas=[0.9")
+    assert code == 2 and "is not valid YAML (line 1, column 5" in err and "^" not in err
+
+
+# ---------------------------------------------------------------- export
+def test_export_never_overwrites_its_input_or_itself(tiny_run, capsys):
+    ckpt = latest_checkpoint(tiny_run / "checkpoints")
+    before = ckpt.read_bytes()
+    code, _, err = cli(capsys, "export", "--checkpoint", tiny_run, "--out", ckpt)
+    assert code == 2 and "would replace the checkpoint" in err
+    assert ckpt.read_bytes() == before
+    code, _, err = cli(capsys, "export", "--checkpoint", ckpt, "--out", tiny_run / "vit.json")
+    assert code == 2 and "pass --out NAME.pth" in err and not (tiny_run / "vit.json").exists()
+    code, out, err = cli(capsys, "export", "--checkpoint", ckpt, "--out", tiny_run / "vit.pth")
+    assert code == 0, err
+    assert torch.load(tiny_run / "vit.pth", weights_only=True)
+    assert yaml.safe_load((tiny_run / "vit.json").read_text())["checkpoint"] == str(ckpt)
+    assert not list(tiny_run.glob(".*.tmp"))
