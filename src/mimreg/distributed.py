@@ -27,15 +27,15 @@ def is_main_process() -> bool:
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` (B, ...) from every process along dim 0, keeping the autograd graph.
 
-    The backward of `torch.distributed.nn.functional.all_gather` sums the gradient that every
-    process sends to each slice. Every process computes the same global loss and DDP averages
-    parameter gradients, so the result is the exact gradient of the loss on the global batch.
+    The backward sums the gradient that every process sends to each slice (a reduce-scatter).
+    Every process computes the same global loss and DDP averages parameter gradients, so the
+    result is the exact gradient of the loss on the global batch.
     """
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed import _functional_collectives as funcol
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return funcol.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
 
 
 def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,17 @@ def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     every process, as `gather_with_grad` does); `x` itself in a single process."""
     if not is_distributed():
         return x
+    from torch.distributed import _functional_collectives as funcol
+
+    if hasattr(funcol, "all_reduce_backward"):  # torch releases whose functional all_reduce has a backward
+        return funcol.all_reduce(x.contiguous(), "sum", dist.group.WORLD)
+    import warnings
+
     from torch.distributed.nn.functional import all_reduce
 
-    return all_reduce(x.contiguous())
+    with warnings.catch_warnings():  # older releases: the differentiable one is the deprecated API
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(x.contiguous())
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
