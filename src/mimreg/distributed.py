@@ -35,7 +35,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed import _functional_collectives as funcol
 
-    return funcol.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd  # its new name
+    return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
 
 
 def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
