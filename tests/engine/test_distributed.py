@@ -59,7 +59,7 @@ def test_per_process_option_uses_the_local_batch(two_process_results, worker):
 
 def test_pretrain_cli_under_torchrun(tmp_path, torchrun):
     run = tmp_path / "run"
-    torchrun(["-m", "mimreg.cli", "pretrain", "mu-mae", "--out", str(run),
+    proc = torchrun(["-m", "mimreg.cli", "pretrain", "mu-mae", "--out", str(run),
               "--set", "data.name=synthetic", "--set", "data.subset=128", "--set", "optim.batch_size=16",
               "--set", "train.epochs=1", "--set", "method.decoder_dim=32", "--set", "method.decoder_depth=1",
               "--set", "method.decoder_heads=2", "--set", "train.progress=false"], tmp_path)
@@ -67,3 +67,9 @@ def test_pretrain_cli_under_torchrun(tmp_path, torchrun):
     assert records[0]["world"] == 2 and records[0]["steps_per_epoch"] == 4  # 128 / (16 x 2)
     assert any("reg/uniformity" in r for r in records)
     assert len(list((run / "checkpoints").glob("ckpt_*.pt"))) == 1
+    # rank 0 alone speaks: one start line, one line per epoch, one done line; no warnings of ours
+    out = proc.stdout.splitlines()
+    assert sum(line.startswith("done:") for line in out) == 1, proc.stdout
+    assert sum(line.startswith("epoch 1/1 step 4:") for line in out) == 1, proc.stdout
+    assert sum("tokens;" in line for line in out) == 1, proc.stdout
+    assert "Warning" not in proc.stderr, proc.stderr[-2000:]

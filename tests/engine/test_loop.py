@@ -391,3 +391,33 @@ def test_step_seed_depends_on_every_part():
     seeds = {loop.step_seed(s, r, t, m) for s in (0, 1) for r in (0, 1) for t in (0, 1) for m in (0, 1)}
     assert len(seeds) == 16
     assert loop.step_seed(0, 0, 5, 1) == loop.step_seed(0, 0, 5, 1)
+
+
+# ---------------------------------------------------------------- console output
+class FakeTerminal:
+    """A stderr that says it is a terminal, so the loop shows its progress bar."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_each_epoch_leaves_one_line_under_the_progress_bar(tmp_path, tiny_config, capsys, monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    pretrain(tiny_config("u-mae", "data.subset=64", "train.epochs=2", "train.progress=true", "train.log_every=5"),
+             tmp_path / "run")
+    out = capsys.readouterr().out.splitlines()
+    epochs = [line for line in out if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2 step 2", "epoch 2/2 step 4"]
+    # the objective first, the online probe apart
+    assert epochs[0].split(": ", 1)[1].startswith("loss ") and "| probe/acc" in epochs[0]
+    assert "epoch 1/2" in terminal.text and "loss=" in terminal.text  # the bar, with the loss shown every step
