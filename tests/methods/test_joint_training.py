@@ -72,24 +72,27 @@ def test_a_single_tensor_is_refused_with_the_setting_to_change(name):
 
 @pytest.mark.parametrize("name", JOINT)
 def test_features_are_view_major(name):
-    model = make_method(name).eval()  # eval: BN uses running statistics, so rows are independent
+    # eval: BN uses running statistics, so rows are independent; float64: the same function, not
+    # fp32's rounding in kernels that depend on the batch size
+    model = make_method(name).double().eval()
     b = 3
-    v0, v1 = torch.randn(b, 3, 32, 32), torch.randn(b, 3, 32, 32)
+    v0, v1 = torch.randn(b, 3, 32, 32).double(), torch.randn(b, 3, 32, 32).double()
     assert model.feature_names() == {"cls", "emb.0", "emb.1", *(f"block.{i}" for i in range(6))}
     out = model([v0, v1])
     assert set(out.features) == {"cls", "emb.0", "emb.1"}  # no blocks unless requested
     cls = out.features["cls"]
     assert cls.shape == (2 * b, 128)
-    torch.testing.assert_close(cls[:b], model.encoder.forward_masked(v0, None).cls, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(cls[b:], model.encoder.forward_masked(v1, None).cls, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cls[:b], model.encoder.forward_masked(v0, None).cls, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cls[b:], model.encoder.forward_masked(v1, None).cls, rtol=1e-10, atol=1e-10)
     for v in range(2):
         assert out.features[f"emb.{v}"].shape == (b, 16)
-        torch.testing.assert_close(out.features[f"emb.{v}"], model.projector(cls[v * b:(v + 1) * b]))
+        torch.testing.assert_close(out.features[f"emb.{v}"], model.projector(cls[v * b:(v + 1) * b]), rtol=1e-10,
+                                   atol=1e-10)
     blocks = model([v0, v1], needs=frozenset({"block.2", "block.5", "cls"})).features
     assert {"block.2", "block.5"} <= set(blocks) and "block.0" not in blocks
     assert blocks["block.2"].shape == (2 * b, 128)
     pooled = model.encoder.forward_masked(v1, None, [2]).pooled_blocks[2]
-    torch.testing.assert_close(blocks["block.2"][b:], pooled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blocks["block.2"][b:], pooled, rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------- 30 training steps
