@@ -28,11 +28,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 JOINT = ["simclr", "vicreg", "barlow", "byol", "mse"]
 
 
-def make_method(name: str) -> JointEmbedding:
+def make_method(name: str, **options) -> JointEmbedding:
     torch.manual_seed(0)
     cls = METHODS[name]
     extra = {"pred_hidden_dim": 24} if name == "byol" else {}
-    return cls(ViTEncoder("vit_micro", 32, 8), cls.Options(proj_hidden_dim=32, proj_output_dim=16, **extra))
+    return cls(ViTEncoder("vit_micro", 32, 8), cls.Options(proj_hidden_dim=32, proj_output_dim=16, **extra, **options))
 
 
 # ---------------------------------------------------------------- the interface
@@ -93,6 +93,57 @@ def test_features_are_view_major(name):
     assert blocks["block.2"].shape == (2 * b, 128)
     pooled = model.encoder.forward_masked(v1, None, [2]).pooled_blocks[2]
     torch.testing.assert_close(blocks["block.2"][b:], pooled, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------- BatchNorm per view or over both views
+def test_bn_views_defaults_follow_the_official_codes():
+    defaults = {name: METHODS[name].Options().bn_views for name in JOINT}
+    assert defaults == {"simclr": "joint", "vicreg": "per_view", "barlow": "per_view", "byol": "per_view",
+                        "mse": "per_view"}
+    assert load_config("digits/vicreg", ["method.bn_views=joint"]).method.options.bn_views == "joint"
+    with pytest.raises(ConfigError, match=r"method\.bn_views: unknown value 'both'; choose one of"):
+        load_config("digits/barlow", ["method.bn_views=both"])
+
+
+def two_views_of_different_statistics(b: int = 6) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(b, 3, 32, 32, generator=g), 3 * torch.randn(b, 3, 32, 32, generator=g) + 1]
+
+
+@pytest.mark.parametrize("name", JOINT)
+def test_per_view_batch_norm_runs_each_view_through_the_projector_alone(name):
+    views = two_views_of_different_statistics()
+    per_view, joint = make_method(name, bn_views="per_view"), make_method(name, bn_views="joint")
+    got = {mode: model(views).features for mode, model in (("per_view", per_view), ("joint", joint))}
+    cls = got["per_view"]["cls"]
+    alone = [per_view.projector(v) for v in cls.chunk(2)]  # train mode: each view's own batch statistics
+    together = joint.projector(cls).chunk(2)
+    for v in range(2):
+        torch.testing.assert_close(got["per_view"][f"emb.{v}"], alone[v], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["joint"][f"emb.{v}"], together[v], rtol=1e-5, atol=1e-5)
+        # views of different statistics: normalising them together gives other embeddings
+        difference = (got["per_view"][f"emb.{v}"] - got["joint"][f"emb.{v}"]).abs().max()
+        assert difference > 0.1 * alone[v].abs().max()
+
+
+@pytest.mark.parametrize("bn_views", ["per_view", "joint"])
+def test_running_statistics_follow_the_batches_that_were_normalised(bn_views):
+    model = make_method("vicreg", bn_views=bn_views)
+    bn, m = model.projector[1], model.projector[1].momentum
+    before_mean, before_var = bn.running_mean.clone(), bn.running_var.clone()
+    views = two_views_of_different_statistics()
+    cls = model(views).features["cls"]
+    with torch.no_grad():
+        hidden = model.projector[0](cls)  # what the first BatchNorm normalised
+    if bn_views == "per_view":  # one update per view, in view order (each view through the projector)
+        mean, var = before_mean, before_var
+        for h in hidden.chunk(2):
+            mean, var = (1 - m) * mean + m * h.mean(0), (1 - m) * var + m * h.var(0)
+    else:
+        mean, var = (1 - m) * before_mean + m * hidden.mean(0), (1 - m) * before_var + m * hidden.var(0)
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5 * mean.abs().max().item())
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5 * var.abs().max().item())
+    assert int(bn.num_batches_tracked) == (2 if bn_views == "per_view" else 1)
 
 
 # ---------------------------------------------------------------- 30 training steps
