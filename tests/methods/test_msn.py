@@ -332,6 +332,9 @@ def test_msn_recipe_defaults_and_focal_size():
     assert (o.num_prototypes, o.proj_output_dim, o.momentum) == (1024, 256, 0.996)
     assert (cfg.data.augmentation, cfg.data.focal_views) == ("msn", 10)
     assert (cfg.optim.weight_decay, cfg.optim.weight_decay_end) == (0.04, 0.4)
+    # the official code's optimizer: torch's AdamW betas, clipping at 3, every schedule over 1.25 x the run
+    assert (tuple(cfg.optim.betas), cfg.optim.clip_grad, cfg.optim.schedule_stretch) == ((0.9, 0.999), 3.0, 1.25)
+    assert o.momentum_stretch == 1.25
     views = pretrain_views(cfg, *dataset_stats("synthetic"))
     # 96/224 of 32 px, to the patch: 4 * round(32 * 96 / 224 / 4) = 12
     assert isinstance(views, MSNViews) and views.focal == 10
@@ -383,7 +386,8 @@ def test_embed_patches_resizes_positions_bicubically_for_small_images():
 def msn_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("msn") / "run"
     cfg = load_config("digits/msn", [
-        "data.name=synthetic", "data.subset=64", "data.focal_views=2", "optim.batch_size=32", "train.epochs=1",
+        "data.name=synthetic", "data.subset=64", "data.focal_views=2", "optim.batch_size=16", "train.epochs=1",
+        "optim.warmup_epochs=0.25",
         "train.device=cpu", "train.progress=false", "train.log_every=1", "train.monitor_every=1",
         "method.proj_hidden_dim=64", "method.proj_output_dim=32", "method.num_prototypes=64"])
     pretrain(cfg, run_dir)
@@ -392,20 +396,24 @@ def msn_run(tmp_path_factory) -> Path:
 
 def test_msn_recipe_trains_and_logs_its_terms(msn_run):
     train = [r for r in read_metrics(msn_run / "metrics.jsonl") if r["kind"] == "train"]
-    assert [r["step"] for r in train] == [1, 2]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
     for rec in train:
         assert {"msn", "memax", "monitor/magma", "probe/ce", "loss"} <= set(rec)
         assert rec["loss"] == pytest.approx(rec["msn"] + rec["memax"] + rec["probe/ce"], rel=1e-5)
         assert 0 <= rec["memax"] <= math.log(64)
     state = load_checkpoint(msn_run)
     model = state["model"]
-    assert float(model["method.tau"]) == 1.0  # ramped to 1 at progress 2/2
+    # the recipe's momentum_stretch 1.25: at the end of the run the ramp is at 1 / 1.25
+    assert float(model["method.tau"]) == pytest.approx(0.996 + 0.004 / 1.25)
     name = "vit.blocks.0.attn.qkv.weight"
     assert not torch.equal(model[f"method.encoder.{name}"], model[f"method.target_encoder.{name}"])
-    # weight decay followed the cosine 0.04 -> 0.4 to its last step (step 1 of 2); no decay on the rest
+    # weight decay followed the cosine 0.04 -> 0.4, stretched over 1.25 x 4 = 5 steps, to its last step
+    # (step 3 of 5, short of 0.4); no decay on the rest
     groups = state["optimizer"]["param_groups"]
-    assert groups[0]["weight_decay"] == pytest.approx(weight_decay_at(1, start=0.04, end=0.4, total_steps=2))
+    assert groups[0]["weight_decay"] == pytest.approx(weight_decay_at(3, start=0.04, end=0.4, total_steps=5))
+    assert groups[0]["weight_decay"] < weight_decay_at(3, start=0.04, end=0.4, total_steps=4)
     assert groups[1]["weight_decay"] == 0.0
+    assert groups[0]["betas"] == (0.9, 0.999)
 
 
 def test_frozen_evaluation_of_an_msn_run_uses_the_target_encoder(msn_run):
