@@ -164,9 +164,9 @@ RECIPES = {  # recipe -> the logged terms that make up the method's loss
     "mse+t-regs": ["mse"],  # reg/mst is logged apart
 }
 
-# Measured after the 30 steps (BatchNorm per view but for SimCLR; normalised std of the embeddings of the 256 test images; an
-# untrained network gives 0.066-0.097 for the projector and 0.066 for cls, total collapse gives 0;
-# 1/sqrt(d) is the value of directions spread evenly). The floors are ~60% of the smallest value.
+# Measured after the 30 steps, BatchNorm per view but for SimCLR (normalised std of the embeddings
+# of the 256 test images; an untrained network gives 0.066-0.097 for the projector and 0.066 for
+# cls, total collapse gives 0; 1/sqrt(d) is the value of directions spread evenly). The floors are ~60% of the smallest value.
 MIN_PROJECTOR_STD = 0.055  # measured 0.098 (mse+t-regs) .. 0.165 (vicreg); 1/sqrt(32) = 0.177
 MIN_CLS_STD = 0.045  # measured 0.076 .. 0.078; 1/sqrt(128) = 0.088
 MIN_CLS_ERANK = 3.0  # measured 7.7 .. 9.3 (33.7 at initialisation; 1 for a rank-one collapse)
