@@ -1,6 +1,10 @@
 """Run under torchrun by tests/test_batchwide_distributed.py. Every batch-wide loss on this
 process's slice of one fixed global batch: the joint methods through DDP (gather on and off) and
-the bare losses on gathered inputs. Losses and gradients are saved per rank."""
+the bare losses on gathered inputs. Losses and gradients are saved per rank.
+
+Everything is float64: the question is whether 2 processes compute the same function as 1, and in
+float32 the answer would be blurred by rounding that depends on the CPU's kernels and on the
+summation order (a gradient that is zero in exact arithmetic is then pure noise)."""
 
 import sys
 from pathlib import Path
@@ -16,7 +20,7 @@ def build_joint(name: str, gather: bool):
     with running statistics (set here to random values, the same on every process) instead of the
     statistics of each process's batch, so every row is computed independently of the others and
     the only cross-row coupling left is the loss: 2 processes can then equal 1 process exactly. The
-    encoder has no dropout or drop_path, so eval and train mode compute the same thing."""
+    encoder has no dropout or drop_path, so eval and train mode compute the same thing. float64."""
     from mimreg.methods import METHODS
     from mimreg.models import ViTEncoder
 
@@ -30,12 +34,12 @@ def build_joint(name: str, gather: bool):
         for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
             bn.running_mean.uniform_(-0.5, 0.5, generator=g)
             bn.running_var.uniform_(0.5, 2.0, generator=g)
-    return model.eval()
+    return model.double().eval()
 
 
 def global_views():
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(BATCH, 3, 32, 32, generator=g) for _ in range(2)]
+    return [torch.randn(BATCH, 3, 32, 32, generator=g).double() for _ in range(2)]
 
 
 def global_inputs(batch: int = BATCH, count: int = 3, dim: int = 6):

@@ -21,3 +21,30 @@ def run_summary(recipe: str, steps: int, losses: list[float], cls: torch.Tensor,
     shown = ", ".join(f"{k} {v:.4f}" for k, v in out.items() if k.endswith(("std", "erank")))
     print(f"\n{recipe}: {steps} steps, loss {out['first']:.4f} -> {out['last']:.4f}; {shown} (256 test images)")
     return out
+
+
+
+def assert_close_at_scale(got: torch.Tensor, expected: torch.Tensor, tol: float, scale: float | None = None,
+                          msg: str = "") -> None:
+    """|got - expected| <= tol * (|expected| + scale) entrywise, with `scale` the largest entry of
+    `expected` unless given. The absolute part is tied to the size of the whole quantity, not to
+    each entry: an entry whose true value is zero holds only rounding noise, whose size depends on
+    the CPU's kernels and on the summation order."""
+    scale = expected.abs().max().item() if scale is None else scale
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * scale, msg=lambda text: f"{msg} {text}")
+
+
+# Per-entry tolerance of a comparison of two computations of the same gradient, by dtype: float64
+# where the question is exactness (rounding ~1e-16 per operation), float32 where a part must stay so.
+GRADIENT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def assert_same_gradients(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], label: str = "") -> None:
+    """The named gradients `got` equal `expected` (same names) at the scale of the WHOLE expected
+    gradient (its largest entry), to GRADIENT_TOLERANCE of each tensor's dtype: a tensor whose true
+    gradient is zero (a bias that a BatchNorm or a centring cancels) is then compared with the
+    gradient's size, not with its own noise."""
+    assert set(got) == set(expected), (label, sorted(set(got) ^ set(expected)))
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name, grad in expected.items():
+        assert_close_at_scale(got[name], grad, GRADIENT_TOLERANCE[grad.dtype], scale, msg=f"{label} {name}")

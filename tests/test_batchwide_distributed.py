@@ -1,11 +1,14 @@
 """Batch-wide losses over the global batch: 2 processes (torchrun, gloo, CPU) equal 1 process on
 the concatenated batch, in loss and in gradients (SimCLR, VICReg, Barlow Twins through DDP; the bare
-NT-Xent, VICReg, Barlow (gathered and all-reduced), MSN with Sinkhorn + ME-MAX, and T-REGS)."""
+NT-Xent, VICReg, Barlow (gathered and all-reduced), MSN with Sinkhorn + ME-MAX, and T-REGS).
+All in float64 (see the worker), so the comparisons hold on any CPU."""
 
 from pathlib import Path
 
 import pytest
 import torch
+
+from support import assert_close_at_scale, assert_same_gradients
 
 WORKER = Path(__file__).with_name("ddp_batchwide_worker.py")
 
@@ -34,15 +37,15 @@ def test_joint_method_under_ddp_equals_one_process(ranks, worker, name, single_t
     # SimCLR's and Barlow's losses are global on every process; VICReg's invariance is the mean over
     # the local pairs, so the mean over processes is the global loss for all three
     mean = (ranks[0][f"{name}/gather"]["loss"] + ranks[1][f"{name}/gather"]["loss"]) / 2
-    assert mean.item() == pytest.approx(loss.item(), rel=1e-5)
-    assert set(ranks[0][f"{name}/gather"]["grads"]) == set(grads)
+    assert mean.item() == pytest.approx(loss.item(), rel=1e-9)
     assert {"projector.0.weight", "encoder.vit.cls_token"} <= set(grads)
-    for n, grad in grads.items():
-        # fp32 sums in another order: errors relative to the largest entry (VICReg's and Barlow's
-        # losses do not depend on the projector's last bias: its gradient is rounding noise)
-        scale = max(grad.abs().max().item(), 1.0)
-        for r in ranks:  # all_gather's backward sums over processes, DDP averages: the global gradient
-            torch.testing.assert_close(r[f"{name}/gather"]["grads"][n], grad, rtol=1e-4, atol=1e-5 * scale, msg=n)
+    for r in ranks:  # all_gather's backward sums over processes, DDP averages: the global gradient
+        assert_same_gradients(r[f"{name}/gather"]["grads"], grads, name)
+    if name != "simclr":  # VICReg and Barlow centre each dimension over the batch: the projector's
+        # last bias has no effect on the loss, its gradient is zero up to rounding (why the
+        # tolerance is tied to the whole gradient, not to each tensor)
+        scale = max(g.abs().max().item() for g in grads.values())
+        assert grads["projector.6.bias"].abs().max().item() < 1e-9 * scale
 
 
 @pytest.mark.parametrize("name", ["simclr", "vicreg", "barlow"])
@@ -53,7 +56,7 @@ def test_without_gather_each_process_uses_its_local_batch(ranks, worker, name, s
         part = slice(rank * 4, rank * 4 + 4)
         with torch.no_grad():
             expected = sum(model([v[part] for v in views]).losses.values())
-        assert r[f"{name}/local"]["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+        assert r[f"{name}/local"]["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
     assert ranks[0][f"{name}/local"]["loss"].item() != pytest.approx(ranks[1][f"{name}/local"]["loss"].item(), rel=1e-3)
 
 
@@ -63,16 +66,16 @@ def test_bare_batchwide_losses_on_gathered_inputs(ranks, worker, batch):
     for name, value in terms.items():
         got = [r[f"bare{batch}"]["terms"][name] for r in ranks]
         if name in worker.LOCAL_TERMS:  # a mean over the local batch: its mean over processes
-            assert ((got[0] + got[1]) / 2).item() == pytest.approx(value.item(), rel=1e-5), name
+            assert ((got[0] + got[1]) / 2).item() == pytest.approx(value.item(), rel=1e-9), name
         else:
             for g in got:
-                assert g.item() == pytest.approx(value.item(), rel=1e-5), name
+                assert g.item() == pytest.approx(value.item(), rel=1e-9), name
     for rank, r in enumerate(ranks):
         part = slice(rank * batch // 2, (rank + 1) * batch // 2)
         # without DDP's averaging, each process's slice receives the sum over the 2 processes of the
         # same gradient (and a local mean weighs each row twice): twice the 1-process gradient
         for got, expected in zip(r[f"bare{batch}"]["grads"], grads):
-            torch.testing.assert_close(got, 2 * expected[part], rtol=1e-5, atol=1e-7)
+            assert_close_at_scale(got, 2 * expected[part], 1e-9, 2 * expected.abs().max().item())
 
 
 def test_joint_pretraining_under_torchrun(tmp_path, torchrun):

@@ -194,13 +194,14 @@ def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, ca
 
     model = timm.create_model(info["timm_model"], pretrained=False, **info["kwargs"])
     model.load_state_dict(torch.load(out_file, weights_only=True), strict=True)
-    model.eval()
+    model.double().eval()  # float64 on both sides: the same function, not fp32's rounding
     encoder, _, _ = load_encoder(tiny_run)
-    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    encoder.double()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).double()
     with torch.no_grad():
         theirs = model.forward_features(images)
         ours = encoder.forward_masked(images, None)
-    torch.testing.assert_close(theirs, torch.cat([ours.cls[:, None], ours.tokens], dim=1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(theirs, torch.cat([ours.cls[:, None], ours.tokens], dim=1), rtol=0, atol=1e-10)
     assert not torch.allclose(ours.cls[0], ours.cls[1])  # the features depend on the image
 
 

@@ -9,12 +9,23 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 
+def default_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the process's umask (read without changing it
+    for good: os.umask can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | Path, write: Callable[[IO], Any], binary: bool = True) -> Path:
-    """Call `write(handle)` on a temporary sibling of `path`, then rename it into place."""
+    """Call `write(handle)` on a temporary sibling of `path`, then rename it into place. The file
+    gets the mode a plain open() would give it (mkstemp's 0600 would make a run's checkpoints and
+    summary private while its other files are not)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()

@@ -1,3 +1,5 @@
+import io
+import os
 import pickle
 
 import numpy as np
@@ -101,3 +103,71 @@ def test_wrong_shape_names_the_file(cifar10_root):
     with pytest.raises(DataError, match="3072") as info:
         load_dataset("cifar10", "test", cifar10_root.root)
     assert str(broken) in str(info.value)
+
+
+# ---------------------------------------------------------------- untrusted pickles
+class Python2Pickler(pickle._Pickler):
+    """Writes bytes as python-2 `str` opcodes (BINSTRING), as the cPickle that made the CIFAR
+    archives did; python 3's protocol 2 would call _codecs.encode instead."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        opcode = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + n.to_bytes(4, "little")
+        self.write(opcode + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_python2_str
+
+
+def write_original_format(path, content: dict) -> bytes:
+    """A pickle laid out as the CIFAR-10 python archive's: protocol 2, bytes as python-2 str,
+    numpy arrays through numpy.core.multiarray._reconstruct (numpy 1's path)."""
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(content)
+    raw = buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    path.write_bytes(raw)
+    return raw
+
+
+def test_batch_in_the_original_format_loads(cifar10_root):
+    folder = cifar10_root.root / "cifar-10-batches-py"
+    rows = cifar10_root.test_images.transpose(0, 3, 1, 2).reshape(4, -1)
+    raw = write_original_format(folder / "test_batch", {
+        b"batch_label": b"testing batch 1 of 1", b"labels": [3, 1, 4, 1], b"data": rows,
+        b"filenames": [f"img_{i}.png".encode() for i in range(4)]})
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in raw and pickle.BINSTRING in raw
+    write_original_format(folder / "batches.meta", {
+        b"label_names": [c.encode() for c in cifar10_root.classes], b"num_cases_per_batch": 10000,
+        b"num_vis": 3072})
+    dataset = load_dataset("cifar10", "test", cifar10_root.root)
+    images, labels = as_arrays(dataset)
+    np.testing.assert_array_equal(np.stack([np.asarray(img) for img in images]), cifar10_root.test_images)
+    np.testing.assert_array_equal(labels, [3, 1, 4, 1])
+    assert dataset.classes == cifar10_root.classes
+
+
+class RunsCode:
+    """Unpickled, calls `call(argument)`: how a crafted pickle runs code."""
+
+    def __init__(self, call, argument):
+        self.call, self.argument = call, argument
+
+    def __reduce__(self):
+        return self.call, (self.argument,)
+
+
+@pytest.mark.parametrize("file", ["batches.meta", "test_batch"])
+@pytest.mark.parametrize("how", ["os.system", "builtins.exec"])
+def test_pickle_that_runs_code_is_refused_naming_the_file(cifar10_root, tmp_path, file, how):
+    marker = tmp_path / "marker"
+    payload = (RunsCode(os.system, f"touch {marker}") if how == "os.system"
+               else RunsCode(exec, f"open({str(marker)!r}, 'w').close()"))
+    path = cifar10_root.root / "cifar-10-batches-py" / file
+    with open(path, "wb") as f:
+        pickle.dump({b"label_names": payload, b"data": payload, b"labels": [0]}, f, protocol=4)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", "test", cifar10_root.root)
+    assert str(path) in str(info.value) and ("system" in str(info.value) or "exec" in str(info.value))
+    assert not marker.exists()

@@ -98,3 +98,38 @@ def test_undecodable_file_raises_naming_file_and_fix(tree_with_bad_files, index,
     message = str(info.value)
     assert name in message and str(tree_with_bad_files) in message
     assert "data.skip_bad_images: true" in message
+
+
+def write_rgb48_png(path, pixels: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one): signature, IHDR, one IDAT, IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_not_saturated(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 65536, (12, 10)).astype(np.uint16)
+    gray[0, :4] = [0, 255, 256, 65535]
+    (tmp_path / "a").mkdir()
+    Image.fromarray(gray).save(tmp_path / "a" / "gray16.png")
+    assert Image.open(tmp_path / "a" / "gray16.png").mode == "I;16"  # what Pillow makes of it
+    rgb = rng.integers(0, 65536, (12, 10, 3)).astype(np.uint16)
+    write_rgb48_png(tmp_path / "a" / "rgb48.png", rgb)
+    train = load_dataset("imagefolder", "train", tmp_path)
+    got = {name: np.asarray(train[i][0]) for i, name in enumerate(["gray16", "rgb48"])}  # sorted paths
+    assert all(image.dtype == np.uint8 and image.shape == (12, 10, 3) for image in got.values())
+    np.testing.assert_array_equal(got["gray16"], np.repeat((gray >> 8)[..., None], 3, axis=2).astype(np.uint8))
+    assert got["gray16"][0, :4, 0].tolist() == [0, 0, 1, 255]
+    np.testing.assert_array_equal(got["rgb48"], (rgb >> 8).astype(np.uint8))
+    assert (got["gray16"] == 255).mean() < 0.05  # convert("RGB") alone made 99.6% of them 255

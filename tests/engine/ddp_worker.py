@@ -1,4 +1,6 @@
-"""Run by tests/engine/test_distributed.py under torchrun: one DDP step, results saved per rank."""
+"""Run by tests/engine/test_distributed.py under torchrun: one DDP step, results saved per rank.
+float64 (the online probe aside: it reads its features in float32), so that 2 processes can be
+compared with 1 without the rounding of one CPU's kernels in the way."""
 
 import sys
 from pathlib import Path
@@ -18,12 +20,14 @@ def build_trainee(gather: bool = True):
     method = MAE(ViTEncoder("vit_micro", 32, 4), MAEOptions(decoder_dim=32, decoder_depth=1, decoder_heads=2))
     regs = [Uniformity(UniformityOptions(), weight=0.5, gather=gather),
             Magma(MagmaOptions(), weight=1.0, gather=gather, depth=method.encoder.depth)]
-    return Trainee(method, regs, [], num_classes=10)
+    trainee = Trainee(method, regs, [], num_classes=10).double()
+    trainee.probe.float()  # the probe casts its (detached) features to float32
+    return trainee
 
 
 def global_batch(size: int = 8):
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g),
+    return (torch.randn(size, 3, 32, 32, generator=g).double(), torch.randint(0, 10, (size,), generator=g),
             torch.rand(size, 64, generator=g))
 
 

@@ -88,7 +88,8 @@ def test_matches_autograd_and_torch_optim_reference(protocol):
     ours = linear_probe(x, y, x, y, **recipe)
     ref_loss, ref_accuracy = _reference_run(x, y, **recipe)
     assert ours["train_loss"] == pytest.approx(ref_loss, rel=1e-4)
-    assert ours["train_top1"] == pytest.approx(ref_accuracy)
+    # fp32 rounding in another order may move a point that lies on a decision boundary: one sample
+    assert ours["train_top1"] == pytest.approx(ref_accuracy, abs=100 / len(y) + 1e-9)
 
 
 def test_bad_inputs_raise_mimreg_errors(split):

@@ -5,6 +5,8 @@ from mimreg.methods import BarlowTwins, barlow_loss
 from mimreg.methods.barlow import BarlowOptions
 from mimreg.models import ViTEncoder
 
+from support import assert_close_at_scale
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -66,8 +68,9 @@ def test_gradient_matches_float64_reference():
     barlow_loss(*a, lambd=0.2).backward()
     b = [z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)]
     reference_barlow(*b, lambd=0.2).backward()
+    scale = max(y.grad.abs().max().item() for y in b)  # fp32 rounding is relative to the whole gradient
     for x, y in zip(a, b):
-        torch.testing.assert_close(x.grad.double(), y.grad, rtol=1e-4, atol=1e-5)
+        assert_close_at_scale(x.grad.double(), y.grad, 1e-5, scale)
 
 
 def test_gradcheck_float64():

@@ -54,10 +54,10 @@ def test_cosine_momentum_schedule():
     assert values == sorted(values)
 
 
-def make_byol(momentum=0.99):
+def make_byol(momentum=0.99, **options):
     torch.manual_seed(0)
     return BYOL(ViTEncoder("vit_micro", 32, 8),
-                BYOLOptions(momentum=momentum, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=24))
+                BYOLOptions(momentum=momentum, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=24, **options))
 
 
 def test_structure_and_frozen_target():
@@ -71,8 +71,13 @@ def test_structure_and_frozen_target():
     assert (defaults.momentum, defaults.proj_hidden_dim, defaults.proj_output_dim) == (0.99, 4096, 256)
 
 
-def test_forward_is_symmetrised_prediction_of_the_target():
-    model = make_byol()
+@pytest.mark.parametrize("bn_views", ["per_view", "joint"])
+def test_forward_is_symmetrised_prediction_of_the_target(bn_views):
+    model = make_byol(bn_views=bn_views)
+
+    def heads(head, x):  # BatchNorm over each view alone, or over both views as one batch
+        return [head(v) for v in x.chunk(2)] if bn_views == "per_view" else head(x).chunk(2)
+
     with torch.no_grad():  # make the target differ from the online network
         for p in model.target_projector.parameters():
             p.add_(0.1)
@@ -80,9 +85,9 @@ def test_forward_is_symmetrised_prediction_of_the_target():
     out = model(views)
     assert set(out.losses) == {"byol"}
     z1, z2 = out.features["emb.0"], out.features["emb.1"]
-    p1, p2 = model.predictor(torch.cat([z1, z2])).chunk(2)
+    p1, p2 = heads(model.predictor, torch.cat([z1, z2]))
     with torch.no_grad():
-        t1, t2 = model.target_projector(model.target_encoder.forward_masked(torch.cat(views), None).cls).chunk(2)
+        t1, t2 = heads(model.target_projector, model.target_encoder.forward_masked(torch.cat(views), None).cls)
     expected = byol_loss(p1, t2) + byol_loss(p2, t1)
     assert out.losses["byol"].item() == pytest.approx(expected.item(), rel=1e-5)
     out.losses["byol"].backward()

@@ -32,7 +32,11 @@ def test_loss_is_weight_times_mse_of_the_projector_outputs():
 def test_identical_views_give_zero():
     model = make_mse()
     x = torch.randn(4, 3, 32, 32)
-    assert model([x, x.clone()]).losses["mse"].item() == 0.0
+    out = model([x, x.clone()])
+    # zero up to rounding: the two copies sit in other rows of the batch, which other kernels (or
+    # threads) may sum in another order; measured against the size of the embeddings
+    scale = model.options.weight * out.features["emb.0"].pow(2).mean().item()
+    assert scale > 0.1 and out.losses["mse"].item() <= 1e-10 * scale
 
 
 def train_projector(with_tregs: bool, seed: int, steps: int = 100):

@@ -8,6 +8,8 @@ from mimreg.methods import VICReg, vicreg_terms
 from mimreg.methods.vicreg import VICRegOptions, covariance_loss, variance_loss
 from mimreg.models import ViTEncoder
 
+from support import assert_close_at_scale
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -82,8 +84,9 @@ def test_vicreg_terms_gradient_matches_float64_reference():
     b = [z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)]
     reference = F.mse_loss(*b) + variance_loss(b[0]) + variance_loss(b[1]) + covariance_loss(b[0]) + covariance_loss(b[1])
     reference.backward()
+    scale = max(y.grad.abs().max().item() for y in b)  # fp32 rounding is relative to the whole gradient
     for x, y in zip(a, b):
-        torch.testing.assert_close(x.grad.double(), y.grad, rtol=1e-4, atol=1e-6)
+        assert_close_at_scale(x.grad.double(), y.grad, 1e-5, scale)
 
 
 def test_bf16_inputs_give_fp32_terms():

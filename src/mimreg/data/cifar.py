@@ -37,11 +37,40 @@ CIFAR100 = CifarLayout(
 )
 
 
+try:  # numpy 2 (numpy.core is a deprecated alias there)
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # numpy 1
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
+
+# The only globals a CIFAR batch or meta file refers to: the parts of a numpy array's pickle, under
+# numpy 1's and numpy 2's module paths (_frombuffer is protocol 5's form). Dicts, lists, bytes and
+# ints need no global. Anything else (os.system, builtins.exec, ...) is how a pickle runs code.
+NUMPY_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
+}
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, bytes, numbers and numpy arrays, and refuses every
+    other global: a dataset folder from an untrusted source cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in NUMPY_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR file holds; "
+                                         "refused, since unpickling it could run code")
+        return NUMPY_GLOBALS[module, name]
+
+
 def read_pickle(path: Path) -> dict:
-    """A CIFAR pickle as a dict with str keys (the originals are python-2 pickles with bytes keys)."""
+    """A CIFAR pickle as a dict with str keys (the originals are python-2 pickles with bytes keys),
+    read by NumpyOnlyUnpickler."""
     try:
         with open(path, "rb") as f:
-            content = pickle.load(f, encoding="bytes")
+            content = NumpyOnlyUnpickler(f, encoding="bytes").load()
     # A damaged or foreign pickle can fail with almost any exception type.
     except Exception as exc:
         raise DataError(

@@ -8,7 +8,7 @@ import torch
 
 from mimreg.distributed import all_reduce_sum_with_grad
 from mimreg.methods.base import MethodOutput, register
-from mimreg.methods.joint import JointEmbedding, mlp
+from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import ViTEncoder
 from mimreg.numerics import fp32_loss
 
@@ -37,7 +37,7 @@ def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: 
 
 
 @dataclass
-class BarlowOptions:
+class BarlowOptions(ViewsBatchNorm):
     lambd: float = 0.0051
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 2048

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mimreg.methods.base import MethodOutput, register
-from mimreg.methods.joint import JointEmbedding, mlp
+from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import ViTEncoder
 from mimreg.numerics import fp32_loss
 
@@ -29,7 +29,7 @@ def cosine_momentum(base: float, progress: float) -> float:
 
 
 @dataclass
-class BYOLOptions:
+class BYOLOptions(ViewsBatchNorm):
     momentum: float = 0.99  # tau_base (solo-learn CIFAR; 0.996 for ImageNet)
     proj_hidden_dim: int = 4096
     proj_output_dim: int = 256
@@ -53,7 +53,7 @@ class BYOL(JointEmbedding):
 
     def forward(self, images, *, needs=frozenset(), generator=None) -> MethodOutput:
         (z1, z2), features = self.embed(images, needs)
-        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        p1, p2 = self.through_views(self.predictor, [z1, z2])
         with torch.no_grad():
             (t1, t2), _ = self.embed(images, frozenset(), self.target_projector, self.target_encoder)
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)

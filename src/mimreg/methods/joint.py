@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -22,6 +24,23 @@ def mlp(dims: list[int], batch_norm: bool = True, last_batch_norm: bool = False)
         elif last_batch_norm:
             layers.append(nn.BatchNorm1d(b, affine=False))
     return nn.Sequential(*layers)
+
+
+BN_VIEWS = ("per_view", "joint")
+
+
+@dataclass
+class ViewsBatchNorm:
+    """The option every joint-embedding method shares: whether the BatchNorm layers of the projector
+    (and BYOL's predictor) normalise each view over its own batch (`per_view`: each view through the
+    head alone, as the official BYOL, VICReg and Barlow Twins codes do) or both views as one batch
+    (`joint`: the views concatenated, as SimCLR's official code does)."""
+
+    bn_views: str = "per_view"
+
+    def __post_init__(self):
+        if self.bn_views not in BN_VIEWS:
+            raise ConfigError(f"method.bn_views: unknown value {self.bn_views!r}; choose one of {list(BN_VIEWS)}")
 
 
 class JointEmbedding(Method):
@@ -55,7 +74,14 @@ class JointEmbedding(Method):
         encoder = encoder or self.encoder
         projector = projector or self.projector
         out = encoder.forward_masked(torch.cat(views), None, pooled_block_indices(needs))
-        embeddings = projector(out.cls).chunk(len(views))
+        embeddings = self.through_views(projector, list(out.cls.chunk(len(views))))
         features = {"cls": out.cls, **{f"block.{i}": x for i, x in out.pooled_blocks.items()},
                     **{f"emb.{v}": z for v, z in enumerate(embeddings)}}
         return list(embeddings), features
+
+    def through_views(self, head: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`head` (a projector or predictor) on each view's rows, its BatchNorm statistics taken
+        per view or over the views together as the `bn_views` option says."""
+        if self.options.bn_views == "per_view":
+            return [head(v) for v in views]
+        return list(head(torch.cat(views)).chunk(len(views)))

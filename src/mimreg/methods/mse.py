@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mimreg.methods.base import MethodOutput, register
-from mimreg.methods.joint import JointEmbedding, mlp
+from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import ViTEncoder
 from mimreg.numerics import fp32_loss
 
@@ -20,7 +20,7 @@ def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class MSEOptions:
+class MSEOptions(ViewsBatchNorm):
     weight: float = 10.0  # beta of T-REGS (spec §4.3), on F.mse_loss (mean over N x d)
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 2048

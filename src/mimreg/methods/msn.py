@@ -32,7 +32,7 @@ def projection_head(dim: int, hidden: int, out: int) -> nn.Sequential:
 @torch.no_grad()
 def sinkhorn(probs: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     """Balance soft assignments (B, K) so prototypes are used equally over the global batch."""
-    q = probs.float().T  # K x B
+    q = probs.to(torch.promote_types(probs.dtype, torch.float32)).T  # K x B; at least fp32, fp64 stays
     batch = q.shape[1] * world_size()
     total = q.sum()
     if is_distributed():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
-from mimreg.methods.joint import JointEmbedding, mlp
+from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import ViTEncoder
 from mimreg.numerics import fp32_loss
 
@@ -28,11 +28,12 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, e
 
 
 @dataclass
-class SimCLROptions:
+class SimCLROptions(ViewsBatchNorm):
     temperature: float = 0.2
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 256
     gather: bool = True  # negatives from the global batch of all processes
+    bn_views: str = "joint"  # SimCLR's official code normalises both views as one batch
 
 
 @register

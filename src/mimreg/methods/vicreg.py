@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
-from mimreg.methods.joint import JointEmbedding, mlp
+from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import ViTEncoder
 from mimreg.numerics import fp32_loss
 
@@ -43,7 +43,7 @@ def vicreg_terms(z1, z2, z1_all=None, z2_all=None) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class VICRegOptions:
+class VICRegOptions(ViewsBatchNorm):
     sim_weight: float = 25.0
     var_weight: float = 25.0
     cov_weight: float = 1.0
