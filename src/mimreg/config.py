@@ -68,7 +68,7 @@ class RegularizerConfig:
     start_epoch: int | None = bounded(0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
     duration: int | None = bounded(None, ge=1, per_run=True)  # None: active until the end
     gather: bool = True  # batch-wide losses over the global batch of all processes
-    gate_rec_loss: float | None = bounded(None, gt=0)  # off until an EMA of the `rec` loss falls below this (one way)
+    gate_rec_loss: float | None = bounded(None, ge=0)  # off until an EMA of the `rec` loss falls below this (one way)
     options: Any = None
 
 
