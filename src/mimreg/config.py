@@ -331,7 +331,12 @@ def apply_override(raw: dict, item: str) -> tuple[Any, list[str], tuple[str, ...
     key, text = item.split("=", 1)
     append = key.endswith("+")
     key = key.removesuffix("+")
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({problem}); quote it, e.g. "
+                          f"--set '{key}=[0.5, 1.0]'") from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
