@@ -395,7 +395,7 @@ def fill_img_size(raw: dict) -> None:
 
 
 # ---------------------------------------------------------------- validation
-def config_from_dict(raw: dict) -> Config:
+def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
     """A Config from the flat mapping (a config.yaml, a checkpoint's config, or load_config's
     layers), every key and value checked. Schedules given as percentages of the run are turned
     into epochs here, so the Config (and the config.yaml written from it) holds epochs."""
@@ -407,8 +407,7 @@ def config_from_dict(raw: dict) -> Config:
     from mimreg.regularizers import REGULARIZERS
 
     method_raw = raw.pop("method", {}) or {}
-    regs_raw = [_entry_mapping(r, f"regularizers[{i}]")
-                for i, r in enumerate(_as_list(raw.pop("regularizers", []) or [], "regularizers"))]
+    regs_raw = [_entry_mapping(r) for r in _as_list(raw.pop("regularizers", []) or [], "regularizers")]
     monitor_raw = [_monitor_mapping(r, i) for i, r in enumerate(_as_list(raw.pop("monitor", []) or [], "monitor"))]
     epochs = build_dataclass(TrainConfig, raw.get("train"), "config.train").epochs
     if isinstance(raw.get("optim"), dict):
@@ -418,12 +417,27 @@ def config_from_dict(raw: dict) -> Config:
     cfg.method = _named_entry(MethodConfig, method_raw, METHODS, "method")
     cfg.regularizers = []
     for i, entry in enumerate(regs_raw):
-        where = f"regularizers.{entry.get('name', i)}"
-        entry = resolve_window(settle_alternatives(entry, RegularizerConfig, where), epochs, where)
+        if isinstance(entry, dict):
+            where = f"regularizers.{entry.get('name', i)}"
+            entry = resolve_window(settle_alternatives(entry, RegularizerConfig, where), epochs, where)
         cfg.regularizers.append(_named_entry(RegularizerConfig, entry, REGULARIZERS, f"regularizers[{i}]"))
     cfg.monitor = [_named_entry(RegularizerConfig, r, REGULARIZERS, f"monitor[{i}]") for i, r in enumerate(monitor_raw)]
-    validate(cfg)
+    validate(cfg, check_run_length)
     return cfg
+
+
+def config_from_stored(raw: dict) -> Config:
+    """The Config of a run's config.yaml or checkpoint, also one written before settings were
+    checked as they are now, read as that run ran: its `lr` was in force over `blr`, its monitors'
+    windows and weights had no effect, and its schedules are what they were (not checked against
+    the run length: they are a record, not a new setting)."""
+    raw = copy.deepcopy(raw)
+    optim = raw.get("optim")
+    if isinstance(optim, dict) and optim.get("lr") is not None:
+        optim["blr"] = None
+    raw["monitor"] = [{k: v for k, v in m.items() if k not in MONITOR_UNUSED} if isinstance(m, dict) else m
+                      for m in raw.get("monitor") or []]
+    return config_from_dict(raw, check_run_length=False)
 
 
 def settle_alternatives(mapping: dict, cls: type, where: str) -> dict:
@@ -437,19 +451,20 @@ def _as_list(value: Any, where: str) -> list:
     return value
 
 
-def _entry_mapping(raw: Any, where: str) -> dict:
+def _entry_mapping(raw: Any) -> Any:
     return {"name": raw} if isinstance(raw, str) else raw
 
 
-MONITOR_UNUSED = ("weight", "start_epoch", "duration", "gate_rec_loss")
+# what a monitor takes no setting for (it is never trained with), with the value that means "none"
+MONITOR_UNUSED = {"weight": None, "start_epoch": 0, "duration": None, "gate_rec_loss": None}
 
 
 def _monitor_mapping(raw: Any, index: int) -> dict:
     """A monitor is computed without gradient every train.monitor_every steps: a weight or a
     schedule given for one would not be in force, so it is refused."""
-    raw = _entry_mapping(raw, f"monitor[{index}]")
+    raw = _entry_mapping(raw)
     if isinstance(raw, dict):
-        unused = [k for k in MONITOR_UNUSED if raw.get(k) not in (None, 0 if k == "start_epoch" else None)]
+        unused = [k for k, none in MONITOR_UNUSED.items() if raw.get(k) not in (None, none)]
         if unused:
             raise ConfigError(f"monitor[{index}] ({raw.get('name')}): {unused[0]} has no effect on a monitor "
                               "(it is logged, never trained with); move the entry to regularizers to train with it")
@@ -630,7 +645,7 @@ def _suggest(key: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, check_run_length: bool = True) -> None:
     """Checks that need more than one key, or a registry: composition, schedules, image geometry.
     (The range of each key is declared on its field and checked as it is read.)"""
     from mimreg.data import DATASET_NAMES
@@ -649,7 +664,8 @@ def validate(cfg: Config) -> None:
     if batch_wide and cfg.optim.batch_size < 2:
         raise ConfigError(f"regularizers {batch_wide} are batch-wide and need optim.batch_size >= 2, "
                           f"got {cfg.optim.batch_size}")
-    check_schedules(cfg)
+    if check_run_length:
+        check_schedules(cfg)
     check_geometry(cfg)
 
 

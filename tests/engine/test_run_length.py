@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mimreg.config import dump_config, load_config
+from mimreg.config import config_from_dict, dump_config, load_config
 from mimreg.errors import ConfigError
 
 
@@ -85,3 +85,21 @@ def test_paper_scale_windows_stay_in_epochs():
     with pytest.raises(ConfigError, match=r"regularizers\.magma: the window start_epoch=10, duration=100 ends after"):
         load_config("cifar10/m-mae", ["train.epochs=50", "optim.warmup_epochs=5"])
     assert window(load_config("cifar10-cpu/m-mae", ["train.epochs=24"])) == (1, 12)  # after the warm-up epoch
+
+
+def test_a_config_stored_before_these_checks_loads_as_that_run_ran():
+    from mimreg.config import config_from_stored, config_to_dict
+
+    raw = config_to_dict(load_config("mu-mae", ["train.epochs=3"]))
+    raw["optim"].update(lr=1e-3, blr=0.01, warmup_epochs=4)  # the old rule: lr in force
+    raw["monitor"] = [{"name": "magma", "start_epoch": 2, "duration": 10, "weight": None}]
+    raw["regularizers"][1].update(start_epoch=1, duration=10)  # on from epoch 1 to the end
+    with pytest.raises(ConfigError):
+        config_from_dict(raw)
+    cfg = config_from_stored(raw)
+    assert (cfg.optim.lr, cfg.optim.blr, cfg.optim.warmup_epochs) == (1e-3, None, 4.0)
+    assert (cfg.regularizers[1].start_epoch, cfg.regularizers[1].duration) == (1, 10)
+    assert [(m.name, m.start_epoch, m.duration) for m in cfg.monitor] == [("magma", 0, None)]
+    assert config_from_stored(config_to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"optim\.lr=-1"):  # ranges still hold
+        config_from_stored({**raw, "optim": {"lr": -1}})
