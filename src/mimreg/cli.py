@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set optim.blr=1e-3 --set regularizers.magma.weight=2")
     p.add_argument("--out", help="run folder (default runs/<recipe>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--import", dest="overrides", action="append", metavar="MODULE", type=lambda m: f"imports+='{m}'",
+                   help="import a module (or .py file) that @registers a method or regularizer; repeatable "
+                        "(the same as --set imports+=MODULE)")
     p.set_defaults(run=cmd_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a frozen encoder")

@@ -8,16 +8,19 @@ method's or regularizer's own Options dataclass.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from mimreg.bounds import bounded, check_value, one_of, takes_fraction_of_run
 from mimreg.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -28,24 +31,25 @@ class DataConfig:
     name: str = "digits"
     root: str | None = None
     download: bool = False
-    img_size: int | None = None  # None: the dataset's native size
-    subset: int | None = None  # pretrain on this many randomly chosen images
+    img_size: int | None = bounded(None, ge=1)  # None: the dataset's native size (an imagefolder's is read from its files)
+    subset: int | None = bounded(None, ge=1)  # pretrain on this many randomly chosen images
     skip_bad_images: bool = False
-    num_workers: int = 0
-    crop_scale: tuple[float, float] = (0.2, 1.0)
+    num_workers: int = bounded(0, ge=0)
+    crop_scale: tuple[float, float] = bounded((0.2, 1.0), gt=0, le=1, ordered=True)
     hflip: bool = True
-    augmentation: str = "mae"  # mae: crop + flip; simclr: crop + flip + colour jitter + grayscale (+ blur)
-    num_views: int = 1  # augmented views per image (2 for joint-embedding methods)
+    # mae: crop + flip; simclr: crop + flip + colour jitter + grayscale (+ blur); msn: its multi-crop views
+    augmentation: str = one_of("mae", "mae", "simclr", "msn")
+    num_views: int = bounded(1, ge=1)  # augmented views per image (2 for joint-embedding methods)
     blur: bool = False  # Gaussian blur in the simclr augmentation (off at CIFAR size)
-    focal_views: int = 10  # msn: small unmasked views besides the target and anchor views
-    focal_size: int | None = None  # msn: their size (None: 96/224 of the image size, to the patch)
+    focal_views: int = bounded(10, ge=0)  # msn: small unmasked views besides the target and anchor views
+    focal_size: int | None = bounded(None, ge=1)  # msn: their size (None: 96/224 of the image size, to the patch)
 
 
 @dataclass
 class ModelConfig:
     arch: str = "vit_micro"
-    patch_size: int = 4
-    drop_path: float = 0.0
+    patch_size: int = bounded(4, ge=1)
+    drop_path: float = bounded(0.0, ge=0, lt=1)
 
 
 @dataclass
@@ -56,52 +60,59 @@ class MethodConfig:
 
 @dataclass
 class RegularizerConfig:
+    # the window (start_epoch, duration) or the gate switches the weight on: one of them is in force
+    alternatives: ClassVar[tuple[tuple[str, ...], ...]] = (("start_epoch", "duration"), ("gate_rec_loss",))
+
     name: str
-    weight: float | None = None  # None: the regularizer's default weight
-    start_epoch: int = 0
-    duration: int | None = None  # None: active until the end
+    weight: float | None = bounded(None, ge=0)  # None: the regularizer's default weight
+    start_epoch: int | None = bounded(0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
+    duration: int | None = bounded(None, ge=1, per_run=True)  # None: active until the end
     gather: bool = True  # batch-wide losses over the global batch of all processes
-    gate_rec_loss: float | None = None  # off until an EMA of the `rec` loss falls below this (one way)
+    gate_rec_loss: float | None = bounded(None, ge=0)  # off until an EMA of the `rec` loss falls below this (one way)
     options: Any = None
 
 
 @dataclass
 class OptimConfig:
-    batch_size: int = 128  # per process and micro-step; effective = batch_size * accum_steps * world
-    accum_steps: int = 1
-    blr: float = 1.5e-4  # lr = blr * effective_batch / 256 unless `lr` is set
-    lr: float | None = None
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    weight_decay_end: float | None = None  # cosine schedule to this value (MSN: 0.04 -> 0.4)
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float = 1.0
-    schedule_stretch: float = 1.0  # cosine lr/wd schedules span stretch x the run (MSN official: 1.25)
-    clip_grad: float | None = None
+    # one learning-rate rule is in force: blr (the default) or an absolute lr
+    alternatives: ClassVar[tuple[tuple[str, ...], ...]] = (("blr",), ("lr",))
+
+    batch_size: int = bounded(128, ge=1)  # per process and micro-step; effective = batch_size * accum_steps * world
+    accum_steps: int = bounded(1, ge=1)
+    blr: float | None = bounded(1.5e-4, gt=0)  # lr = blr * effective_batch / 256
+    lr: float | None = bounded(None, gt=0)  # absolute; replaces blr
+    min_lr: float = bounded(0.0, ge=0)
+    weight_decay: float = bounded(0.05, ge=0)
+    weight_decay_end: float | None = bounded(None, ge=0)  # cosine schedule to this value (MSN: 0.04 -> 0.4)
+    betas: tuple[float, float] = bounded((0.9, 0.95), ge=0, lt=1)
+    warmup_epochs: float = bounded(1.0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
+    schedule_stretch: float = bounded(1.0, ge=1)  # cosine lr/wd schedules span stretch x the run (MSN official: 1.25)
+    clip_grad: float | None = bounded(None, gt=0)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
-    precision: str = "fp32"  # fp32, bf16, fp16 (fp16 only on cuda)
-    log_every: int = 10
-    monitor_every: int = 10  # steps between no-grad evaluations of monitored/inactive regularizers
-    ckpt_every_steps: int = 0  # 0: only at the end of each epoch
-    keep_last: int = 2
+    epochs: int = bounded(10, ge=1)
+    seed: int = bounded(0, ge=0)
+    device: str = one_of("auto", "auto", "cpu", "cuda", "mps", pattern=r"cuda:\d+", pattern_help="cuda:<index>")
+    precision: str = one_of("fp32", "fp32", "bf16", "fp16")  # fp16 only on cuda
+    log_every: int = bounded(10, ge=1)
+    monitor_every: int = bounded(10, ge=1)  # steps between no-grad evaluations of monitored/inactive regularizers
+    ckpt_every_steps: int = bounded(0, ge=0)  # 0: only at the end of each epoch
+    keep_last: int = bounded(2, ge=1)
     online_probe: bool = True
     tensorboard: bool = False
     compile: bool = False
     sync_batchnorm: bool = True  # under DDP on CUDA: BatchNorm over the global batch, as the official codes
     progress: bool = True
-    halt_after_steps: int | None = None  # stop early as if interrupted (to exercise --resume)
+    halt_after_steps: int | None = bounded(None, ge=1)  # stop early as if interrupted (to exercise --resume)
 
 
 @dataclass
 class Config:
     recipe: str = "custom"
     description: str = ""
+    imports: list[str] = field(default_factory=list)  # modules imported first: their @register'ed names
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -118,28 +129,45 @@ class Config:
 
 
 # ---------------------------------------------------------------- loading
-def load_config(source: str | Path, overrides: list[str] = ()) -> Config:
-    """A recipe name (`u-mae`, `cifar10/u-mae`) or a YAML path, plus `key=value` overrides."""
+def load_config(source: str | Path | dict, overrides: list[str] = ()) -> Config:
+    """A recipe name (`u-mae`, `cifar10/u-mae`), a YAML path or a mapping, plus `key=value` overrides.
+
+    Layers, lowest first: the preset, the recipe (or your file/mapping), the overrides. A later
+    layer's setting wins over an earlier layer's, also across alternative keys (your `optim.blr`
+    replaces the preset's `optim.lr`); one layer setting two alternatives is an error.
+    """
     raw = read_recipe(source)
     defaults = raw.pop("regularizer_defaults", None)
     method_defaults = raw.pop("method_defaults", None)
-    for item in overrides:
-        apply_override(raw, item)
+    apply_overrides(raw, overrides)
     apply_method_defaults(raw, method_defaults)
-    return config_from_dict(apply_regularizer_defaults(raw, defaults))
+    apply_regularizer_defaults(raw, defaults)
+    from mimreg.plugins import absolute_import_paths
+
+    raw["imports"] = absolute_import_paths(_as_list(raw.get("imports") or [], "imports"))
+    fill_img_size(raw)
+    return config_from_dict(raw)
 
 
-def read_recipe(source: str | Path) -> dict:
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        raw = _read_yaml(path)
+def read_recipe(source: str | Path | dict) -> dict:
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+        where = "the config mapping"
     else:
-        raw = _recipe_by_name(str(source))
+        path = Path(source)
+        if path.suffix in (".yaml", ".yml"):
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            raw, where = _read_yaml(path), str(path)
+        else:
+            raw, where = _recipe_by_name(str(source)), f"recipe {source}"
+    check_layer(raw, where)
     preset = raw.pop("preset", None)
     if preset is not None:
-        raw = merge(_read_yaml(_preset_path(preset)), raw)
+        path = _preset_path(preset)
+        base = _read_yaml(path)
+        check_layer(base, str(path))
+        raw = merge(base, raw)
     return raw
 
 
@@ -153,13 +181,14 @@ def apply_method_defaults(raw: dict, defaults: dict | None) -> None:
 
 
 def apply_regularizer_defaults(raw: dict, defaults: dict | None) -> dict:
-    """A preset's `regularizer_defaults: {magma: {start_epoch: 10}}` fills keys a recipe (or --set)
-    leaves out: schedules depend on the training length, which the preset sets."""
+    """A preset's `regularizer_defaults: {magma: {start_epoch: 10%}}` fills keys a recipe (or --set)
+    leaves out of a regularizer entry: schedules depend on the training length, which the preset
+    sets. Monitors have no schedule and take none."""
     defaults = defaults or {}
-    for entry in list(raw.get("regularizers") or []) + list(raw.get("monitor") or []):
-        if isinstance(entry, dict):
-            for key, value in (defaults.get(entry.get("name")) or {}).items():
-                entry.setdefault(key, value)
+    entries = raw.get("regularizers")
+    if isinstance(entries, list):
+        raw["regularizers"] = [overlay(defaults.get(e.get("name")) or {}, e, RegularizerConfig)
+                               if isinstance(e, dict) else e for e in entries]
     return raw
 
 
@@ -210,27 +239,110 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Recursive dict merge; lists (regularizers) are replaced, not concatenated."""
+# ---------------------------------------------------------------- layers and alternative keys
+def _section_class(path: tuple[str, ...]) -> type | None:
+    """The dataclass a mapping at `path` of the raw config fills (None: none with alternatives)."""
+    if path == ("optim",):
+        return OptimConfig
+    if len(path) == 2 and path[0] in ("regularizers", "regularizer_defaults"):
+        return RegularizerConfig
+    return None
+
+
+def chosen_alternative(mapping: dict, cls: type, where: str) -> int | None:
+    """Which of `cls.alternatives` the keys given (not null) in `mapping` choose; an error if two."""
+    groups = getattr(cls, "alternatives", ())
+    given = [i for i, group in enumerate(groups) if any(mapping.get(k) is not None for k in group)]
+    if len(given) > 1:
+        shown = " and ".join(f"{k}={mapping[k]!r}" for i in given for k in groups[i] if mapping.get(k) is not None)
+        raise ConfigError(f"{where}: {shown} are alternatives, and only one can be in force; "
+                          f"keep one of {' or '.join('/'.join(groups[i]) for i in given)}")
+    return given[0] if given else None
+
+
+def drop_other_alternatives(mapping: dict, cls: type, chosen: int | None) -> dict:
+    """`mapping` with the keys of the alternatives other than `chosen` set to null."""
+    if chosen is None:
+        return mapping
+    out = dict(mapping)
+    for i, group in enumerate(getattr(cls, "alternatives", ())):
+        if i != chosen:
+            out.update({key: None for key in group})
+    return out
+
+
+def overlay(base: dict, top: dict, cls: type, where: str = "") -> dict:
+    """`top` over `base`: a key of `top` wins, and so does its choice among alternatives (the
+    alternatives `base` chose are dropped)."""
+    chosen = chosen_alternative(top, cls, where or f"regularizers.{top.get('name')}")
+    return {**drop_other_alternatives(base, cls, chosen), **top}
+
+
+def check_layer(raw: dict, where: str) -> None:
+    """One layer (a file, a mapping) may not set two alternatives of one section or entry."""
+    for path, mapping in _alternative_sections(raw):
+        chosen_alternative(mapping, _section_class(path), f"{where}: {'.'.join(path)}")
+
+
+def _alternative_sections(raw: dict):
+    if isinstance(raw.get("optim"), dict):
+        yield ("optim",), raw["optim"]
+    for i, entry in enumerate(raw.get("regularizers") or []):
+        if isinstance(entry, dict):
+            yield ("regularizers", str(entry.get("name", i))), entry
+    defaults = raw.get("regularizer_defaults")
+    for name, entry in (defaults.items() if isinstance(defaults, dict) else ()):
+        if isinstance(entry, dict):
+            yield ("regularizer_defaults", name), entry
+
+
+def merge(base: dict, override: dict, path: tuple[str, ...] = ()) -> dict:
+    """Recursive dict merge; lists (regularizers) are replaced, not concatenated; in a section with
+    alternative keys the override's choice replaces the base's."""
+    cls = _section_class(path)
+    if cls is not None:
+        base = drop_other_alternatives(base, cls, chosen_alternative(override, cls, ".".join(path)))
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+            out[key] = merge(out[key], value, (*path, key))
         else:
             out[key] = value
     return out
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """`optim.blr=1e-3`, `regularizers.magma.weight=2`, `regularizers=[]` (YAML values)."""
+# ---------------------------------------------------------------- --set
+def apply_overrides(raw: dict, items: list[str]) -> None:
+    """Apply `--set` items in order. They form one layer: an item that chooses an alternative
+    drops the one an earlier layer (preset, recipe) chose; two items choosing two is an error."""
+    given: dict[int, tuple[dict, type, set[str], str]] = {}
+    for item in items:
+        node, keys, path = apply_override(raw, item)
+        cls = _section_class(path)
+        if cls is not None and keys:
+            _, _, seen, _ = given.setdefault(id(node), (node, cls, set(), "--set " + ".".join(path)))
+            seen.update(k for k in keys if node.get(k) is not None)
+            seen.difference_update(k for k in keys if node.get(k) is None)
+    for node, cls, seen, where in given.values():
+        chosen = chosen_alternative({k: node[k] for k in seen}, cls, where)
+        dropped = drop_other_alternatives(node, cls, chosen)
+        node.update(dropped)
+
+
+def apply_override(raw: dict, item: str) -> tuple[Any, list[str], tuple[str, ...]]:
+    """`optim.blr=1e-3`, `regularizers.magma.weight=2`, `regularizers=[]` (YAML values), and
+    `KEY+=VALUE` to append to a list (`imports+=my_module`, `monitor+=magma`). Returns the mapping
+    it set keys in, those keys, and its path."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
+    append = key.endswith("+")
+    key = key.removesuffix("+")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item}: the value is not valid YAML ({yaml_problem(err)}); quote it, "
-                          "e.g. --set 'key=[1, 2]'") from None
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({yaml_problem(err)}); quote it, e.g. "
+                          f"--set '{key}=[0.5, 1.0]'") from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -242,11 +354,19 @@ def apply_override(raw: dict, item: str) -> None:
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
     last = parts[-1]
     if isinstance(node, list):
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or append:
             raise ConfigError(f"--set {key}: a list entry takes a mapping, e.g. {key}='{{weight: 2}}'")
-        _list_entry(node, last, key).update(value)
-    else:
-        node[last] = value
+        entry = _list_entry(node, last, key)
+        entry.update(value)
+        return entry, list(value), tuple(parts)
+    if append:
+        current = node.setdefault(last, [])
+        if not isinstance(current, list):
+            raise ConfigError(f"--set {key}+=...: {key} is not a list")
+        current.extend(value if isinstance(value, list) else [value])
+        return node, [], tuple(parts[:-1])
+    node[last] = value
+    return node, [last], tuple(parts[:-1])
 
 
 def _list_entry(entries: list, selector: str, key: str) -> dict:
@@ -257,26 +377,78 @@ def _list_entry(entries: list, selector: str, key: str) -> dict:
             return entry
     names = [e.get("name") for e in entries if isinstance(e, dict)]
     raise ConfigError(f"--set {key}: no entry {selector!r} in this list; it has {names} "
-                      f"(to add one, set the whole list, e.g. regularizers='[{{name: magma}}]')")
+                      f"(to add one, append it, e.g. regularizers+='{{name: magma}}')")
+
+
+# ---------------------------------------------------------------- what the data says
+def fill_img_size(raw: dict) -> None:
+    """Write the image size into `data.img_size` when it is not given: the dataset's own, or for
+    an image folder the size its images have (read from a few files), so config.yaml says it."""
+    from mimreg.data.transforms import DEFAULT_IMG_SIZES
+
+    data = raw.setdefault("data", {})
+    if not isinstance(data, dict) or data.get("img_size") is not None:
+        return
+    name = data.get("name", DataConfig.name)
+    if name == "imagefolder":
+        if not data.get("root"):
+            raise ConfigError("data.name=imagefolder needs data.root, the folder of images")
+        from mimreg.data.image_size import infer_image_size
+
+        data["img_size"] = infer_image_size(data["root"])
+    elif name in DEFAULT_IMG_SIZES:
+        data["img_size"] = DEFAULT_IMG_SIZES[name]
 
 
 # ---------------------------------------------------------------- validation
-def config_from_dict(raw: dict) -> Config:
+def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
+    """A Config from the flat mapping (a config.yaml, a checkpoint's config, or load_config's
+    layers), every key and value checked. Schedules given as percentages of the run are turned
+    into epochs here, so the Config (and the config.yaml written from it) holds epochs."""
+    from mimreg.plugins import import_user_modules
+
+    raw = dict(raw)
+    import_user_modules(_as_list(raw.get("imports") or [], "imports"))
     from mimreg.methods import METHODS
     from mimreg.regularizers import REGULARIZERS
 
-    raw = dict(raw)
     method_raw = raw.pop("method", {}) or {}
-    regs_raw = raw.pop("regularizers", []) or []
-    monitor_raw = raw.pop("monitor", []) or []
+    regs_raw = [_entry_mapping(r) for r in _as_list(raw.pop("regularizers", []) or [], "regularizers")]
+    monitor_raw = [_monitor_mapping(r, i) for i, r in enumerate(_as_list(raw.pop("monitor", []) or [], "monitor"))]
+    epochs = build_dataclass(TrainConfig, raw.get("train"), "config.train").epochs
+    if isinstance(raw.get("optim"), dict):
+        optim = settle_alternatives(raw["optim"], OptimConfig, "config.optim")
+        raw["optim"] = resolve_run_fractions(optim, OptimConfig, epochs, "config.optim")
     cfg = build_dataclass(Config, raw, "config")
     cfg.method = _named_entry(MethodConfig, method_raw, METHODS, "method")
-    cfg.regularizers = [_named_entry(RegularizerConfig, r, REGULARIZERS, f"regularizers[{i}]")
-                        for i, r in enumerate(_as_list(regs_raw, "regularizers"))]
-    cfg.monitor = [_named_entry(RegularizerConfig, {"name": r} if isinstance(r, str) else r, REGULARIZERS,
-                                f"monitor[{i}]") for i, r in enumerate(_as_list(monitor_raw, "monitor"))]
-    validate(cfg)
+    cfg.regularizers = []
+    for i, entry in enumerate(regs_raw):
+        if isinstance(entry, dict):
+            where = f"regularizers.{entry.get('name', i)}"
+            entry = resolve_window(settle_alternatives(entry, RegularizerConfig, where), epochs, where)
+        cfg.regularizers.append(_named_entry(RegularizerConfig, entry, REGULARIZERS, f"regularizers[{i}]"))
+    cfg.monitor = [_named_entry(RegularizerConfig, r, REGULARIZERS, f"monitor[{i}]") for i, r in enumerate(monitor_raw)]
+    validate(cfg, check_run_length)
     return cfg
+
+
+def config_from_stored(raw: dict) -> Config:
+    """The Config of a run's config.yaml or checkpoint, also one written before settings were
+    checked as they are now, read as that run ran: its `lr` was in force over `blr`, its monitors'
+    windows and weights had no effect, and its schedules are what they were (not checked against
+    the run length: they are a record, not a new setting)."""
+    raw = copy.deepcopy(raw)
+    optim = raw.get("optim")
+    if isinstance(optim, dict) and optim.get("lr") is not None:
+        optim["blr"] = None
+    raw["monitor"] = [{k: v for k, v in m.items() if k not in MONITOR_UNUSED} if isinstance(m, dict) else m
+                      for m in raw.get("monitor") or []]
+    return config_from_dict(raw, check_run_length=False)
+
+
+def settle_alternatives(mapping: dict, cls: type, where: str) -> dict:
+    """One alternative in force: the chosen one's keys kept, the others' set to null."""
+    return drop_other_alternatives(mapping, cls, chosen_alternative(mapping, cls, where))
 
 
 def _as_list(value: Any, where: str) -> list:
@@ -285,6 +457,89 @@ def _as_list(value: Any, where: str) -> list:
     return value
 
 
+def _entry_mapping(raw: Any) -> Any:
+    return {"name": raw} if isinstance(raw, str) else raw
+
+
+# what a monitor takes no setting for (it is never trained with), with the value that means "none"
+MONITOR_UNUSED = {"weight": None, "start_epoch": 0, "duration": None, "gate_rec_loss": None}
+
+
+def _monitor_mapping(raw: Any, index: int) -> dict:
+    """A monitor is computed without gradient every train.monitor_every steps: a weight or a
+    schedule given for one would not be in force, so it is refused."""
+    raw = _entry_mapping(raw)
+    if isinstance(raw, dict):
+        unused = [k for k, none in MONITOR_UNUSED.items() if raw.get(k) not in (None, none)]
+        if unused:
+            raise ConfigError(f"monitor[{index}] ({raw.get('name')}): {unused[0]} has no effect on a monitor "
+                              "(it is logged, never trained with); move the entry to regularizers to train with it")
+    return raw
+
+
+# ---------------------------------------------------------------- schedules that follow the run length
+def parse_percent(value: Any, key: str) -> float | None:
+    """`"10%"` -> 10.0; None for a value that is not a percentage string."""
+    if not isinstance(value, str) or not value.strip().endswith("%"):
+        return None
+    try:
+        percent = float(value.strip()[:-1])
+    except ValueError:
+        percent = float("nan")
+    if not 0 <= percent <= 100:
+        raise ConfigError(f"{key}={value!r}: a percentage of the run (train.epochs) must be between 0% and 100%")
+    return percent
+
+
+def resolve_run_fractions(mapping: dict, cls: type, epochs: int, where: str) -> dict:
+    """Percentages of the run (`"10%"`) in the fields that take them, turned into epochs: exact
+    for a float field, rounded (half up) for an integer one, no lower than the field's range."""
+    out = dict(mapping)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        percent = parse_percent(out.get(f.name), f"{where}.{f.name}") if takes_fraction_of_run(f) else None
+        if percent is None:
+            continue
+        value = percent * epochs / 100
+        if int in typing.get_args(hints[f.name]) or hints[f.name] is int:
+            low = f.metadata["mimreg_check"].low or 0
+            value = max(int(low), math.floor(value + 0.5))
+        out[f.name] = value
+    return out
+
+
+def resolve_window(entry: dict, epochs: int, where: str) -> dict:
+    """An entry's window in epochs. A window given wholly in percentages stays inside the run
+    (rounding may not push its end past the last epoch)."""
+    out = resolve_run_fractions(entry, RegularizerConfig, epochs, where)
+    start, duration = parse_percent(entry.get("start_epoch"), ""), parse_percent(entry.get("duration"), "")
+    if start is not None and duration is not None and start + duration <= 100:
+        out["duration"] = max(1, min(out["duration"], epochs - out["start_epoch"]))
+    return out
+
+
+def check_schedules(cfg: Config) -> None:
+    """Windows inside the run, a warm-up shorter than the run."""
+    epochs = cfg.train.epochs
+    if cfg.optim.warmup_epochs >= epochs:
+        raise ConfigError(f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} is as long as the run "
+                          f"(train.epochs={epochs}) or longer: the lr would never reach its peak; set a shorter "
+                          "warm-up, e.g. optim.warmup_epochs=10%")
+    for reg in cfg.regularizers:
+        if reg.gate_rec_loss is not None:
+            continue  # the gate switches it on, not the window
+        key = f"regularizers.{reg.name}"
+        if reg.start_epoch >= epochs:
+            raise ConfigError(f"{key}.start_epoch={reg.start_epoch} is not inside the run (train.epochs={epochs}): "
+                              f"{reg.name} would never switch on; lower it or give a percentage of the run, "
+                              "e.g. start_epoch: 10%")
+        if reg.duration is not None and reg.start_epoch + reg.duration > epochs:
+            raise ConfigError(f"{key}: the window start_epoch={reg.start_epoch}, duration={reg.duration} ends after "
+                              f"the run (train.epochs={epochs}); set duration <= {epochs - reg.start_epoch}, "
+                              "null (until the end), or percentages of the run, e.g. duration: 50%")
+
+
+# ---------------------------------------------------------------- building dataclasses
 def _named_entry(cls: type, raw: Any, registry: dict, where: str):
     """Split a flat `{name: ..., <common keys>, <option keys>}` into cls(..., options=Options(...))."""
     if isinstance(raw, str):
@@ -294,7 +549,8 @@ def _named_entry(cls: type, raw: Any, registry: dict, where: str):
     name = raw["name"]
     if name not in registry:
         raise ConfigError(f"{where}: unknown name {name!r}; choose one of {sorted(registry)}"
-                          + _suggest(str(name), registry))
+                          + _suggest(str(name), registry)
+                          + " (a module of your own that registers it goes in `imports:` or --import)")
     common = {f.name for f in dataclasses.fields(cls)} - {"options"}
     options_cls = registry[name].Options
     option_keys = {f.name for f in dataclasses.fields(options_cls)}
@@ -303,14 +559,15 @@ def _named_entry(cls: type, raw: Any, registry: dict, where: str):
         key = sorted(unknown)[0]
         raise ConfigError(f"{where} ({name}): unknown key {key!r}; valid keys are "
                           f"{sorted((common | option_keys) - {'name'})}" + _suggest(key, common | option_keys))
-    entry = build_dataclass(cls, {k: v for k, v in raw.items() if k in common}, where)
-    entry.options = build_dataclass(options_cls, {k: v for k, v in raw.items() if k in option_keys},
-                                    f"{where} ({name})")
+    # values are named by the key a user writes: method.mask_ratio, regularizers.magma.weight
+    key = "method" if cls is MethodConfig else f"{where.split('[')[0]}.{name}"
+    entry = build_dataclass(cls, {k: v for k, v in raw.items() if k in common}, key)
+    entry.options = build_dataclass(options_cls, {k: v for k, v in raw.items() if k in option_keys}, key)
     return entry
 
 
 def build_dataclass(cls: type, raw: Any, where: str):
-    """Instantiate dataclass `cls` from a mapping, checking every key and value type."""
+    """Instantiate dataclass `cls` from a mapping, checking every key, value type and declared range."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -323,6 +580,10 @@ def build_dataclass(cls: type, raw: Any, where: str):
         raise ConfigError(f"{where}: unknown key {key!r}; valid keys are {sorted(fields)}"
                           + _suggest(key, fields))
     values = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
+    for name, value in values.items():
+        problem = check_value(fields[name], value, f"{where}.{name}")
+        if problem:
+            raise ConfigError(problem)
     try:
         return cls(**values)
     except TypeError as err:  # a required field is missing
@@ -336,6 +597,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if len(args) == 2 and type(None) in args:  # an optional value: that type's own message
+            return _coerce(next(a for a in args if a is not type(None)), value, where)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(arg, value, where)
@@ -388,40 +651,55 @@ def _suggest(key: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def validate(cfg: Config) -> None:
-    """Checks that need more than one key: composition and ranges."""
+def validate(cfg: Config, check_run_length: bool = True) -> None:
+    """Checks that need more than one key, or a registry: composition, schedules, image geometry.
+    (The range of each key is declared on its field and checked as it is read.)"""
     from mimreg.data import DATASET_NAMES
     from mimreg.models import ARCHS
+    from mimreg.regularizers import REGULARIZERS
 
-    choices = {"data.name": (cfg.data.name, DATASET_NAMES), "model.arch": (cfg.model.arch, sorted(ARCHS)),
-               "train.precision": (cfg.train.precision, ["fp32", "bf16", "fp16"]),
-               "data.augmentation": (cfg.data.augmentation, ["mae", "simclr", "msn"])}
-    for key, (value, allowed) in choices.items():
+    for key, value, allowed in (("data.name", cfg.data.name, DATASET_NAMES), ("model.arch", cfg.model.arch, sorted(ARCHS))):
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
-    positive = {"optim.batch_size": cfg.optim.batch_size, "data.num_views": cfg.data.num_views, "optim.accum_steps": cfg.optim.accum_steps,
-                "train.epochs": cfg.train.epochs, "train.log_every": cfg.train.log_every,
-                "train.monitor_every": cfg.train.monitor_every, "train.keep_last": cfg.train.keep_last}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    if cfg.optim.schedule_stretch < 1:
-        raise ConfigError(f"optim.schedule_stretch must be >= 1, got {cfg.optim.schedule_stretch}")
-    if cfg.data.subset is not None and cfg.data.subset < 1:
-        raise ConfigError(f"data.subset must be a positive number of images, got {cfg.data.subset}")
     for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):
         names = [r.name for r in entries]
         for reg in entries:
             if names.count(reg.name) > 1:
                 raise ConfigError(f"{section}: {reg.name!r} is listed twice; list each once")
-            if reg.duration is not None and reg.duration < 0 or reg.start_epoch < 0:
-                raise ConfigError(f"{section}: {reg.name!r}: start_epoch and duration must be >= 0")
-    from mimreg.regularizers import REGULARIZERS
-
     batch_wide = [r.name for r in cfg.regularizers + cfg.monitor if REGULARIZERS[r.name].batch_wide]
     if batch_wide and cfg.optim.batch_size < 2:
         raise ConfigError(f"regularizers {batch_wide} are batch-wide and need optim.batch_size >= 2, "
                           f"got {cfg.optim.batch_size}")
+    if check_run_length:
+        check_schedules(cfg)
+    check_geometry(cfg)
+
+
+def check_geometry(cfg: Config) -> None:
+    """Whole patches, and a mask that leaves every masked view some visible patch."""
+    size, patch = cfg.img_size, cfg.model.patch_size
+    if size % patch:
+        raise ConfigError(f"data.img_size={size} is not a multiple of model.patch_size={patch}; set data.img_size "
+                          "to a multiple (images are resized to it) or change model.patch_size")
+    options = cfg.method.options
+    ratio = getattr(options, "mask_ratio", None)
+    if ratio is None:
+        return
+    grid = size // patch
+    unit = getattr(options, "mask_unit", 1)  # simmim masks squares of unit x unit patches
+    if grid % unit:
+        raise ConfigError(f"method.mask_unit={unit} must divide the {grid}x{grid} patch grid "
+                          f"(data.img_size={size} / model.patch_size={patch})")
+    cells = (grid // unit) ** 2
+    visible = cells - math.ceil(cells * ratio) if unit > 1 else int(cells * (1 - ratio))
+    what = "patches" if unit == 1 else f"{unit}x{unit}-patch blocks"
+    if visible < 1:
+        raise ConfigError(f"method.mask_ratio={ratio:g} leaves no visible patch of the {cells} {what} of a "
+                          f"{size}px image at model.patch_size={patch}; lower method.mask_ratio")
+    views = getattr(options, "num_masks", 1)
+    if views > 1 and getattr(options, "mask_mode", "orthogonal") == "orthogonal" and views * visible > cells:
+        raise ConfigError(f"method.num_masks={views} disjoint masks of {visible} visible {what} need "
+                          f"{views * visible}, the image has {cells}; lower method.num_masks or raise method.mask_ratio")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -449,5 +727,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def dump_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def dump_config(cfg: Config, path: Path, notes: list[str] = ()) -> None:
+    """Write the config as YAML; `notes` (e.g. the lr in force) go first as `#` comment lines."""
+    header = "".join(f"# {line}\n" for note in notes for line in note.splitlines())
+    path.write_text(header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -105,7 +105,8 @@ def test_set_overrides():
     assert regs["magma"].weight == 2.0
     assert regs["uniformity"].weight == 0.01  # untouched
     assert regs["uniformity"].options.feature == "mean"
-    assert regs["magma"].start_epoch == 2  # the preset's default still applies
+    # the preset's window still applies, as percentages of the 3 epochs: 10% -> 0, 50% -> 2 (half up)
+    assert (regs["magma"].start_epoch, regs["magma"].duration) == (0, 2)
     assert cfg.train.epochs == 3
     assert cfg.data.crop_scale == (0.5, 1.0)
 
@@ -149,12 +150,12 @@ def test_set_into_a_scalar():
     ("data.name=nope", r"data\.name: unknown value 'nope'"),
     ("model.arch=vit_huge", r"model\.arch: unknown value 'vit_huge'"),
     ("train.precision=fp8", r"train\.precision: unknown value 'fp8'"),
-    ("train.epochs=0", r"train\.epochs must be >= 1"),
+    ("train.epochs=0", r"train\.epochs=0 is out of range: it must be >= 1"),
     ("data.subset=0", r"data\.subset"),
     ("regularizers=[{name: magmaa}]", r"regularizers\[0\]: unknown name 'magmaa'.*did you mean 'magma'"),
     ("regularizers=[{weight: 1}]", r"regularizers\[0\] needs a `name`"),
     ("regularizers=[{name: magma, wieght: 2}]", r"regularizers\[0\] \(magma\): unknown key 'wieght'.*did you mean 'weight'"),
-    ("regularizers=[{name: magma, start_epoch: -1}]", r"'magma': start_epoch and duration must be >= 0"),
+    ("regularizers=[{name: magma, start_epoch: -1}]", r"regularizers\.magma\.start_epoch=-1 is out of range: it must be >= 0"),
     ("regularizers=[magma, magma]", r"'magma' is listed twice"),
     ("regularizers={name: magma}", r"regularizers must be a list"),
     ("monitor=[nope]", r"monitor\[0\]: unknown name 'nope'"),
@@ -200,7 +201,7 @@ def test_yaml_file_with_preset(tmp_path):
     assert (cfg.optim.batch_size, cfg.optim.lr) == (64, 1e-3)
     assert cfg.train.epochs == 2
     magma = cfg.regularizers[0]
-    assert (magma.weight, magma.start_epoch, magma.duration) == (0.5, 1, 6)
+    assert (magma.weight, magma.start_epoch, magma.duration) == (0.5, 1, 1)  # 50% of the 2 epochs
 
 
 def test_yaml_file_errors(tmp_path):

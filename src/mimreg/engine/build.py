@@ -19,7 +19,7 @@ def build_method(cfg: Config, encoder: ViTEncoder | None = None) -> Method:
 
 
 def build_regularizer(entry: RegularizerConfig, method: Method) -> Regularizer:
-    reg = REGULARIZERS[entry.name](entry.options, weight=entry.weight, start_epoch=entry.start_epoch,
+    reg = REGULARIZERS[entry.name](entry.options, weight=entry.weight, start_epoch=entry.start_epoch or 0,
                                    duration=entry.duration, gather=entry.gather, depth=method.encoder.depth,
                                    gate_rec_loss=entry.gate_rec_loss,
                                    embed_dim=method.encoder.embed_dim)

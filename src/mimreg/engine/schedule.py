@@ -17,6 +17,26 @@ def learning_rate(cfg: OptimConfig, world: int) -> float:
     return cfg.blr * cfg.batch_size * cfg.accum_steps * world / 256
 
 
+def lr_key(cfg: OptimConfig) -> str:
+    """The key whose value sets the lr: `optim.lr` or `optim.blr` (a loaded config sets one)."""
+    return "optim.lr" if cfg.lr is not None else "optim.blr"
+
+
+def lr_source(cfg: OptimConfig, world: int) -> str:
+    """How the lr in force comes about, e.g. `optim.lr=0.001`, or
+    `optim.blr=0.001 x 128 (batch) x 1 (accum) x 1 (world) / 256 = 0.0005`."""
+    if cfg.lr is not None:
+        return f"optim.lr={cfg.lr:g}"
+    return (f"optim.blr={cfg.blr:g} x {cfg.batch_size} (batch) x {cfg.accum_steps} (accum) x {world} (world) "
+            f"/ 256 = {learning_rate(cfg, world):g}")
+
+
+def lr_hint(cfg: OptimConfig) -> str:
+    """The advice for a diverging run, naming the key in force, e.g. `a lower optim.lr (now 0.001)`."""
+    value = cfg.lr if cfg.lr is not None else cfg.blr
+    return f"a lower {lr_key(cfg)} (now {value:g})"
+
+
 def lr_at(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup then half-cosine decay to min_lr, per optimizer step."""
     if step < warmup_steps:

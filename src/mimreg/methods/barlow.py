@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mimreg.bounds import bounded
 from mimreg.distributed import all_reduce_sum_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
@@ -38,9 +39,9 @@ def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: 
 
 @dataclass
 class BarlowOptions(ViewsBatchNorm):
-    lambd: float = 0.0051
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 2048
+    lambd: float = bounded(0.0051, gt=0)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_output_dim: int = bounded(2048, ge=1)
     gather: bool = True  # statistics and cross-correlation over the global batch
 
 

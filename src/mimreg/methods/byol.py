@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mimreg.bounds import bounded
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import ViTEncoder
@@ -30,10 +31,10 @@ def cosine_momentum(base: float, progress: float) -> float:
 
 @dataclass
 class BYOLOptions(ViewsBatchNorm):
-    momentum: float = 0.99  # tau_base (solo-learn CIFAR; 0.996 for ImageNet)
-    proj_hidden_dim: int = 4096
-    proj_output_dim: int = 256
-    pred_hidden_dim: int = 4096
+    momentum: float = bounded(0.99, ge=0, le=1)  # tau_base (solo-learn CIFAR; 0.996 for ImageNet)
+    proj_hidden_dim: int = bounded(4096, ge=1)
+    proj_output_dim: int = bounded(256, ge=1)
+    pred_hidden_dim: int = bounded(4096, ge=1)
 
 
 @register

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mimreg.bounds import bounded, one_of
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
 from mimreg.models import MAEDecoder, Mask, ViTEncoder, mask_noise, orthogonal_masks, patchify, random_mask
@@ -31,13 +32,13 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch
 
 @dataclass
 class MAEOptions:
-    mask_ratio: float = 0.75
+    mask_ratio: float = bounded(0.75, gt=0, lt=1)
     norm_pix_loss: bool = True
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    num_masks: int = 1  # K masked views per image, encoded in one batched pass (MI-MAE: 4)
-    mask_mode: str = "orthogonal"  # with num_masks > 1: disjoint visible sets, or "independent"
+    decoder_dim: int = bounded(128, ge=1)
+    decoder_depth: int = bounded(2, ge=1)
+    decoder_heads: int = bounded(4, ge=1)
+    num_masks: int = bounded(1, ge=1)  # K masked views per image, encoded in one batched pass (MI-MAE: 4)
+    mask_mode: str = one_of("orthogonal", "orthogonal", "independent")  # with num_masks > 1: disjoint visible sets, or "independent"
 
 
 @register

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mimreg.bounds import bounded
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import ViTEncoder
@@ -21,9 +22,9 @@ def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class MSEOptions(ViewsBatchNorm):
-    weight: float = 10.0  # beta of T-REGS (spec §4.3), on F.mse_loss (mean over N x d)
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 2048
+    weight: float = bounded(10.0, gt=0)  # beta of T-REGS (spec §4.3), on F.mse_loss (mean over N x d)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_output_dim: int = bounded(2048, ge=1)
 
 
 @register

@@ -11,6 +11,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
+from mimreg.bounds import bounded
 from mimreg.distributed import gather_with_grad, is_distributed, world_size
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
@@ -78,17 +79,17 @@ def msn_loss(anchor: torch.Tensor, target: torch.Tensor, prototypes: torch.Tenso
 
 @dataclass
 class MSNOptions:
-    mask_ratio: float = 0.15  # token drop on the anchor view (0.15 ViT-S/16 ... 0.7 ViT-B/4)
+    mask_ratio: float = bounded(0.15, ge=0, lt=1)  # token drop on the anchor view (0.15 ViT-S/16 ... 0.7 ViT-B/4)
     per_sample_masks: bool = False  # official: one permutation for the whole batch
-    num_prototypes: int = 1024
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 256
-    anchor_temperature: float = 0.1
-    target_sharpen: float = 0.25
-    memax_weight: float = 1.0  # 5 with use_sinkhorn: false (the better ablation, App. E)
+    num_prototypes: int = bounded(1024, ge=1)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_output_dim: int = bounded(256, ge=1)
+    anchor_temperature: float = bounded(0.1, gt=0)
+    target_sharpen: float = bounded(0.25, gt=0)
+    memax_weight: float = bounded(1.0, ge=0)  # 5 with use_sinkhorn: false (the better ablation, App. E)
     use_sinkhorn: bool = True
-    momentum: float = 0.996  # EMA from this to 1, linearly over training (x momentum_stretch)
-    momentum_stretch: float = 1.0  # official code: 1.25 (its schedules end at 80%)
+    momentum: float = bounded(0.996, ge=0, le=1)  # EMA from this to 1, linearly over training (x momentum_stretch)
+    momentum_stretch: float = bounded(1.0, ge=1)  # official code: 1.25 (its schedules end at 80%)
     gather: bool = True
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mimreg.bounds import bounded
 from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
@@ -29,9 +30,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, e
 
 @dataclass
 class SimCLROptions(ViewsBatchNorm):
-    temperature: float = 0.2
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 256
+    temperature: float = bounded(0.2, gt=0)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_output_dim: int = bounded(256, ge=1)
     gather: bool = True  # negatives from the global batch of all processes
     bn_views: str = "joint"  # SimCLR's official code normalises both views as one batch
 

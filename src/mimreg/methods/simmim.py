@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mimreg.bounds import bounded
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
 from mimreg.models import ViTEncoder, patchify, take_tokens
@@ -62,9 +63,9 @@ def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, removed: torch.Tens
 
 @dataclass
 class SimMIMOptions:
-    mask_ratio: float = 0.6
-    mask_unit: int = 2  # masked blocks of mask_unit x mask_unit patches (SimMIM: 32 px at patch 16)
-    num_masks: int = 1  # K views per image with disjoint visible blocks (MI-SimMIM), view-major
+    mask_ratio: float = bounded(0.6, gt=0, lt=1)
+    mask_unit: int = bounded(2, ge=1)  # masked blocks of mask_unit x mask_unit patches (SimMIM: 32 px at patch 16)
+    num_masks: int = bounded(1, ge=1)  # K views per image with disjoint visible blocks (MI-SimMIM), view-major
 
 
 @register

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mimreg.bounds import bounded
 from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
@@ -44,11 +45,11 @@ def vicreg_terms(z1, z2, z1_all=None, z2_all=None) -> dict[str, torch.Tensor]:
 
 @dataclass
 class VICRegOptions(ViewsBatchNorm):
-    sim_weight: float = 25.0
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 2048
+    sim_weight: float = bounded(25.0, ge=0)
+    var_weight: float = bounded(25.0, ge=0)
+    cov_weight: float = bounded(1.0, ge=0)
+    proj_hidden_dim: int = bounded(2048, ge=1)
+    proj_output_dim: int = bounded(2048, ge=1)
     gather: bool = True  # variance and covariance over the global batch
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mimreg.bounds import bounded, one_of
 from mimreg.errors import ConfigError
 from mimreg.regularizers.base import Regularizer, register
 from mimreg.numerics import fp32_loss
@@ -95,9 +96,9 @@ class GaussianPosterior(nn.Module):
 class ClubOptions:
     input_feature: str = "patch_embed"  # visible patch embeddings (+ pos), (B, N_vis, D) [ASSUMPTION]
     output_feature: str = "tokens"  # encoder output at the same positions, after the final norm
-    hidden_dim: int | None = None  # H of q's branches; None = the encoder width D [UNKNOWN in paper]
-    variance: str = "variance"  # what q's ReLU branch outputs: "variance" (+ var_eps) or "log_variance"
-    var_eps: float = 1e-4
+    hidden_dim: int | None = bounded(None, ge=1)  # H of q's branches; None = the encoder width D [UNKNOWN in paper]
+    variance: str = one_of("variance", "variance", "log_variance")  # what q's ReLU branch outputs: "variance" (+ var_eps) or "log_variance"
+    var_eps: float = bounded(1e-4, gt=0)
 
 
 @register

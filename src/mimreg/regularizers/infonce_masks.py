@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mimreg.bounds import bounded
 from mimreg.distributed import gather_with_grad
 from mimreg.errors import ConfigError
 from mimreg.regularizers.base import Regularizer, register
@@ -61,8 +62,8 @@ def image_major_to_view_major(x: torch.Tensor, num_views: int) -> torch.Tensor:
 @dataclass
 class InfoNCEMasksOptions:
     feature: str = "cls"  # cls token after the final norm [ASSUMPTION, spec §5.2(a)]; "mean" to ablate
-    num_views: int = 4  # K masks per image; the feature must hold K*N rows in view-major order
-    temperature: float = 0.1  # stripped in the paper text [UNKNOWN]; 0.1 per spec
+    num_views: int = bounded(4, ge=2)  # K masks per image; the feature must hold K*N rows in view-major order
+    temperature: float = bounded(0.1, gt=0)  # stripped in the paper text [UNKNOWN]; 0.1 per spec
 
 
 @register

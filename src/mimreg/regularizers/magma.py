@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from mimreg.bounds import bounded, unbounded
 from mimreg.regularizers.base import Regularizer, register
 from mimreg.numerics import fp32_loss
 
@@ -58,9 +59,10 @@ def magma_loss(reference: torch.Tensor, regularized: torch.Tensor, fixed_gamma: 
 
 @dataclass
 class MagmaOptions:
-    reference_blocks: list[int] = field(default_factory=lambda: [-2])  # build the graph; averaged
-    regularized_block: int = -1
-    fixed_gamma: float | None = None  # replaces std(d) in the kernel when set
+    # block indices (negative from the end), checked against the encoder depth when it is built
+    reference_blocks: list[int] = unbounded(default_factory=lambda: [-2], why="a block index")  # build the graph; averaged
+    regularized_block: int = unbounded(-1, why="a block index")
+    fixed_gamma: float | None = bounded(None, gt=0)  # replaces std(d) in the kernel when set
 
 
 @register

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mimreg.bounds import bounded
 from mimreg.regularizers.base import Regularizer, register
 from mimreg.numerics import fp32_loss
 
@@ -160,9 +161,9 @@ def tregs_loss(z: torch.Tensor, edge_weight: float = 0.2, sphere_weight: float =
 @dataclass
 class MstOptions:
     features: list[str] = field(default_factory=lambda: ["emb.0", "emb.1"])  # one view each
-    edge_weight: float = 0.2  # gamma, on L_E = -(1/n) MST length
-    sphere_weight: float = 8e-4  # lambda, on L_S = mean (||z|| - 1)^2
-    eps: float = 1e-12
+    edge_weight: float = bounded(0.2, ge=0)  # gamma, on L_E = -(1/n) MST length
+    sphere_weight: float = bounded(8e-4, ge=0)  # lambda, on L_S = mean (||z|| - 1)^2
+    eps: float = bounded(1e-12, gt=0)
 
 
 @register

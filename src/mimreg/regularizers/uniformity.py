@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mimreg.bounds import bounded
 from mimreg.regularizers.base import Regularizer, register
 from mimreg.numerics import fp32_loss
 
@@ -25,7 +26,7 @@ def uniformity_loss(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 @dataclass
 class UniformityOptions:
     feature: str = "cls"  # which method feature to spread out: cls after the final norm by default
-    eps: float = 1e-12
+    eps: float = bounded(1e-12, gt=0)
 
 
 @register
