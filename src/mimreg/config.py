@@ -727,7 +727,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def dump_config(cfg: Config, path: Path, notes: list[str] = ()) -> None:
-    """Write the config as YAML; `notes` (e.g. the lr in force) go first as `#` comment lines."""
+def config_text(cfg: Config, notes: list[str] = ()) -> str:
+    """The config as YAML; `notes` (e.g. the lr in force) go first as `#` comment lines."""
     header = "".join(f"# {line}\n" for note in notes for line in note.splitlines())
-    path.write_text(header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def dump_config(cfg: Config, path: Path, notes: list[str] = ()) -> None:
+    path.write_text(config_text(cfg, notes))

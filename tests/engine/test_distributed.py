@@ -70,5 +70,5 @@ def test_pretrain_cli_under_torchrun(tmp_path, torchrun):
     out = proc.stdout.splitlines()
     assert sum(line.startswith("done:") for line in out) == 1, proc.stdout
     assert sum(line.startswith("epoch 1/1 step 4:") for line in out) == 1, proc.stdout
-    assert sum("tokens;" in line for line in out) == 1, proc.stdout
+    assert sum("= 64 tokens" in line for line in out) == 1, proc.stdout
     assert "Warning" not in proc.stderr, proc.stderr[-2000:]

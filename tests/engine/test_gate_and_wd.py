@@ -162,7 +162,8 @@ def test_gate_opens_at_its_step_is_logged_and_survives_a_resume(reference, tmp_p
     run_dir = tmp_path / "run"
     pretrain(gate_config(threshold, *sets, f"train.halt_after_steps={s + 2}"), run_dir)
     assert f"step {s}: uniformity switched on" in capsys.readouterr().out
-    [ckpt] = list_checkpoints(run_dir / "checkpoints")  # step s + 1: after the gate opened
+    ckpt, halt = list_checkpoints(run_dir / "checkpoints")  # step s + 1 (after the gate opened), the halt's
+    halt.unlink()  # as if killed after step s + 2: resume from step s + 1
     model = load_checkpoint(ckpt)["model"]
     assert bool(model["regularizers.0.gate_open"])
     assert float(model["rec_ema"]) == pytest.approx(ema[s], rel=1e-5)
@@ -199,7 +200,8 @@ def test_resume_from_just_before_the_gate_opened_logs_it_once(reference, tmp_pat
     sets = [f"train.ckpt_every_steps={s}"]
     run_dir = tmp_path / "run"
     pretrain(gate_config(threshold, *sets, f"train.halt_after_steps={s + 1}"), run_dir)
-    [ckpt] = list_checkpoints(run_dir / "checkpoints")
+    ckpt, halt = list_checkpoints(run_dir / "checkpoints")
+    halt.unlink()  # as if killed after step s + 1: resume from step s
     assert not bool(load_checkpoint(ckpt)["model"]["regularizers.0.gate_open"])  # taken before it opened
     assert len(train_records(run_dir, "gate")) == 1
     pretrain(gate_config(threshold, *sets), run_dir, resume=True)

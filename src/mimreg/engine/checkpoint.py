@@ -94,9 +94,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch's own messages point at its documentation, not at the file
         raise MimregError(f"cannot read checkpoint {path}: {_load_failure(err, path)}") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise MimregError(f"{path} is not a mimreg checkpoint (no 'model' entry); pass a ckpt_*.pt written "
-                          "by mimreg pretrain")
+    if not isinstance(state, dict):
+        raise MimregError(f"{path} is not a mimreg checkpoint (it holds a {type(state).__name__}); pass a "
+                          "ckpt_*.pt written by mimreg")
     return state
 
 
@@ -141,7 +141,7 @@ def load_matching_state(module: torch.nn.Module, state: dict, path: Path, option
 
 def config_of(state: dict, path: Path) -> dict:
     """The run config stored in a checkpoint, or a MimregError saying it has none."""
-    if not isinstance(state.get("config"), dict):
+    if not isinstance(state.get("config"), dict) or "model" not in state:
         raise MimregError(f"checkpoint {path} holds no run config: it was not written by mimreg pretrain "
                           "(or by a release before configs were stored); re-export it from its run")
     return state["config"]

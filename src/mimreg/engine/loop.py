@@ -25,7 +25,8 @@ from mimreg.engine.checkpoint import (load_checkpoint, load_matching_state, non_
 from mimreg.engine.data import build_pretrain_data
 from mimreg.engine.metrics import MetricsWriter, RunningMeans
 from mimreg.engine.run_folder import RunFolder
-from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, set_lr, set_weight_decay,
+from mimreg.engine.run_info import start_facts, start_line
+from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, lr_hint, set_lr, set_weight_decay,
                                     weight_decay_at)
 from mimreg.engine.stopping import GracefulStop
 from mimreg.errors import ConfigError, NonFiniteLossError, RunInterrupted
@@ -74,7 +75,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
         if main:
             if resume and found is None:
                 print(f"--resume: no checkpoint in {folder.checkpoints}; starting from scratch", flush=True)
-            folder.write_config(cfg)
+            folder.write_config(cfg, notes=[start_line(cfg, dist.world_size())])
         if found is not None:
             trainer.restore(found)
         if main:
@@ -155,7 +156,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"after step {self.step} {len(bad)} tensors of the model or optimizer are NaN or inf (e.g. "
                 f"{', '.join(bad[:3])}); no checkpoint written, the last good one ({self.last_checkpoint}) "
-                f"is kept. {lr_hint(self.cfg)}")
+                f"is kept. {lr_advice(self.cfg)}")
         if self.main:
             self.last_checkpoint = save_checkpoint(folder.checkpoints, self.step, payload, self.cfg.train.keep_last)
         return self.last_checkpoint
@@ -186,19 +187,13 @@ class Trainer:
 
     def announce(self, writer: MetricsWriter) -> None:
         """The `start` record and the run's first printed line: what will run, at which lr."""
-        encoder = self.trainee.method.encoder
-        lr_from = lr_source(self.cfg, self.world)
-        info = {"config": self.cfg.recipe, "images": self.data.num_images, "world": self.world,
-                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "lr": self.base_lr,
-                "lr_source": lr_from, "img_size": encoder.img_size, "patch_size": encoder.patch_size,
-                "patch_grid": [encoder.grid_size, encoder.grid_size], "tokens": encoder.num_patches,
-                "device": str(self.device)}
-        writer.write({"kind": "start", **info})
+        writer.write({"kind": "start", "config": self.cfg.recipe, "images": self.data.num_images, "world": self.world,
+                      "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                      "device": str(self.device), **start_facts(self.cfg, self.world)})
         if self.main:
-            print(f"{self.cfg.recipe}: {self.data.num_images} images at {encoder.img_size}px, patch "
-                  f"{encoder.patch_size} -> {encoder.grid_size}x{encoder.grid_size} = {encoder.num_patches} tokens; "
-                  f"{self.cfg.train.epochs} epochs x {self.steps_per_epoch} steps on {self.device} x {self.world}; "
-                  f"lr {self.base_lr:.3g} ({lr_from})", flush=True)
+            print(f"{self.cfg.recipe}: {self.data.num_images} images, {self.cfg.train.epochs} epochs x "
+                  f"{self.steps_per_epoch} steps on {self.device} x {self.world}; {start_line(self.cfg, self.world)}",
+                  flush=True)
 
     def train_epoch(self, epoch: int, folder: RunFolder, writer: MetricsWriter, stop: GracefulStop) -> str | None:
         """One epoch from the current step; returns why it stopped early ("halt", a signal name) or None."""
@@ -321,17 +316,8 @@ def format_terms(terms: dict[str, float]) -> str:
     return ", ".join(own) + (" | " + ", ".join(side) if side else "")
 
 
-def lr_source(cfg: Config, world: int) -> str:
-    """Which key set the lr in force, and how."""
-    o = cfg.optim
-    if o.lr is not None:
-        return f"optim.lr={o.lr:g}"
-    return (f"optim.blr={o.blr:g} x {o.batch_size} batch x {o.accum_steps} accum x {world} processes / 256")
-
-
-def lr_hint(cfg: Config) -> str:
-    key = "optim.lr" if cfg.optim.lr is not None else "optim.blr"
-    return f"Try a lower lr ({key}), optim.clip_grad, or train.precision fp32"
+def lr_advice(cfg: Config) -> str:
+    return f"Try {lr_hint(cfg.optim)}, optim.clip_grad, or train.precision fp32"
 
 
 # buffers added after the first release: a checkpoint without them starts them at their defaults
@@ -369,4 +355,4 @@ def _check_finite_and_stop(result, step: int, stop: GracefulStop, cfg: Config) -
         shown = ", ".join(f"{k}={float(v):.3g}" for k, v in result.terms.items())
         bad = [f"the sum of finite terms overflowed ({shown})"]
     raise NonFiniteLossError(f"non-finite loss at step {step} in term(s) {bad}; the last good checkpoint "
-                             f"is kept. {lr_hint(cfg)}")
+                             f"is kept. {lr_advice(cfg)}")

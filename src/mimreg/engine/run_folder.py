@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mimreg.config import Config, config_from_dict, config_to_dict
+from mimreg.config import Config, config_from_stored, config_text, config_to_dict
 from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import ConfigError, MimregError
@@ -83,16 +83,17 @@ class RunFolder:
         if saved is None:
             raise MimregError(f"checkpoint {found} has no config and {self.path} no config.yaml: it was not "
                               "written by mimreg pretrain; start a new run with --out NEW_FOLDER")
-        changed = changed_keys(config_to_dict(config_from_dict(saved)), config_to_dict(cfg))
+        changed = changed_keys(config_to_dict(config_from_stored(saved)), config_to_dict(cfg))
         changed = [key for key in changed if key not in RESUMABLE_KEYS]
         if changed:
             raise ConfigError(f"--resume with a config that differs from the run's own in {changed}; "
                               "resume with the same config, or start a new run with --out NEW_FOLDER")
         return found
 
-    def write_config(self, cfg: Config) -> None:
-        atomic_write(self.path / "config.yaml", lambda handle: handle.write(
-            yaml.safe_dump(config_to_dict(cfg), sort_keys=False)), binary=False)
+    def write_config(self, cfg: Config, notes: list[str] = ()) -> None:
+        """config.yaml, headed by `notes` as comment lines (e.g. the lr in force and its key)."""
+        text = config_text(cfg, notes)
+        atomic_write(self.path / "config.yaml", lambda handle: handle.write(text), binary=False)
 
     # ------------------------------------------------------------ metrics and summary
     def truncate_metrics(self, step: int) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mimreg.config import Config, config_from_dict
+from mimreg.config import Config, config_from_stored
 from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
 from mimreg.engine.build import build_encoder
 from mimreg.engine.checkpoint import config_of, load_checkpoint, load_matching_state, resolve_checkpoint
@@ -28,7 +28,7 @@ def load_encoder(checkpoint: str | Path) -> tuple[ViTEncoder, Config, dict]:
     """The trained encoder (eval mode), the run's config, and the checkpoint's metadata."""
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
-    cfg = config_from_dict(config_of(state, path))
+    cfg = config_from_stored(config_of(state, path))
     encoder = build_encoder(cfg)
     prefix = f"method.{METHODS[cfg.method.name].eval_encoder}."
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
