@@ -438,3 +438,16 @@ def test_msn_loss_gradcheck_float64(use_sinkhorn):
         return out["msn"] + out["memax"]
 
     assert torch.autograd.gradcheck(total, (anchor,))
+
+
+def test_gradient_clipping_covers_the_encoder_and_head_not_the_prototypes(tiny_config):
+    """MSN's official code clips `encoder.parameters()` (its head included), never the prototypes."""
+    from mimreg.engine.build import build_trainee
+
+    trainee = build_trainee(tiny_config("msn"), num_classes=10)
+    clipped = {id(p) for p in trainee.method.clipped_parameters()}
+    names = {name for name, p in trainee.named_parameters() if id(p) in clipped}
+    assert "method.prototypes" not in names and not any(n.startswith("probe.") for n in names)
+    assert any(n.startswith("method.encoder.") for n in names) and any(n.startswith("method.head.") for n in names)
+    online = {n for n, p in trainee.method.named_parameters() if p.requires_grad and n != "prototypes"}
+    assert {n.removeprefix("method.") for n in names if trainee.get_parameter(n).requires_grad} == online

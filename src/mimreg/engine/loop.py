@@ -271,7 +271,7 @@ class Trainer:
     def optimizer_step(self) -> None:
         if self.cfg.optim.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainee.parameters(), self.cfg.optim.clip_grad)
+            torch.nn.utils.clip_grad_norm_(self.trainee.method.clipped_parameters(), self.cfg.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -52,6 +52,11 @@ class Method(nn.Module):
         """images: (B, 3, H, W), or a list of views of the same B images for multi-view methods."""
         raise NotImplementedError
 
+    def clipped_parameters(self):
+        """The parameters `optim.clip_grad` clips (the online probe and the regularizers' own
+        estimators are not clipped)."""
+        return self.parameters()
+
     def on_step_end(self, progress: float) -> None:
         """Called after every optimizer step with the fraction of training done (EMA updates)."""
 
