@@ -440,11 +440,11 @@ def test_msn_loss_gradcheck_float64(use_sinkhorn):
     assert torch.autograd.gradcheck(total, (anchor,))
 
 
-def test_gradient_clipping_covers_the_encoder_and_head_not_the_prototypes(tiny_config):
+def test_gradient_clipping_covers_the_encoder_and_head_not_the_prototypes():
     """MSN's official code clips `encoder.parameters()` (its head included), never the prototypes."""
     from mimreg.engine.build import build_trainee
 
-    trainee = build_trainee(tiny_config("msn"), num_classes=10)
+    trainee = build_trainee(load_config("digits/msn"), num_classes=10)
     clipped = {id(p) for p in trainee.method.clipped_parameters()}
     names = {name for name, p in trainee.named_parameters() if id(p) in clipped}
     assert "method.prototypes" not in names and not any(n.startswith("probe.") for n in names)
