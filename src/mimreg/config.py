@@ -39,6 +39,9 @@ class DataConfig:
     blur: bool = False  # Gaussian blur in the simclr augmentation (off at CIFAR size)
     focal_views: int = 10  # msn: small unmasked views besides the target and anchor views
     focal_size: int | None = None  # msn: their size (None: 96/224 of the image size, to the patch)
+    pipeline: str = "auto"  # device: decode once, augment batches on the training device; loader: PIL workers
+    device_memory_gb: float = 4.0  # auto picks the device pipeline when the decoded images fit in this
+    cache_dir: str | None = None  # decoded image files for the device pipeline (None: <root>/.mimreg-cache)
 
 
 @dataclass
@@ -384,7 +387,8 @@ def validate(cfg: Config) -> None:
 
     choices = {"data.name": (cfg.data.name, DATASET_NAMES), "model.arch": (cfg.model.arch, sorted(ARCHS)),
                "train.precision": (cfg.train.precision, ["fp32", "bf16", "fp16"]),
-               "data.augmentation": (cfg.data.augmentation, ["mae", "simclr", "msn"])}
+               "data.augmentation": (cfg.data.augmentation, ["mae", "simclr", "msn"]),
+               "data.pipeline": (cfg.data.pipeline, ["auto", "loader", "device"])}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
@@ -396,6 +400,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if cfg.optim.schedule_stretch < 1:
         raise ConfigError(f"optim.schedule_stretch must be >= 1, got {cfg.optim.schedule_stretch}")
+    if cfg.data.device_memory_gb <= 0:
+        raise ConfigError(f"data.device_memory_gb must be > 0, got {cfg.data.device_memory_gb}")
     if cfg.data.subset is not None and cfg.data.subset < 1:
         raise ConfigError(f"data.subset must be a positive number of images, got {cfg.data.subset}")
     for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):

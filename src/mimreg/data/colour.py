@@ -1,0 +1,69 @@
+"""Colour adjustments of a batch with one factor per sample, on images in [0, bound].
+
+The same operations as torchvision's ColorJitter and RandomGrayscale (ITU-R 601 luma, blends
+with black, the mean grey and the grey image, an HSV hue rotation), but with a factor per sample:
+torchvision's functional ops take one float per call, and kornia's ColorJitter draws one order of
+the four adjustments per batch, while the PIL path draws an order per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def grey(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+    r, g, b = images.unbind(1)
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
+
+
+def _per_sample(factor: torch.Tensor) -> torch.Tensor:
+    return factor.to(torch.float32).view(-1, 1, 1, 1)
+
+
+def _blend_(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor, bound: float) -> torch.Tensor:
+    """factor * images + (1 - factor) * other, clipped to [0, bound], written into `images`."""
+    return images.sub_(other).mul_(_per_sample(factor)).add_(other).clamp_(0.0, bound)
+
+
+def adjust_brightness_(images: torch.Tensor, factor: torch.Tensor, bound: float) -> torch.Tensor:
+    return images.mul_(_per_sample(factor)).clamp_(0.0, bound)
+
+
+def adjust_contrast_(images: torch.Tensor, factor: torch.Tensor, bound: float) -> torch.Tensor:
+    return _blend_(images, grey(images).mean(dim=(2, 3), keepdim=True), factor, bound)
+
+
+def adjust_saturation_(images: torch.Tensor, factor: torch.Tensor, bound: float) -> torch.Tensor:
+    return _blend_(images, grey(images), factor, bound)
+
+
+def adjust_hue_(images: torch.Tensor, shift: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    return images.copy_(adjust_hue(images, shift))
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """Rotate the HSV hue by `shift` (B,) turns, keeping value and saturation (any `bound`)."""
+    r, g, b = images.unbind(1)
+    top, bottom = images.amax(1), images.amin(1)
+    chroma = top - bottom
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    # hue in sextants [0, 6): which channel is the largest decides the formula
+    hue = torch.where(top == r, (g - b) / safe, torch.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.remainder(hue + 6 * shift.to(torch.float32).view(-1, 1, 1), 6)
+    channels = []
+    for offset in (5.0, 3.0, 1.0):  # r, g, b from (hue, value, chroma)
+        k = hue + offset
+        k = torch.where(k >= 6, k - 6, k)  # (hue + offset) mod 6, cheaper than remainder
+        channels.append(top - chroma * torch.minimum(k, 4 - k).clamp_(0, 1))
+    return torch.stack(channels, 1)
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    return grey(images).expand_as(images)
+
+
+# in-place, in the order of torchvision's ColorJitter.get_params: brightness, contrast, saturation, hue
+JITTER_OPS = (adjust_brightness_, adjust_contrast_, adjust_saturation_, adjust_hue_)
