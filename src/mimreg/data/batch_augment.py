@@ -165,8 +165,10 @@ def crop_and_flip(images, params: ViewParams, size: int, repeats: int = 1) -> to
     rows = crop_resize_matrix(_on(device, params.top), _on(device, params.height), in_h, size)
     columns = crop_resize_matrix(_on(device, params.left), _on(device, params.width), in_w, size,
                                  flip=_on(device, params.flip))
-    # Pillow resizes vertically first when that shrinks and the horizontal pass enlarges
-    rows_first = _on(device, (params.height > size) & (params.width < size))
+    # Pillow (13) runs the vertical pass first when it shrinks the crop by more than twice what the
+    # horizontal pass shrinks it (measured on 3,380 shapes; with 8-bit passes the order shows)
+    shrink_rows, shrink_columns = params.height - size, params.width - size
+    rows_first = _on(device, (shrink_rows > 0) & (shrink_rows > 2 * shrink_columns))
     pixels = images.float()
     if repeats > 1:
         pixels = pixels.repeat(repeats, 1, 1, 1)

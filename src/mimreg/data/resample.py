@@ -95,8 +95,7 @@ def apply_separable(images: torch.Tensor, rows: torch.Tensor, columns: torch.Ten
     columns (B, W', W).
 
     `clamp` clips the intermediate and the result to [0, clamp], as Pillow clips each pass to 8 bits;
-    then the order of the passes matters, and `rows_first` (B,) bool picks it per sample (Pillow runs
-    the vertical pass first when it shrinks the height and the horizontal pass enlarges the width).
+    then the order of the passes matters, and `rows_first` (B,) bool picks it per sample.
     """
     if rows_first is None or not bool(rows_first.any()):
         return _columns_then_rows(images, rows, columns, clamp)
