@@ -147,15 +147,16 @@ def _decode_each(raw: RawDataset, num_workers: int) -> DecodedImages:
 
 
 def _as_arrays(samples) -> list:
-    return [s if isinstance(s, BadSample) else np.asarray(s[0], dtype=np.uint8) for s in samples]
+    return [s if isinstance(s, BadSample) else np.array(s[0], dtype=np.uint8) for s in samples]
 
 
 def _write_atomically(path: Path, payload: dict) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(payload, temporary)
         os.replace(temporary, path)
     except OSError as exc:
+        temporary.unlink(missing_ok=True)
         raise DataError(f"cannot write the decoded-image cache {path} ({exc}); set data.cache_dir to a "
                         "writable folder") from exc
