@@ -135,7 +135,7 @@ class BatchAugment:
         """Pixels in [0, 255] -> (x / 255 - mean) / std, in one multiply-add."""
         scale = torch.tensor([1 / (PIXEL_MAX * s) for s in self.std], device=pixels.device).view(1, 3, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=pixels.device).view(1, 3, 1, 1)
-        return pixels.mul_(scale).sub_(shift)
+        return torch.addcmul(-shift, pixels, scale)
 
 
 def _sizes(images) -> tuple[np.ndarray, np.ndarray]:
@@ -187,19 +187,20 @@ def colour(pixels: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torch.Te
         pixels = _jitter(pixels, params, spec)
     if params.grayscale.any():
         at = _on(device, np.flatnonzero(params.grayscale))
-        pixels[at] = to_grayscale(pixels[at])
+        pixels.index_copy_(0, at, to_grayscale(pixels.index_select(0, at)))
     if params.blur.any():
         chosen = np.flatnonzero(params.blur)
         at = _on(device, chosen)
         matrix = gaussian_blur_matrix(_on(device, params.sigma[chosen]), spec.blur_kernel, spec.size)
-        pixels[at] = apply_separable(pixels[at], matrix, matrix)
+        pixels.index_copy_(0, at, apply_separable(pixels.index_select(0, at), matrix, matrix))
     return pixels
 
 
 def _jitter(pixels: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torch.Tensor:
     """Each jittered sample's four colour ops in its own order. Before each of the four rounds the
     batch is sorted by the op the sample does in that round, so each op runs in place on one
-    contiguous slice (gathering a subset per op and round costs 3x more at 32 px)."""
+    contiguous slice (gathering a subset per op and round costs 3x more at 32 px). index_select,
+    not x[index]: 2.5x faster on CPU."""
     device = pixels.device
     rows = np.arange(len(params.jitter))  # the sample now in each row
     factors = _on(device, params.factors.astype(np.float32))
@@ -207,10 +208,10 @@ def _jitter(pixels: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torch.T
         op_of_row = np.where(params.jitter[rows], params.order[rows, position], len(JITTER_OPS))
         regroup = np.argsort(op_of_row, kind="stable")
         rows, op_of_row = rows[regroup], op_of_row[regroup]
-        pixels = pixels[_on(device, regroup)]
+        pixels = pixels.index_select(0, _on(device, regroup))
         bounds = np.searchsorted(op_of_row, np.arange(len(JITTER_OPS) + 1))
         for op, adjust in enumerate(JITTER_OPS):
             start, stop = int(bounds[op]), int(bounds[op + 1])
             if stop > start and spec.jitter[op] > 0:
                 adjust(pixels[start:stop], factors[_on(device, rows[start:stop]), op], PIXEL_MAX)
-    return pixels[_on(device, np.argsort(rows))]
+    return pixels.index_select(0, _on(device, np.argsort(rows)))

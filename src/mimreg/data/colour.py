@@ -16,7 +16,7 @@ LUMA = (0.299, 0.587, 0.114)
 def grey(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma."""
     r, g, b = images.unbind(1)
-    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
+    return (r * LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
 
 
 def _per_sample(factor: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,7 @@ def _per_sample(factor: torch.Tensor) -> torch.Tensor:
 
 def _blend_(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor, bound: float) -> torch.Tensor:
     """factor * images + (1 - factor) * other, clipped to [0, bound], written into `images`."""
-    return images.sub_(other).mul_(_per_sample(factor)).add_(other).clamp_(0.0, bound)
+    return images.lerp_(other.expand_as(images), 1 - _per_sample(factor)).clamp_(0.0, bound)
 
 
 def adjust_brightness_(images: torch.Tensor, factor: torch.Tensor, bound: float) -> torch.Tensor:
@@ -49,16 +49,14 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor, bound: float = 1.0) ->
     r, g, b = images.unbind(1)
     top, bottom = images.amax(1), images.amin(1)
     chroma = top - bottom
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    # hue in sextants [0, 6): which channel is the largest decides the formula
-    hue = torch.where(top == r, (g - b) / safe, torch.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = torch.remainder(hue + 6 * shift.to(torch.float32).view(-1, 1, 1), 6)
-    channels = []
-    for offset in (5.0, 3.0, 1.0):  # r, g, b from (hue, value, chroma)
-        k = hue + offset
-        k = torch.where(k >= 6, k - 6, k)  # (hue + offset) mod 6, cheaper than remainder
-        channels.append(top - chroma * torch.minimum(k, 4 - k).clamp_(0, 1))
-    return torch.stack(channels, 1)
+    # hue in sextants [0, 6), times the chroma: which channel is the largest decides the formula
+    scaled = torch.where(top == r, g - b, torch.where(top == g, (b - r).add_(chroma, alpha=2),
+                                                     (r - g).add_(chroma, alpha=4)))
+    hue = scaled.div_(chroma.clamp(min=1e-12)).add_(6 * shift.to(torch.float32).view(-1, 1, 1))
+    hue = torch.remainder(hue, 6).unsqueeze(1)
+    k = hue + torch.tensor([5.0, 3.0, 1.0], device=images.device).view(1, 3, 1, 1)  # r, g, b
+    k = torch.where(k >= 6, k - 6, k)  # (hue + offset) mod 6, cheaper than remainder
+    return torch.minimum(k, 4 - k).clamp_(0, 1).mul_(chroma.unsqueeze(1)).neg_().add_(top.unsqueeze(1))
 
 
 def to_grayscale(images: torch.Tensor) -> torch.Tensor:

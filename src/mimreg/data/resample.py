@@ -103,8 +103,9 @@ def apply_separable(images: torch.Tensor, rows: torch.Tensor, columns: torch.Ten
         return _rows_then_columns(images, rows, columns, clamp)
     out = images.new_empty(len(images), images.shape[1], rows.shape[1], columns.shape[1])
     first, second = rows_first.nonzero().squeeze(1), (~rows_first).nonzero().squeeze(1)
-    out[first] = _rows_then_columns(images[first], rows[first], columns[first], clamp)
-    out[second] = _columns_then_rows(images[second], rows[second], columns[second], clamp)
+    for chosen, passes in ((first, _rows_then_columns), (second, _columns_then_rows)):
+        part = [t.index_select(0, chosen) for t in (images, rows, columns)]
+        out.index_copy_(0, chosen, passes(*part, clamp))
     return out
 
 

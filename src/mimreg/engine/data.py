@@ -102,8 +102,8 @@ class DevicePretrainData:
     def batch(self, block: list[int], epoch: int) -> Batch:
         indices, bad_files = self._keep_size(np.asarray(block, dtype=np.int64))
         at = torch.from_numpy(indices).to(self.pixels.device)
-        views = self.augment.views(self.pixels[at], indices, epoch)
-        return Batch(views if self.as_list else views[0], self.labels[at], bad_files)
+        views = self.augment.views(self.pixels.index_select(0, at), indices, epoch)
+        return Batch(views if self.as_list else views[0], self.labels.index_select(0, at), bad_files)
 
     def _keep_size(self, block: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """As collate_keep_size: the good samples in order, then repeats of them for the bad ones."""
