@@ -42,6 +42,7 @@ class DataConfig:
     pipeline: str = "auto"  # device: decode once, augment batches on the training device; loader: PIL workers
     device_memory_gb: float = 4.0  # auto picks the device pipeline when the decoded images fit in this
     cache_dir: str | None = None  # decoded image files for the device pipeline (None: <root>/.mimreg-cache)
+    decode_on_device: bool = False  # loader pipeline: workers read files, the training device decodes and augments
 
 
 @dataclass
@@ -400,6 +401,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if cfg.optim.schedule_stretch < 1:
         raise ConfigError(f"optim.schedule_stretch must be >= 1, got {cfg.optim.schedule_stretch}")
+    if cfg.data.decode_on_device and cfg.data.pipeline != "loader":
+        raise ConfigError("data.decode_on_device works with the loader pipeline (image files read in workers); "
+                          f"set data.pipeline: loader (it is {cfg.data.pipeline!r})")
     if cfg.data.device_memory_gb <= 0:
         raise ConfigError(f"data.device_memory_gb must be > 0, got {cfg.data.device_memory_gb}")
     if cfg.data.subset is not None and cfg.data.subset < 1:

@@ -5,8 +5,10 @@ loader workers kept across epochs."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 
 from conftest import TINY_SETS
 
@@ -14,7 +16,7 @@ from mimreg.config import load_config
 from mimreg.engine.data import DevicePretrainData, PretrainData, build_pretrain_data
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
-from mimreg.errors import DataError
+from mimreg.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 WORKER = Path(__file__).with_name("data_pipeline_worker.py")
@@ -146,3 +148,34 @@ def test_loader_workers_are_kept_across_epochs(tiny_config):
         assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(got, in_process[epoch]))
     assert pids[0] == pids[1]  # the same worker process served both epochs
     assert not torch.equal(in_process[0][0], in_process[1][0])
+
+
+def test_decoding_on_the_device_builds_the_device_pipelines_views(tmp_path):
+    """data.decode_on_device (here on the CPU): files read by a worker, decoded by torchvision and
+    augmented by the batched views, with the parameters of the device pipeline."""
+    from PIL import Image
+
+    root = tmp_path / "jpegs"
+    for k in range(8):
+        (root / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(
+            root / f"class{k % 2}" / f"img{k}.jpg", quality=95)
+    (root / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    sets = ["data.name=imagefolder", f"data.root={root}", "optim.batch_size=9", "data.img_size=16",
+            "data.skip_bad_images=true"]
+    on_device = build_pretrain_data(joint_config("simclr", *sets, "data.pipeline=loader",
+                                                 "data.decode_on_device=true"), 1, 0)
+    batch = next(iter(on_device.loader(0, 0, num_workers=1, pin_memory=False)))
+    assert batch.bad_files == [str(root / "class0" / "broken.jpg")]
+    assert [tuple(v.shape) for v in batch.images] == [(9, 3, 16, 16)] * 2
+    # the same views as the device pipeline from the same (torchvision-decoded) pixels
+    block = on_device.batches.for_epoch(0)[0]
+    good = [i for i in block if "broken" not in on_device.paths[i]]
+    pixels = torch.stack([torchvision.io.decode_jpeg(torchvision.io.read_file(on_device.paths[i])) for i in good])
+    want = on_device.augment.views(pixels, good, epoch=0)
+    for got, expected in zip(batch.images, want):
+        torch.testing.assert_close(got[:8], expected, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="decode_on_device works with the loader pipeline"):
+        joint_config("simclr", *sets, "data.decode_on_device=true")
+    with pytest.raises(ConfigError, match="needs a dataset of image files"):
+        build_pretrain_data(joint_config("simclr", "data.pipeline=loader", "data.decode_on_device=true"), 1, 0)

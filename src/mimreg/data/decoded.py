@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from mimreg.data.arrays import ArrayDataset
 from mimreg.data.base import BadSample, ConcatRawDataset, RawDataset, SubsetDataset
-from mimreg.data.files import ImageFileDataset
+from mimreg.data.files import ImageFileDataset, sample_paths
 from mimreg.errors import DataError
 
 CACHE_VERSION = 1
@@ -68,7 +68,7 @@ def decode_images(raw: RawDataset, cache_dir: Path | None, key: str, num_workers
     arrays = _from_arrays(raw)
     if arrays is not None:
         return DecodedImages(arrays, {})
-    paths = _file_paths(raw)
+    paths = sample_paths(raw)
     if paths is None or cache_dir is None:
         return _decode_each(raw, num_workers)
     cache = Path(cache_dir) / f"{key}-{hashlib.sha256(chr(0).join(paths).encode()).hexdigest()[:16]}.pt"
@@ -103,14 +103,6 @@ def _from_arrays(raw: RawDataset) -> torch.Tensor | None:
     if pixels.shape[1] == 1:
         pixels = pixels.expand(-1, 3, -1, -1)
     return pixels.contiguous()
-
-
-def _file_paths(raw: RawDataset) -> list[str] | None:
-    if isinstance(raw, SubsetDataset) and isinstance(raw.parent, ImageFileDataset):
-        return [os.fsdecode(p) for p in raw.parent.paths[raw.indices]]
-    if isinstance(raw, ImageFileDataset):
-        return [os.fsdecode(p) for p in raw.paths]
-    return None
 
 
 def _source_fingerprint(paths: list[str]) -> str:

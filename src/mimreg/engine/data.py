@@ -13,9 +13,12 @@ from torch.utils.data import DataLoader
 from mimreg.config import Config
 from mimreg.data import Batch, MultiView, TransformedDataset, collate_skipping_bad, dataset_stats, load_dataset, msn_views
 from mimreg.data.batch_augment import BatchAugment
+from mimreg.data.base import BadSample
 from mimreg.data.decoded import DecodedImages, MixedSizesError, decode_images, decoded_nbytes
+from mimreg.data.encoded import EncodedFiles, collate_encoded, decode_on
+from mimreg.data.files import sample_paths
 from mimreg.data.transforms import ViewSpec, mae_view, msn_view_specs, simclr_view, view_transform
-from mimreg.errors import DataError
+from mimreg.errors import ConfigError, DataError
 
 
 class EpochBatches:
@@ -47,32 +50,43 @@ class _EpochBlocks:
         return len(self.blocks)
 
 
+class _PersistentLoader:
+    """A DataLoader over `dataset` built once: its workers (persistent_workers) and their prefetching
+    serve every epoch, reading the epoch's blocks when an iteration starts."""
+
+    def __init__(self, dataset, batches: EpochBatches, collate):
+        self._dataset, self._batches, self._collate = dataset, batches, collate
+        self._blocks = _EpochBlocks()
+        self._loader: DataLoader | None = None
+        self._settings = None
+
+    def epoch(self, epoch: int, start: int, num_workers: int, pin_memory: bool) -> DataLoader:
+        self._blocks.blocks = self._batches.for_epoch(epoch, start)
+        if self._loader is None or self._settings != (num_workers, pin_memory):
+            # the loader draws its worker seeds from this generator, not from the global RNG, so a
+            # resumed run draws the same model randomness (e.g. drop_path) as an uninterrupted one
+            generator = torch.Generator().manual_seed(self._batches.seed * 100_003)
+            self._loader = DataLoader(self._dataset, batch_sampler=self._blocks, collate_fn=self._collate,
+                                      num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+                                      persistent_workers=num_workers > 0,
+                                      prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None)
+            self._settings = (num_workers, pin_memory)
+        return self._loader
+
+
 class PretrainData:
     """The loader pipeline: PIL augmentation per sample in DataLoader workers, which are started
-    once and kept across epochs (persistent_workers), prefetching and pinning batches."""
+    once and kept across epochs, prefetching (and pinning, on CUDA) batches."""
 
     pipeline = "loader"
 
     def __init__(self, dataset: TransformedDataset, batches: EpochBatches, num_classes: int, num_images: int):
         self.dataset, self.batches, self.num_classes, self.num_images = dataset, batches, num_classes, num_images
-        self._blocks = _EpochBlocks()
-        self._loader: DataLoader | None = None
+        self._persistent = _PersistentLoader(dataset, batches, collate_keep_size)
 
     def loader(self, epoch: int, start: int, num_workers: int, pin_memory: bool) -> DataLoader:
-        # workers read the epoch from shared memory and the blocks when the next iteration starts
-        self.dataset.set_epoch(epoch)
-        self._blocks.blocks = self.batches.for_epoch(epoch, start)
-        settings = (num_workers, pin_memory)
-        if self._loader is None or self._settings != settings:
-            # the loader draws its worker seeds from this generator, not from the global RNG, so a
-            # resumed run draws the same model randomness (e.g. drop_path) as an uninterrupted one
-            generator = torch.Generator().manual_seed(self.batches.seed * 100_003)
-            self._loader = DataLoader(self.dataset, batch_sampler=self._blocks, collate_fn=collate_keep_size,
-                                      num_workers=num_workers, pin_memory=pin_memory, generator=generator,
-                                      persistent_workers=num_workers > 0,
-                                      prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None)
-            self._settings = settings
-        return self._loader
+        self.dataset.set_epoch(epoch)  # in shared memory: the kept workers see it
+        return self._persistent.epoch(epoch, start, num_workers, pin_memory)
 
 
 PREFETCH_BATCHES = 4  # per worker
@@ -100,21 +114,50 @@ class DevicePretrainData:
             yield self.batch(block, epoch)
 
     def batch(self, block: list[int], epoch: int) -> Batch:
-        indices, bad_files = self._keep_size(np.asarray(block, dtype=np.int64))
+        block = np.asarray(block, dtype=np.int64)
+        indices = keep_size(block, self.bad[block])
+        bad_files = [self.bad_files[int(i)] for i in block[self.bad[block]]]
         at = torch.from_numpy(indices).to(self.pixels.device)
         views = self.augment.views(self.pixels.index_select(0, at), indices, epoch)
         return Batch(views if self.as_list else views[0], self.labels.index_select(0, at), bad_files)
 
-    def _keep_size(self, block: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """As collate_keep_size: the good samples in order, then repeats of them for the bad ones."""
-        bad = self.bad[block]
-        if not bad.any():
-            return block, []
-        good = block[~bad]
-        bad_files = [self.bad_files[int(i)] for i in block[bad]]
-        if not len(good):
-            raise DataError(f"every image of a batch failed to decode ({bad_files[:3]} ...); check the dataset files")
-        return np.concatenate([good, good[np.arange(len(block) - len(good)) % len(good)]]), bad_files
+
+class DecodeOnDevicePretrainData:
+    """The loader pipeline with data.decode_on_device: workers read image files, the training device
+    decodes them (torchvision.io.decode_jpeg) and builds the views with BatchAugment."""
+
+    pipeline = "loader (decode on device)"
+
+    def __init__(self, paths: list[str], labels: np.ndarray, augment: BatchAugment, as_list: bool,
+                 batches: EpochBatches, num_classes: int, device: torch.device, skip_bad_images: bool):
+        self.paths, self.labels = paths, torch.tensor(np.asarray(labels), dtype=torch.int64, device=device)
+        self.augment, self.as_list, self.batches, self.device = augment, as_list, batches, device
+        self.num_classes, self.num_images, self.skip_bad_images = num_classes, len(paths), skip_bad_images
+        self._persistent = _PersistentLoader(EncodedFiles(paths), batches, collate_encoded)
+
+    def loader(self, epoch: int, start: int, num_workers: int, pin_memory: bool):
+        for encoded in self._persistent.epoch(epoch, start, num_workers, pin_memory=False):
+            indices = [i for i, _ in encoded]
+            images = decode_on(self.device, [data for _, data in encoded], [self.paths[i] for i in indices],
+                               self.skip_bad_images)
+            keep = keep_size(indices, [isinstance(im, BadSample) for im in images])
+            by_index = dict(zip(indices, images))
+            views = self.augment.views([by_index[int(i)] for i in keep], keep, epoch)
+            at = torch.from_numpy(keep).to(self.device)
+            yield Batch(views if self.as_list else views[0], self.labels.index_select(0, at),
+                        [by_index[i].path for i in indices if isinstance(by_index[i], BadSample)])
+
+
+def keep_size(block, bad) -> np.ndarray:
+    """As collate_keep_size: the good samples of `block` in order, then repeats of them in place of
+    the bad ones, so every process keeps its batch size."""
+    block, bad = np.asarray(block, dtype=np.int64), np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return block
+    good = block[~bad]
+    if not len(good):
+        raise DataError(f"every image of a batch of {len(block)} failed to decode; check the dataset files")
+    return np.concatenate([good, good[np.arange(len(block) - len(good)) % len(good)]])
 
 
 def build_pretrain_data(cfg: Config, world: int, rank: int,
@@ -126,13 +169,28 @@ def build_pretrain_data(cfg: Config, world: int, rank: int,
     labels = np.asarray(raw.labels)
     num_classes = int(raw.num_classes) if (labels >= 0).any() else 0
     batches = EpochBatches(len(raw), cfg.optim.batch_size, world, rank, cfg.train.seed)
+    if cfg.data.decode_on_device:
+        paths = sample_paths(raw)
+        if paths is None:
+            raise ConfigError(f"data.decode_on_device needs a dataset of image files (imagefolder, tiny-imagenet), "
+                              f"not {cfg.data.name!r}; leave it off")
+        return DecodeOnDevicePretrainData(paths, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
+                                          num_classes, torch.device(device), cfg.data.skip_bad_images)
     decoded = _device_images(cfg, raw, rank)
     if decoded is None:
         dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
         return PretrainData(dataset, batches, num_classes, len(raw))
-    augment = BatchAugment(pretrain_view_specs(cfg), mean, std, seed=cfg.train.seed)
-    as_list = cfg.data.augmentation == "msn" or cfg.data.num_views > 1
-    return DevicePretrainData(decoded, labels, augment, as_list, batches, num_classes, torch.device(device))
+    return DevicePretrainData(decoded, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
+                              num_classes, torch.device(device))
+
+
+def _batch_augment(cfg: Config, mean, std) -> BatchAugment:
+    return BatchAugment(pretrain_view_specs(cfg), mean, std, seed=cfg.train.seed)
+
+
+def _views_as_list(cfg: Config) -> bool:
+    """A list of view tensors (else one tensor), as the loader pipeline's transforms give."""
+    return cfg.data.augmentation == "msn" or cfg.data.num_views > 1
 
 
 def _pretrain_pool(cfg: Config, world: int):
