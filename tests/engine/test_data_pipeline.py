@@ -10,8 +10,6 @@ import pytest
 import torch
 import torchvision
 
-from conftest import TINY_SETS
-
 from mimreg.config import load_config
 from mimreg.engine.data import DevicePretrainData, PretrainData, build_pretrain_data
 from mimreg.engine.loop import pretrain
@@ -20,9 +18,10 @@ from mimreg.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 WORKER = Path(__file__).with_name("data_pipeline_worker.py")
-# conftest's tiny runs without its MAE decoder keys, for the joint-embedding recipes
-TINY_JOINT = [s for s in TINY_SETS if not s.startswith("method.")] + ["method.proj_hidden_dim=32",
-                                                                       "method.proj_output_dim=16"]
+# conftest's tiny runs, with a small projector instead of its MAE decoder keys
+TINY_JOINT = ["data.name=synthetic", "data.img_size=32", "model.arch=vit_micro", "method.proj_hidden_dim=32",
+              "method.proj_output_dim=16", "optim.batch_size=32", "train.epochs=1", "train.device=cpu",
+              "train.progress=false", "train.log_every=1", "train.monitor_every=1"]
 
 
 def joint_config(recipe: str, *sets: str):

@@ -160,8 +160,10 @@ def keep_size(block, bad) -> np.ndarray:
     return np.concatenate([good, good[np.arange(len(block) - len(good)) % len(good)]])
 
 
-def build_pretrain_data(cfg: Config, world: int, rank: int,
-                        device: torch.device | str = "cpu") -> PretrainData | DevicePretrainData:
+PipelineData = "PretrainData | DevicePretrainData | DecodeOnDevicePretrainData"  # each has .pipeline, .loader()
+
+
+def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device | str = "cpu") -> PipelineData:
     """The pretraining batches of process `rank` of `world`, through `data.pipeline`; `device` is
     where the device pipeline keeps the images and builds the batches."""
     raw = _pretrain_pool(cfg, world)
