@@ -199,19 +199,20 @@ def colour(pixels: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torch.Te
 def _jitter(pixels: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torch.Tensor:
     """Each jittered sample's four colour ops in its own order. Before each of the four rounds the
     batch is sorted by the op the sample does in that round, so each op runs in place on one
-    contiguous slice (gathering a subset per op and round costs 3x more at 32 px). index_select,
-    not x[index]: 2.5x faster on CPU."""
+    contiguous slice (gathering a subset per op and round costs 3x more at 32 px). index_select
+    into a kept buffer, not x[index] into a new one: 5x faster on CPU."""
     device = pixels.device
     rows = np.arange(len(params.jitter))  # the sample now in each row
     factors = _on(device, params.factors.astype(np.float32))
+    spare = torch.empty_like(pixels)  # gathers alternate between two buffers: no fresh allocations
     for position in range(4):
         op_of_row = np.where(params.jitter[rows], params.order[rows, position], len(JITTER_OPS))
         regroup = np.argsort(op_of_row, kind="stable")
         rows, op_of_row = rows[regroup], op_of_row[regroup]
-        pixels = pixels.index_select(0, _on(device, regroup))
+        pixels, spare = torch.index_select(pixels, 0, _on(device, regroup), out=spare), pixels
         bounds = np.searchsorted(op_of_row, np.arange(len(JITTER_OPS) + 1))
         for op, adjust in enumerate(JITTER_OPS):
             start, stop = int(bounds[op]), int(bounds[op + 1])
             if stop > start and spec.jitter[op] > 0:
                 adjust(pixels[start:stop], factors[_on(device, rows[start:stop]), op], PIXEL_MAX)
-    return pixels.index_select(0, _on(device, np.argsort(rows)))
+    return torch.index_select(pixels, 0, _on(device, np.argsort(rows)), out=spare)
