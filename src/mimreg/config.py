@@ -43,6 +43,10 @@ class DataConfig:
     blur: bool = False  # Gaussian blur in the simclr augmentation (off at CIFAR size)
     focal_views: int = bounded(10, ge=0)  # msn: small unmasked views besides the target and anchor views
     focal_size: int | None = bounded(None, ge=1)  # msn: their size (None: 96/224 of the image size, to the patch)
+    pipeline: str = one_of("auto", "auto", "loader", "device")  # device: decode once, augment batches on the training device; loader: PIL workers
+    device_memory_gb: float = bounded(4.0, gt=0)  # auto picks the device pipeline when the decoded images fit in this
+    cache_dir: str | None = None  # decoded image files for the device pipeline (None: <root>/.mimreg-cache)
+    decode_on_device: bool = False  # loader pipeline: workers read files, the training device decodes and augments
 
 
 @dataclass
@@ -661,6 +665,9 @@ def validate(cfg: Config, check_run_length: bool = True) -> None:
     for key, value, allowed in (("data.name", cfg.data.name, DATASET_NAMES), ("model.arch", cfg.model.arch, sorted(ARCHS))):
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
+    if cfg.data.decode_on_device and cfg.data.pipeline != "loader":
+        raise ConfigError("data.decode_on_device works with the loader pipeline (image files read in workers); "
+                          f"set data.pipeline: loader (it is {cfg.data.pipeline!r})")
     for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):
         names = [r.name for r in entries]
         for reg in entries:

@@ -3,6 +3,8 @@
 `load_dataset(name, split, root)` gives a RawDataset of (PIL RGB image, label) pairs;
 `TransformedDataset` applies a transform reproducibly per (seed, epoch, index);
 `collate_skipping_bad` batches the result, dropping images that would not decode.
+The device pipeline decodes a pool once (`decoded.decode_images`) and builds batches of views
+there (`batch_augment.BatchAugment`), each sample's parameters keyed by (seed, epoch, index).
 """
 
 from mimreg.data.base import UNLABELED, BadSample, RawDataset, SubsetDataset

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mimreg.data.base import BadSample, RawDataset
+from mimreg.data.base import BadSample, RawDataset, SubsetDataset
 from mimreg.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -77,3 +77,12 @@ class ImageFileDataset(RawDataset):
                 "Delete or replace the file, or set data.skip_bad_images: true to skip it."
             ) from exc
         return image, int(self.labels[index])
+
+
+def sample_paths(raw: RawDataset) -> list[str] | None:
+    """The file of every sample of an ImageFileDataset (or a subset of one); None for other datasets."""
+    if isinstance(raw, SubsetDataset) and isinstance(raw.parent, ImageFileDataset):
+        return [os.fsdecode(p) for p in raw.parent.paths[raw.indices]]
+    if isinstance(raw, ImageFileDataset):
+        return [os.fsdecode(p) for p in raw.paths]
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from torchvision import transforms as T
@@ -53,16 +54,69 @@ def default_img_size(name: str) -> int:
     return DEFAULT_IMG_SIZES[name]
 
 
+@dataclass(frozen=True)
+class ViewSpec:
+    """One augmented view: what both pipelines (PIL per sample, batched on the device) apply.
+
+    Random resized crop to `size` (scale and log-uniform aspect ratio ranges, as torchvision's),
+    optional flip (p 0.5), colour jitter of (brightness, contrast, saturation, hue) strengths with
+    probability `jitter_p` (ops in random order), grayscale with `grayscale_p`, Gaussian blur of an
+    odd `blur_kernel` (0: none) with sigma in `blur_sigma` and probability `blur_p`.
+    """
+
+    size: int
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+    jitter: tuple[float, float, float, float] | None = None
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.0
+    blur_kernel: int = 0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_p: float = 0.5
+
+
+SIMCLR_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def mae_view(img_size: int, crop_scale=(0.2, 1.0), hflip: bool = True) -> ViewSpec:
+    return ViewSpec(img_size, tuple(crop_scale), hflip=hflip)
+
+
+def simclr_view(img_size: int, crop_scale=(0.08, 1.0), hflip: bool = True, blur: bool = False) -> ViewSpec:
+    kernel = max(3, (img_size // 10) | 1) if blur else 0  # about 10% of the image, odd
+    return ViewSpec(img_size, tuple(crop_scale), hflip=hflip, jitter=SIMCLR_JITTER, grayscale_p=0.2,
+                    blur_kernel=kernel)
+
+
+def msn_view_specs(img_size: int, focal: int, focal_size: int, blur: bool = False) -> list[ViewSpec]:
+    """MSN's target and anchor views (crop scale 0.3-1), then `focal` views (0.05-0.3) at `focal_size`."""
+    large = simclr_view(img_size, (0.3, 1.0), True, blur)
+    return [large, large] + [simclr_view(focal_size, (0.05, 0.3), True, blur)] * focal
+
+
+def view_transform(spec: ViewSpec, mean: Sequence[float] = IMAGENET_STATS[0],
+                   std: Sequence[float] = IMAGENET_STATS[1]) -> T.Compose:
+    """The PIL pipeline of one view spec, ending in a normalised tensor."""
+    steps = [T.RandomResizedCrop(spec.size, scale=spec.crop_scale, ratio=spec.crop_ratio,
+                                 interpolation=T.InterpolationMode.BICUBIC)]
+    if spec.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if spec.jitter is not None:
+        steps.append(T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p))
+    if spec.grayscale_p > 0:
+        steps.append(T.RandomGrayscale(p=spec.grayscale_p))
+    if spec.blur_kernel:
+        steps.append(T.RandomApply([T.GaussianBlur(spec.blur_kernel, sigma=spec.blur_sigma)], p=spec.blur_p))
+    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    return T.Compose(steps)
+
+
 def pretrain_transform(img_size: int, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True,
                        mean: Sequence[float] = IMAGENET_STATS[0],
                        std: Sequence[float] = IMAGENET_STATS[1]) -> T.Compose:
     """Random resized crop (bicubic) + optional horizontal flip, then tensor + normalise."""
-    steps = [T.RandomResizedCrop(img_size, scale=tuple(crop_scale),
-                                 interpolation=T.InterpolationMode.BICUBIC)]
-    if hflip:
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
-    return T.Compose(steps)
+    return view_transform(mae_view(img_size, crop_scale, hflip), mean, std)
 
 
 def eval_transform(img_size: int, mean: Sequence[float] = IMAGENET_STATS[0],
@@ -81,15 +135,7 @@ def simclr_transform(img_size: int, crop_scale: tuple[float, float] = (0.08, 1.0
                      std: Sequence[float] = IMAGENET_STATS[1]) -> T.Compose:
     """SimCLR views: resized crop, flip, colour jitter (0.4, 0.4, 0.2, 0.1; p 0.8), grayscale
     (p 0.2), optional Gaussian blur (p 0.5; off by default as at CIFAR size), normalise."""
-    steps = [T.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC)]
-    if hflip:
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
-    if blur:
-        kernel = max(3, (img_size // 10) | 1)  # about 10% of the image, odd
-        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
-    return T.Compose(steps)
+    return view_transform(simclr_view(img_size, crop_scale, hflip, blur), mean, std)
 
 
 class MultiView:
@@ -107,8 +153,8 @@ class MSNViews:
     scale 0.05-0.3) at `focal_size`, each with SimCLR colour augmentation."""
 
     def __init__(self, img_size: int, focal: int, focal_size: int, blur: bool, mean, std):
-        self.large = simclr_transform(img_size, (0.3, 1.0), True, blur, mean, std)
-        self.small = simclr_transform(focal_size, (0.05, 0.3), True, blur, mean, std)
+        specs = msn_view_specs(img_size, max(focal, 1), focal_size, blur)
+        self.large, self.small = view_transform(specs[0], mean, std), view_transform(specs[-1], mean, std)
         self.focal = focal
 
     def __call__(self, image) -> list:

@@ -1,17 +1,24 @@
-"""The pretraining input pipeline: seeded subset, per-epoch order shared by all processes."""
+"""The pretraining input pipelines (loader: PIL in workers; device: batched on the training device):
+seeded subset, per-epoch order shared by all processes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from mimreg.config import Config
-from mimreg.data import (Batch, MultiView, TransformedDataset, collate_skipping_bad, dataset_stats,
-                         load_dataset, msn_views, pretrain_transform, simclr_transform)
-from mimreg.errors import DataError
+from mimreg.data import Batch, MultiView, TransformedDataset, collate_skipping_bad, dataset_stats, load_dataset, msn_views
+from mimreg.data.batch_augment import BatchAugment
+from mimreg.data.base import BadSample
+from mimreg.data.decoded import DecodedImages, MixedSizesError, decode_images, decoded_nbytes
+from mimreg.data.encoded import EncodedFiles, collate_encoded, decode_on
+from mimreg.data.files import sample_paths
+from mimreg.data.transforms import ViewSpec, mae_view, msn_view_specs, simclr_view, view_transform
+from mimreg.errors import ConfigError, DataError
 
 
 class EpochBatches:
@@ -30,24 +37,165 @@ class EpochBatches:
         return blocks.tolist()
 
 
-@dataclass
+class _EpochBlocks:
+    """The batch sampler of a DataLoader kept across epochs: the blocks of the current epoch."""
+
+    def __init__(self):
+        self.blocks: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+class _PersistentLoader:
+    """A DataLoader over `dataset` built once: its workers (persistent_workers) and their prefetching
+    serve every epoch, reading the epoch's blocks when an iteration starts."""
+
+    def __init__(self, dataset, batches: EpochBatches, collate):
+        self._dataset, self._batches, self._collate = dataset, batches, collate
+        self._blocks = _EpochBlocks()
+        self._loader: DataLoader | None = None
+        self._settings = None
+
+    def epoch(self, epoch: int, start: int, num_workers: int, pin_memory: bool) -> DataLoader:
+        self._blocks.blocks = self._batches.for_epoch(epoch, start)
+        if self._loader is None or self._settings != (num_workers, pin_memory):
+            # the loader draws its worker seeds from this generator, not from the global RNG, so a
+            # resumed run draws the same model randomness (e.g. drop_path) as an uninterrupted one
+            generator = torch.Generator().manual_seed(self._batches.seed * 100_003)
+            self._loader = DataLoader(self._dataset, batch_sampler=self._blocks, collate_fn=self._collate,
+                                      num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+                                      persistent_workers=num_workers > 0,
+                                      prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None)
+            self._settings = (num_workers, pin_memory)
+        return self._loader
+
+
 class PretrainData:
-    dataset: TransformedDataset
-    batches: EpochBatches
-    num_classes: int
-    num_images: int
+    """The loader pipeline: PIL augmentation per sample in DataLoader workers, which are started
+    once and kept across epochs, prefetching (and pinning, on CUDA) batches."""
+
+    pipeline = "loader"
+
+    def __init__(self, dataset: TransformedDataset, batches: EpochBatches, num_classes: int, num_images: int):
+        self.dataset, self.batches, self.num_classes, self.num_images = dataset, batches, num_classes, num_images
+        self._persistent = _PersistentLoader(dataset, batches, collate_keep_size)
 
     def loader(self, epoch: int, start: int, num_workers: int, pin_memory: bool) -> DataLoader:
-        self.dataset.set_epoch(epoch)
-        # the loader draws its worker seeds from this generator, not from the global RNG, so a
-        # resumed run draws the same model randomness (e.g. drop_path) as an uninterrupted one
-        generator = torch.Generator().manual_seed(self.batches.seed * 100_003 + epoch)
-        return DataLoader(self.dataset, batch_sampler=self.batches.for_epoch(epoch, start),
-                          collate_fn=collate_keep_size, num_workers=num_workers, pin_memory=pin_memory,
-                          generator=generator)
+        self.dataset.set_epoch(epoch)  # in shared memory: the kept workers see it
+        return self._persistent.epoch(epoch, start, num_workers, pin_memory)
 
 
-def build_pretrain_data(cfg: Config, world: int, rank: int) -> PretrainData:
+PREFETCH_BATCHES = 4  # per worker
+
+
+class DevicePretrainData:
+    """The device pipeline: the decoded uint8 images on the training device, each batch's views
+    built there by BatchAugment from per-sample parameters keyed by (seed, epoch, index)."""
+
+    pipeline = "device"
+
+    def __init__(self, decoded: DecodedImages, labels: np.ndarray, augment: BatchAugment, as_list: bool,
+                 batches: EpochBatches, num_classes: int, device: torch.device):
+        self.pixels = decoded.pixels.to(device)
+        self.labels = torch.tensor(np.asarray(labels), dtype=torch.int64, device=device)
+        self.bad = np.zeros(len(labels), dtype=bool)
+        self.bad[list(decoded.bad_files)] = True
+        self.bad_files = decoded.bad_files
+        self.augment, self.as_list, self.batches = augment, as_list, batches
+        self.num_classes, self.num_images = num_classes, len(labels)
+
+    def loader(self, epoch: int, start: int, num_workers: int = 0, pin_memory: bool = False):
+        """The epoch's batches from step `start` on (workers and pinning do not apply here)."""
+        for block in self.batches.for_epoch(epoch, start):
+            yield self.batch(block, epoch)
+
+    def batch(self, block: list[int], epoch: int) -> Batch:
+        block = np.asarray(block, dtype=np.int64)
+        indices = keep_size(block, self.bad[block])
+        bad_files = [self.bad_files[int(i)] for i in block[self.bad[block]]]
+        at = torch.from_numpy(indices).to(self.pixels.device)
+        views = self.augment.views(self.pixels.index_select(0, at), indices, epoch)
+        return Batch(views if self.as_list else views[0], self.labels.index_select(0, at), bad_files)
+
+
+class DecodeOnDevicePretrainData:
+    """The loader pipeline with data.decode_on_device: workers read image files, the training device
+    decodes them (torchvision.io.decode_jpeg) and builds the views with BatchAugment."""
+
+    pipeline = "loader (decode on device)"
+
+    def __init__(self, paths: list[str], labels: np.ndarray, augment: BatchAugment, as_list: bool,
+                 batches: EpochBatches, num_classes: int, device: torch.device, skip_bad_images: bool):
+        self.paths, self.labels = paths, torch.tensor(np.asarray(labels), dtype=torch.int64, device=device)
+        self.augment, self.as_list, self.batches, self.device = augment, as_list, batches, device
+        self.num_classes, self.num_images, self.skip_bad_images = num_classes, len(paths), skip_bad_images
+        self._persistent = _PersistentLoader(EncodedFiles(paths), batches, collate_encoded)
+
+    def loader(self, epoch: int, start: int, num_workers: int, pin_memory: bool):
+        for encoded in self._persistent.epoch(epoch, start, num_workers, pin_memory=False):
+            indices = [i for i, _ in encoded]
+            images = decode_on(self.device, [data for _, data in encoded], [self.paths[i] for i in indices],
+                               self.skip_bad_images)
+            keep = keep_size(indices, [isinstance(im, BadSample) for im in images])
+            by_index = dict(zip(indices, images))
+            views = self.augment.views([by_index[int(i)] for i in keep], keep, epoch)
+            at = torch.from_numpy(keep).to(self.device)
+            yield Batch(views if self.as_list else views[0], self.labels.index_select(0, at),
+                        [by_index[i].path for i in indices if isinstance(by_index[i], BadSample)])
+
+
+def keep_size(block, bad) -> np.ndarray:
+    """As collate_keep_size: the good samples of `block` in order, then repeats of them in place of
+    the bad ones, so every process keeps its batch size."""
+    block, bad = np.asarray(block, dtype=np.int64), np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return block
+    good = block[~bad]
+    if not len(good):
+        raise DataError(f"every image of a batch of {len(block)} failed to decode; check the dataset files")
+    return np.concatenate([good, good[np.arange(len(block) - len(good)) % len(good)]])
+
+
+PipelineData = "PretrainData | DevicePretrainData | DecodeOnDevicePretrainData"  # each has .pipeline, .loader()
+
+
+def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device | str = "cpu") -> PipelineData:
+    """The pretraining batches of process `rank` of `world`, through `data.pipeline`; `device` is
+    where the device pipeline keeps the images and builds the batches."""
+    raw = _pretrain_pool(cfg, world)
+    mean, std = dataset_stats(cfg.data.name)
+    labels = np.asarray(raw.labels)
+    num_classes = int(raw.num_classes) if (labels >= 0).any() else 0
+    batches = EpochBatches(len(raw), cfg.optim.batch_size, world, rank, cfg.train.seed)
+    if cfg.data.decode_on_device:
+        paths = sample_paths(raw)
+        if paths is None:
+            raise ConfigError(f"data.decode_on_device needs a dataset of image files (imagefolder, tiny-imagenet), "
+                              f"not {cfg.data.name!r}; leave it off")
+        return DecodeOnDevicePretrainData(paths, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
+                                          num_classes, torch.device(device), cfg.data.skip_bad_images)
+    decoded = _device_images(cfg, raw, rank)
+    if decoded is None:
+        dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
+        return PretrainData(dataset, batches, num_classes, len(raw))
+    return DevicePretrainData(decoded, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
+                              num_classes, torch.device(device))
+
+
+def _batch_augment(cfg: Config, mean, std) -> BatchAugment:
+    return BatchAugment(pretrain_view_specs(cfg), mean, std, seed=cfg.train.seed)
+
+
+def _views_as_list(cfg: Config) -> bool:
+    """A list of view tensors (else one tensor), as the loader pipeline's transforms give."""
+    return cfg.data.augmentation == "msn" or cfg.data.num_views > 1
+
+
+def _pretrain_pool(cfg: Config, world: int):
     raw = load_dataset(cfg.data.name, "pretrain", cfg.data.root, download=cfg.data.download,
                        skip_bad_images=cfg.data.skip_bad_images)
     if cfg.data.subset is not None and cfg.data.subset < len(raw):
@@ -58,25 +206,57 @@ def build_pretrain_data(cfg: Config, world: int, rank: int) -> PretrainData:
     if len(raw) < needed:
         raise DataError(f"dataset {cfg.data.name!r} has {len(raw)} images, fewer than one global batch "
                         f"({cfg.optim.batch_size} x {world} processes); lower optim.batch_size")
-    mean, std = dataset_stats(cfg.data.name)
-    transform = pretrain_views(cfg, mean, std)
-    dataset = TransformedDataset(raw, transform, seed=cfg.train.seed)
-    labels = np.asarray(raw.labels)
-    num_classes = int(raw.num_classes) if (labels >= 0).any() else 0
-    return PretrainData(dataset, EpochBatches(len(raw), cfg.optim.batch_size, world, rank, cfg.train.seed),
-                        num_classes, len(raw))
+    return raw
+
+
+def _device_images(cfg: Config, raw, rank: int) -> DecodedImages | None:
+    """The decoded images when `data.pipeline` is device, or auto and they fit
+    `data.device_memory_gb`; None for the loader pipeline."""
+    d = cfg.data
+    if d.pipeline == "loader":
+        return None
+    nbytes = decoded_nbytes(raw)
+    budget = d.device_memory_gb * 2**30
+    if d.pipeline == "auto" and (nbytes is None or nbytes > budget):
+        return None
+    cache_dir = d.cache_dir or (Path(os.path.expanduser(d.root)) / ".mimreg-cache" if d.root else None)
+    try:
+        decoded = decode_images(raw, cache_dir, f"{d.name}-pretrain", d.num_workers)
+    except MixedSizesError as exc:
+        if d.pipeline == "device":
+            raise
+        if rank == 0:
+            print(f"data.pipeline auto: using the loader pipeline ({exc})", flush=True)
+        return None
+    if decoded.bad_files and not d.skip_bad_images:  # a cache written with skip_bad_images: true
+        path = next(iter(decoded.bad_files.values()))
+        raise DataError(f"Image file {path} could not be decoded. Delete or replace the file, or set "
+                        "data.skip_bad_images: true to skip it.")
+    return decoded
+
+
+def pretrain_view_specs(cfg: Config) -> list[ViewSpec]:
+    """The views of `data.augmentation`, as both pipelines build them."""
+    d = cfg.data
+    if d.augmentation == "msn":
+        return msn_view_specs(cfg.img_size, d.focal_views, msn_focal_size(cfg), d.blur)
+    if d.augmentation == "simclr":
+        return [simclr_view(cfg.img_size, tuple(d.crop_scale), d.hflip, d.blur)] * d.num_views
+    return [mae_view(cfg.img_size, tuple(d.crop_scale), d.hflip)] * d.num_views
+
+
+def msn_focal_size(cfg: Config) -> int:
+    """data.focal_size, or 96/224 of the image size rounded to the patch (as MSN's 96 px at 224)."""
+    return cfg.data.focal_size or cfg.model.patch_size * max(1, round(cfg.img_size * 96 / 224 / cfg.model.patch_size))
 
 
 def pretrain_views(cfg: Config, mean, std):
-    """The augmentation of `data.augmentation`, applied `data.num_views` times when more than once."""
+    """The PIL augmentation of `data.augmentation`, applied `data.num_views` times when more than once."""
     d = cfg.data
     if d.augmentation == "msn":
-        return msn_views(cfg.img_size, d.focal_views, d.focal_size or cfg.model.patch_size * max(
-            1, round(cfg.img_size * 96 / 224 / cfg.model.patch_size)), d.blur, mean, std)
-    if d.augmentation == "simclr":
-        transform = simclr_transform(cfg.img_size, tuple(d.crop_scale), d.hflip, d.blur, mean, std)
-    else:
-        transform = pretrain_transform(cfg.img_size, tuple(d.crop_scale), d.hflip, mean, std)
+        return msn_views(cfg.img_size, d.focal_views, msn_focal_size(cfg), d.blur, mean, std)
+    spec = pretrain_view_specs(cfg)[0]
+    transform = view_transform(spec, mean, std)
     return MultiView(transform, d.num_views) if d.num_views > 1 else transform
 
 

@@ -94,7 +94,7 @@ class Trainer:
         self.world, self.rank, self.main = dist.world_size(), dist.rank(), dist.is_main_process()
         torch.manual_seed(cfg.train.seed + self.rank)
         np.random.seed((cfg.train.seed + self.rank) % 2**32)
-        self.data = build_pretrain_data(cfg, self.world, self.rank)
+        self.data = build_pretrain_data(cfg, self.world, self.rank, device=device)
         self.trainee = build_trainee(cfg, self.data.num_classes).to(device)
         if cfg.train.compile:
             for block in self.trainee.method.encoder.vit.blocks:
