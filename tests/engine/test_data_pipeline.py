@@ -111,7 +111,8 @@ def test_resume_with_the_device_pipeline_equals_the_uninterrupted_run(tmp_path):
             "data.pipeline=device", "regularizers=[]", "monitor=[]")
     whole = pretrain(joint_config("simclr", *sets), tmp_path / "whole")
     halted = pretrain(joint_config("simclr", *sets, "train.halt_after_steps=7"), tmp_path / "resumed")
-    assert halted.halted and halted.checkpoint.name == "ckpt_00000006.pt"  # inside epoch 1
+    assert halted.halted and halted.checkpoint.name == "ckpt_00000007.pt"
+    halted.checkpoint.unlink()  # as if killed after step 7: resume from step 6, inside epoch 1
     resumed = pretrain(joint_config("simclr", *sets), tmp_path / "resumed", resume=True)
     assert resumed.steps == whole.steps == 8
     want, got = train_records(tmp_path / "whole"), train_records(tmp_path / "resumed")

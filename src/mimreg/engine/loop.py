@@ -189,9 +189,9 @@ class Trainer:
         """The `start` record and the run's first printed line: what will run, at which lr."""
         writer.write({"kind": "start", "config": self.cfg.recipe, "images": self.data.num_images, "world": self.world,
                       "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-                      "device": str(self.device), **start_facts(self.cfg, self.world)})
+                      "device": str(self.device), "pipeline": self.data.pipeline, **start_facts(self.cfg, self.world)})
         if self.main:
-            print(f"{self.cfg.recipe}: {self.data.num_images} images, {self.cfg.train.epochs} epochs x "
+            print(f"{self.cfg.recipe}: {self.data.num_images} images ({self.data.pipeline} pipeline), {self.cfg.train.epochs} epochs x "
                   f"{self.steps_per_epoch} steps on {self.device} x {self.world}; {start_line(self.cfg, self.world)}",
                   flush=True)
 
