@@ -96,6 +96,8 @@ class TrainConfig:
     sync_batchnorm: bool = True  # under DDP on CUDA: BatchNorm over the global batch, as the official codes
     progress: bool = True
     halt_after_steps: int | None = None  # stop early as if interrupted (to exercise --resume)
+    strategy: str = "ddp"  # under torchrun: ddp (a replica per process) or fsdp (FSDP2, sharded per block)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
 
 
 @dataclass
@@ -395,6 +397,7 @@ def validate(cfg: Config) -> None:
 
     choices = {"data.name": (cfg.data.name, DATASET_NAMES), "model.arch": (cfg.model.arch, sorted(ARCHS)),
                "train.precision": (cfg.train.precision, ["fp32", "bf16", "fp16"]),
+               "train.strategy": (cfg.train.strategy, ["ddp", "fsdp"]),
                "data.augmentation": (cfg.data.augmentation, ["mae", "simclr", "msn"])}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
