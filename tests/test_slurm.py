@@ -81,3 +81,27 @@ def test_timeout_signal_checkpoints_requeues_and_the_job_resumes(tmp_path, monke
 def test_submit_refuses_a_folder_with_checkpoints_without_resume(tiny_run):
     with pytest.raises(MimregError, match="already holds checkpoints.*--resume"):
         submit(str(tiny_run / "config.yaml"), [], tiny_run, Resources(), cluster="local")
+
+
+def test_sbatch_script_asks_for_the_resources_and_the_timeout_signal(tmp_path, monkeypatch):
+    from mimreg.slurm import build_executor
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\n")  # submitit checks that srun exists
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    res = Resources(nodes=2, gpus_per_node=8, partition="gpu", timeout_min=240, account="proj", signal_delay_s=90)
+    script = build_executor(tmp_path / "logs", res, "slurm", "mimreg-x")._executor._make_submission_file_text("CMD", "u")
+    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--account=proj",
+                 "--time=240", "--signal=USR2@90", "--cpus-per-task=8"):
+        assert f"#SBATCH {line}\n" in script
+    assert "srun" in script and "CMD" in script
+
+
+def test_slurm_executor_without_slurm_says_what_to_do(tmp_path, monkeypatch):
+    from mimreg.slurm import build_executor
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    with pytest.raises(MimregError, match="srun.*--executor local"):
+        build_executor(tmp_path / "logs", Resources(), "slurm", "mimreg-x")

@@ -104,7 +104,11 @@ def build_executor(folder: Path, res: Resources, cluster: str | None, name: str)
     cluster = cluster or submitit.AutoExecutor.which()
     if cluster not in ("slurm", "local"):
         raise MimregError(f"--executor {cluster!r}: choose slurm or local")
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **{f"{cluster}_max_num_timeout": res.max_requeues})
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
+                                         **{f"{cluster}_max_num_timeout": res.max_requeues})
+    except RuntimeError as err:  # submitit's own: no srun on this machine
+        raise MimregError(f"--executor slurm: {err} (use --executor local to run the tasks here)") from None
     tasks = res.tasks_per_node or max(1, res.gpus_per_node)
     specific = {"partition": res.partition, "account": res.account, "qos": res.qos,
                 "constraint": res.constraint, "signal_delay_s": res.signal_delay_s}
