@@ -63,6 +63,12 @@ def tiny_config(recipe: str = "mae", *sets: str, **overrides) -> Config:
     return load_config(f"digits/{recipe}", [*TINY_SETS, *extra])
 
 
+@pytest.fixture(name="tiny_sets", scope="session")
+def tiny_sets_fixture() -> tuple[str, ...]:
+    """The `--set` strings of `tiny_config` (for runs started as a command or job)."""
+    return TINY_SETS
+
+
 @pytest.fixture(name="tiny_config", scope="session")
 def tiny_config_fixture():
     """The `tiny_config(recipe="mae", *sets, **overrides) -> Config` helper."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SETS
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import MimregError
 
@@ -21,7 +20,7 @@ from mimreg.slurm import Resources, submit  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # 64 images / (4 per task x 2 tasks) = 8 steps: time to send the signal while it trains
-SETS = [*TINY_SETS, "data.subset=64", "optim.batch_size=4", "train.keep_last=20"]
+SETS = ["data.subset=64", "optim.batch_size=4", "train.keep_last=20"]
 
 
 def child_pids(parent: int) -> list[int]:
@@ -51,12 +50,12 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_timeout_signal_checkpoints_requeues_and_the_job_resumes(tmp_path, monkeypatch):
+def test_timeout_signal_checkpoints_requeues_and_the_job_resumes(tmp_path, monkeypatch, tiny_sets):
     monkeypatch.setenv("PYTHONPATH", f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = tmp_path / "run"
     res = Resources(gpus_per_node=0, tasks_per_node=2, cpus_per_task=1, timeout_min=10, max_requeues=2)
-    job = submit("digits/mae", SETS, run, res, cluster="local")
+    job = submit("digits/mae", [*tiny_sets, *SETS], run, res, cluster="local")
     try:
         wait_for(lambda: train_steps(run), 180, "the first logged step")
         tasks = child_pids(job._process.pid)

@@ -1,7 +1,7 @@
 """Run by tests/engine/test_fsdp.py under torchrun (2 processes, gloo): tiny pretraining runs in one
 process group, each in OUT/<name>: the same run under DDP and under FSDP (with and without
-activation checkpointing), an FSDP run halted mid-epoch and resumed, and BYOL (EMA target,
-BatchNorm projector) under DDP and FSDP."""
+activation checkpointing), an FSDP run halted mid-epoch and resumed, a DDP run resumed under FSDP,
+and BYOL (EMA target, BatchNorm projector) under DDP and FSDP."""
 
 import sys
 from pathlib import Path
@@ -32,6 +32,9 @@ def main(out: Path) -> None:
         fsdp = (*MU_MAE, "train.strategy=fsdp")
         pretrain(tiny_config("mu-mae", *fsdp, f"train.halt_after_steps={HALT_AT}"), out / "fsdp_resumed")
         pretrain(tiny_config("mu-mae", *fsdp), out / "fsdp_resumed", resume=True)
+        ddp = (*MU_MAE, "train.strategy=ddp", f"train.halt_after_steps={HALT_AT}")  # the same checkpoint format:
+        pretrain(tiny_config("mu-mae", *ddp), out / "ddp_then_fsdp")  # a DDP run continues under FSDP
+        pretrain(tiny_config("mu-mae", *fsdp), out / "ddp_then_fsdp", resume=True)
         for strategy in ("ddp", "fsdp"):
             pretrain(load_config("digits/byol", [*BYOL, f"train.strategy={strategy}"]), out / f"byol_{strategy}")
     dist.shutdown()

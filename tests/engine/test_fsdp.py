@@ -88,6 +88,12 @@ def test_fsdp_run_halted_and_resumed_equals_the_uninterrupted_run(runs):
     assert_states_close(final_state(resumed)["model"], final_state(runs / "fsdp")["model"], atol=1e-6)
 
 
+def test_ddp_checkpoint_resumes_under_fsdp(runs):
+    """One checkpoint format: a DDP run halted at step 2 and resumed under FSDP equals the DDP run."""
+    assert_same_records(logged(runs / "ddp_then_fsdp"), logged(runs / "ddp"), rel=1e-5)
+    assert_states_close(final_state(runs / "ddp_then_fsdp")["model"], final_state(runs / "ddp")["model"], atol=1e-5)
+
+
 # ---------------------------------------------------------------- activation checkpointing
 def step_with_counts(trainee, images, checkpointed: bool):
     """Loss, gradients, block calls (after forward, after backward) and bytes saved for backward of

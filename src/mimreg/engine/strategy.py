@@ -4,7 +4,8 @@
 `fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`): parameters, gradients and optimizer state
 sharded over the processes, one all-gather unit per transformer block (encoder, EMA target encoder
 and decoder blocks) and one for the rest (the root), so a process holds one block's full weights
-at a time: what ViT-L/H need on GPUs of 40-80 GB.
+at a time: what ViT-L/H need on GPUs of 40-80 GB. With gradient accumulation the gradients are
+reduce-scattered at every micro-step and accumulate sharded (DDP's no_sync would keep a full copy).
 
 Both write the same checkpoint: the full state dict of the trainee and torch.optim's own optimizer
 format (parameters numbered in the optimizer's order), gathered on the main process through
@@ -49,7 +50,6 @@ class Strategy:
     def __init__(self, cfg: TrainConfig, device: torch.device):
         if cfg.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy: unknown value {cfg.strategy!r}; choose one of {list(STRATEGIES)}")
-        self.name = cfg.strategy
         self.sharded = cfg.strategy == "fsdp" and dist.is_distributed()
         self.cfg, self.device = cfg, device
         if self.sharded:
