@@ -30,6 +30,20 @@ TINY_SETS = (
 )
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, saying so, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 def as_override(key: str, value) -> str:
     """`train__epochs=2` style keyword -> the `--set` string `train.epochs=2` (value as YAML)."""
     if isinstance(value, str):
@@ -47,6 +61,12 @@ def tiny_config(recipe: str = "mae", *sets: str, **overrides) -> Config:
     """
     extra = list(sets) + [as_override(k, v) for k, v in overrides.items()]
     return load_config(f"digits/{recipe}", [*TINY_SETS, *extra])
+
+
+@pytest.fixture(name="tiny_sets", scope="session")
+def tiny_sets_fixture() -> tuple[str, ...]:
+    """The `--set` strings of `tiny_config` (for runs started as a command or job)."""
+    return TINY_SETS
 
 
 @pytest.fixture(name="tiny_config", scope="session")

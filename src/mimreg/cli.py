@@ -1,4 +1,4 @@
-"""`mimreg` command line: pretrain, eval, analyze, export, recipes, demo."""
+"""`mimreg` command line: pretrain, submit, eval, analyze, export, recipes, demo."""
 
 from __future__ import annotations
 
@@ -81,6 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the same as --set imports+=MODULE)")
     p.set_defaults(run=cmd_pretrain)
 
+    p = sub.add_parser("submit", help="pretrain on a SLURM cluster through submitit (pip install 'mimreg[slurm]')")
+    p.add_argument("config", help="recipe name or .yaml file, as for pretrain")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="run folder (on a file system every node sees)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (requeued jobs always resume)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=1)
+    p.add_argument("--tasks-per-node", type=int, help="processes per node (default: one per GPU)")
+    p.add_argument("--cpus-per-task", type=int, default=8)
+    p.add_argument("--mem-gb", type=float)
+    p.add_argument("--timeout", type=int, default=60, help="time limit of one job in minutes")
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--signal-delay", type=int, default=120,
+                   help="seconds before the time limit at which the run checkpoints and requeues")
+    p.add_argument("--max-requeues", type=int, default=10, help="time-outs after which the job is not requeued")
+    p.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto",
+                   help="auto: slurm where sbatch exists; local runs the tasks on this machine")
+    p.add_argument("--log-dir", help="submitit's logs and pickles (default OUT/submitit)")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end (always with --executor local)")
+    p.set_defaults(run=cmd_submit)
+
     p = sub.add_parser("eval", help="evaluate a frozen encoder")
     p.add_argument("protocol", choices=["linear", "knn", "erank", "lowshot", "robustness"])
     add_checkpoint_args(p)
@@ -143,6 +167,23 @@ def cmd_pretrain(args) -> int:
               f"continue with:\n  {resume_command(args)}")
     else:
         print(f"done: {result.steps} steps; checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from mimreg.slurm import Resources, submit
+
+    res = Resources(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
+                    cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, timeout_min=args.timeout,
+                    partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
+                    signal_delay_s=args.signal_delay, max_requeues=args.max_requeues)
+    cluster = None if args.executor == "auto" else args.executor
+    job = submit(args.config, args.overrides, args.out, res, resume=args.resume, cluster=cluster,
+                 log_dir=args.log_dir)
+    print(f"submitted job {job.job_id}: {args.out} (logs in {job.paths.folder})", flush=True)
+    if args.wait or type(job).__name__ == "LocalJob":
+        result = job.results()[0]  # rank 0's; raises the job's own error
+        print(f"job {job.job_id} done: {result['steps']} steps; checkpoint {result['checkpoint']}")
     return 0
 
 

@@ -110,6 +110,8 @@ class TrainConfig:
     sync_batchnorm: bool = True  # under DDP on CUDA: BatchNorm over the global batch, as the official codes
     progress: bool = True
     halt_after_steps: int | None = bounded(None, ge=1)  # stop early as if interrupted (to exercise --resume)
+    strategy: str = one_of("ddp", "ddp", "fsdp")  # under torchrun: ddp (a replica per process) or fsdp (FSDP2, sharded per block)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
 
 
 @dataclass

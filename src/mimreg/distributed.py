@@ -75,6 +75,15 @@ def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def broadcast_from_main(value):
+    """The main process's `value` (any picklable object) on every process; `value` in one process."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def init_from_env(device_type: str) -> bool:
     """Join the process group that `torchrun` describes in the environment; False if none."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():

@@ -154,6 +154,72 @@ def test_duplicates_are_tree_edges_of_length_zero():
     assert mst_length(z).item() == pytest.approx(5.0)
 
 
+# ---------------------------------------------------------------- Boruvka (the CUDA selection)
+def kruskal_under_total_order(dist) -> set[tuple[int, int]]:
+    """The unique MST when edges are ordered by (length, lower index, higher index): Kruskal."""
+    n = dist.shape[0]
+    lo, hi = np.triu_indices(n, 1)
+    order = np.lexsort((hi, lo, dist.numpy()[lo, hi]))  # last key first: length, then lo, then hi
+    root = list(range(n))
+
+    def find(a):
+        while root[a] != a:
+            root[a] = root[root[a]]
+            a = root[a]
+        return a
+
+    tree = set()
+    for k in order:
+        a, b = find(int(lo[k])), find(int(hi[k]))
+        if a != b:
+            root[a] = b
+            tree.add((int(lo[k]), int(hi[k])))
+    return tree
+
+
+def edge_set(i, j) -> set[tuple[int, int]]:
+    return {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
+
+
+def tie_cases() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    grid2 = torch.cartesian_prod(torch.arange(7.0), torch.arange(7.0))  # every length repeats
+    grid3 = torch.cartesian_prod(*[torch.arange(4.0)] * 3)
+    repeated = torch.randn(40, 5, generator=g).repeat(3, 1)  # each point three times: zero lengths
+    repeated = repeated[torch.randperm(120, generator=g)]
+    return {"random": torch.randn(300, 6, generator=g), "grid2d": grid2, "grid3d": grid3,
+            "duplicates": repeated, "all_equal": torch.ones(9, 3)}
+
+
+@pytest.mark.parametrize("case", list(tie_cases()))
+def test_boruvka_is_the_mst_under_its_total_order_with_prims_length(case):
+    z = tie_cases()[case].double()
+    n, dist = len(z), exact_dist(z)
+    i, j = mst_edges(dist, backend="boruvka")
+    assert i.dtype == j.dtype == torch.long and bool((i < j).all())
+    assert is_spanning_tree(i, j, n)
+    assert edge_set(i, j) == kruskal_under_total_order(dist)  # exactly the edges, ties included
+    prim = mst_edges(dist, backend="numpy")
+    assert edge_length(dist, i, j) == pytest.approx(edge_length(dist, *prim), rel=1e-12, abs=1e-12)
+    if case == "random":  # a unique tree: Prim's and scipy's edges themselves
+        assert edge_set(i, j) == edge_set(*prim)
+        rows, cols = minimum_spanning_tree(dist.numpy()).nonzero()
+        assert edge_set(i, j) == edge_set(torch.from_numpy(rows), torch.from_numpy(cols))
+        fp32 = dist.float()
+        assert edge_set(*mst_edges(fp32, backend="boruvka")) == edge_set(*mst_edges(fp32, backend="numpy"))
+
+
+def test_boruvka_gradient_equals_prims():
+    z = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    grads = []
+    for backend in ("numpy", "boruvka"):
+        x = z.clone().requires_grad_(True)
+        mst_length(x, backend=backend).backward()
+        grads.append(x.grad)
+    # the same edges, so the same sum of unit vectors (summed in another order)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
+
+
 def test_fp32_inside_under_low_precision_inputs():
     z = torch.randn(32, 8)
     for dtype in (torch.float16, torch.bfloat16):
@@ -207,7 +273,7 @@ def test_large_batch_is_fast_enough():
     assert edge_length(dist.double(), i, j) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_selection_matches_cpu_without_host_syncs():
     z = torch.randn(512, 32, generator=torch.Generator().manual_seed(0))
     dist = exact_dist(z).float()
@@ -224,6 +290,26 @@ def test_cuda_selection_matches_cpu_without_host_syncs():
     zg = z.cuda().requires_grad_(True)
     tregs_loss(zg).backward()
     assert torch.isfinite(zg.grad).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", [*tie_cases(), "random4096"])
+def test_cuda_boruvka_is_the_cpu_tree_without_host_syncs(case):
+    z = torch.randn(4096, 32, generator=torch.Generator().manual_seed(2)) if case == "random4096" else tie_cases()[case]
+    dist = exact_dist(z).float()
+    on_gpu = dist.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        i, j = mst_edges(on_gpu)  # auto: Boruvka from 64 points, Prim's torch loop below
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    i, j = i.cpu(), j.cpu()
+    assert is_spanning_tree(i, j, len(z))
+    prim = edge_length(dist.double(), *mst_edges(dist))
+    assert edge_length(dist.double(), i, j) == pytest.approx(prim, rel=1e-6, abs=1e-6)
+    if len(z) >= 64 and len(z) <= 300:
+        assert bool((i < j).all()) and edge_set(i, j) == kruskal_under_total_order(dist)
 
 
 def test_module_reads_window_weight_and_sums_features():

@@ -6,6 +6,7 @@ import random
 import re
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -123,10 +124,12 @@ def non_finite_entries(state: dict, prefix: str = "") -> list[str]:
     return bad
 
 
-def load_matching_state(module: torch.nn.Module, state: dict, path: Path, optional: tuple[str, ...] = ()) -> None:
-    """`module.load_state_dict(state)`, or a MimregError naming what does not match (keys missing or
-    unexpected, tensors of other shapes: a checkpoint of another model). Keys ending in `optional`
-    may be missing (buffers added after a checkpoint's release keep their defaults)."""
+def load_matching_state(module: torch.nn.Module, state: dict, path: Path, optional: tuple[str, ...] = (),
+                        load: Callable[[dict], object] | None = None) -> None:
+    """`module.load_state_dict(state)` (or `load(state)`, e.g. a sharded module's loader), or a
+    MimregError naming what does not match (keys missing or unexpected, tensors of other shapes: a
+    checkpoint of another model). Keys ending in `optional` may be missing (buffers added after a
+    checkpoint's release keep their defaults)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.endswith(optional)]
     unexpected = [k for k in state if k not in own]
@@ -136,7 +139,10 @@ def load_matching_state(module: torch.nn.Module, state: dict, path: Path, option
         raise MimregError(f"checkpoint {path} holds another model than the config builds (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}, other shapes {mismatched[:3]}); use the config it was "
                           "trained with")
-    module.load_state_dict(state, strict=False)
+    if load is None:
+        module.load_state_dict(state, strict=False)
+    else:
+        load(state)
 
 
 def config_of(state: dict, path: Path) -> dict:

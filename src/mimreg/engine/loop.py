@@ -20,8 +20,7 @@ from tqdm import tqdm
 from mimreg import distributed as dist
 from mimreg.config import Config, config_to_dict
 from mimreg.engine.build import build_trainee
-from mimreg.engine.checkpoint import (load_checkpoint, load_matching_state, non_finite_entries, rng_state,
-                                     save_checkpoint, set_rng_state)
+from mimreg.engine.checkpoint import load_checkpoint, non_finite_entries, rng_state, save_checkpoint, set_rng_state
 from mimreg.engine.data import build_pretrain_data
 from mimreg.engine.metrics import MetricsWriter, RunningMeans
 from mimreg.engine.run_folder import RunFolder
@@ -29,6 +28,7 @@ from mimreg.engine.run_info import start_facts, start_line
 from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, lr_hint, set_lr, set_weight_decay,
                                     weight_decay_at)
 from mimreg.engine.stopping import GracefulStop
+from mimreg.engine.strategy import Strategy
 from mimreg.errors import ConfigError, NonFiniteLossError, RunInterrupted
 
 
@@ -119,20 +119,15 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
     def _wrap_distributed(self) -> torch.nn.Module:
-        if not dist.is_distributed():
-            return self.trainee
-        if self.cfg.train.sync_batchnorm:
-            self.trainee, note = dist.sync_batchnorm(self.trainee, self.device)
-            if note and self.main:
-                print(note, flush=True)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(self.trainee, device_ids=ids)
+        self.strategy = Strategy(self.cfg.train, self.device)  # train.strategy: ddp or fsdp
+        self.trainee, model = self.strategy.wrap(self.trainee)
+        return model
 
     # ------------------------------------------------------------ state
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        load_matching_state(self.trainee, state["model"], path, OPTIONAL_BUFFERS)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_model(self.trainee, state["model"], path, OPTIONAL_BUFFERS)
+        self.strategy.load_optimizer(self.trainee, self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.step = state["step"]
@@ -145,13 +140,16 @@ class Trainer:
 
     def save_checkpoint(self, folder: RunFolder) -> Path | None:
         """Write ckpt_<step>.pt (main process), never with non-finite weights or optimizer state."""
-        payload = {"model": self.trainee.state_dict(), "optimizer": self.optimizer.state_dict(),
+        payload = {"model": self.strategy.model_state(self.trainee),
+                   "optimizer": self.strategy.optimizer_state(self.trainee, self.optimizer),
                    "scaler": self.scaler.state_dict(),
                    "scheduler": {"step": self.step, "total_steps": self.total_steps},
                    "rng": rng_state(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
                    "config": config_to_dict(self.cfg),
                    "means": {"interval": self.interval.state_dict(), "epoch": self.epoch_means.state_dict()}}
-        bad = non_finite_entries({"model": payload["model"], "optimizer": payload["optimizer"]["state"]})
+        # under FSDP the main process alone holds the gathered state: its verdict is everyone's
+        bad = dist.broadcast_from_main(non_finite_entries({"model": payload["model"],
+                                                           "optimizer": payload["optimizer"]["state"]}))
         if bad:
             raise NonFiniteLossError(
                 f"after step {self.step} {len(bad)} tensors of the model or optimizer are NaN or inf (e.g. "

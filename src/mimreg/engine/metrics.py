@@ -27,7 +27,12 @@ class RunningMeans:
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def state_dict(self) -> dict:
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}
+        """The sums averaged over processes (a collective: every process calls it). The main process
+        alone saves them, and each process resumes from them: as reads average over processes, a
+        resumed run then reads the same means as an uninterrupted one."""
+        names = sorted(self.sums)
+        sums = all_reduce_mean(torch.stack([self.sums[n] for n in names])).cpu() if names else []
+        return {"sums": dict(zip(names, sums)), "counts": dict(self.counts)}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}

@@ -21,7 +21,8 @@ from mimreg.errors import ConfigError, MimregError
 from mimreg.io import atomic_write, write_json_atomic
 
 # settings that may change between a run and its resumption
-RESUMABLE_KEYS = ("train.halt_after_steps", "train.progress", "train.device")
+RESUMABLE_KEYS = ("train.halt_after_steps", "train.progress", "train.device", "train.strategy",
+                  "train.grad_checkpointing")
 
 
 class RunFolder:

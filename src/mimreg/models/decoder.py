@@ -8,7 +8,7 @@ from torch import nn
 
 from mimreg.models.masking import take_tokens
 from mimreg.models.pos_embed import sincos_2d
-from mimreg.models.vit import init_mae_weights
+from mimreg.models.vit import init_mae_weights, run_block
 
 
 class MAEDecoder(nn.Module):
@@ -23,7 +23,12 @@ class MAEDecoder(nn.Module):
         )
         self.norm = _layer_norm(dim)
         self.predict = nn.Linear(dim, patch_size**2 * 3)
+        self.grad_checkpointing = False
         init_mae_weights(self)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward (timm's switch, for the decoder)."""
+        self.grad_checkpointing = enable
 
     def forward(self, latent: torch.Tensor, restore_ids: torch.Tensor) -> torch.Tensor:
         """latent (B, 1 + N_vis, D) with cls first; restore_ids (B, L) -> (B, L, p*p*3)."""
@@ -33,7 +38,7 @@ class MAEDecoder(nn.Module):
         patches = take_tokens(torch.cat([x[:, 1:], masked], dim=1), restore_ids)
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x, self.grad_checkpointing)
         return self.predict(self.norm(x))[:, 1:]
 
 

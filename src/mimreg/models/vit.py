@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
+import torch.utils.checkpoint
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -89,7 +90,7 @@ class ViTEncoder(nn.Module):
         wanted = set(pooled_blocks)
         pooled: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.vit.blocks):
-            x = block(x)
+            x = run_block(block, x, self.vit.grad_checkpointing)
             if i in wanted:
                 pooled[i] = x[:, 1:].mean(dim=1)
         x = self.vit.norm(x)
@@ -116,6 +117,14 @@ class ViTEncoder(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"vit." + name for name in self.vit.no_weight_decay()}
+
+
+def run_block(block: nn.Module, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """`block(x)`; `checkpointed` (while gradients are on) stores only its input and recomputes its
+    activations in backward (same values: the RNG state of drop_path is replayed)."""
+    if checkpointed and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+    return block(x)
 
 
 def init_mae_weights(module: nn.Module) -> None:

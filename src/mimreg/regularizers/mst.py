@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +12,9 @@ from mimreg.bounds import bounded
 from mimreg.regularizers.base import Regularizer, register
 from mimreg.numerics import fp32_loss
 
-BACKENDS = ("auto", "numpy", "torch")
+BACKENDS = ("auto", "numpy", "torch", "boruvka")
+# on CUDA, Boruvka from this many points: below it Prim's n - 1 launches are few (see benchmarks/mst.py)
+BORUVKA_MIN_POINTS = 64
 
 
 def _selection_dtype(x: torch.Tensor) -> torch.dtype:
@@ -66,18 +69,64 @@ def _prim_parents_torch(dist: torch.Tensor) -> torch.Tensor:
     return parent
 
 
+def _boruvka_edges(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boruvka's algorithm on a dense (n, n) matrix, in ceil(log2 n) rounds of whole-matrix ops and
+    without host synchronisation: edges (lo, hi), lo < hi, in the order of the vertex they retired.
+
+    Edges are compared by the strict total order (length, lower index, higher index), so the tree
+    is the unique minimum spanning tree under that order (ties and duplicates included: never a
+    cycle). Each component is labelled by one of its vertices. A round finds every vertex's lightest
+    edge out of its component (a row minimum; the first index among equal lengths is exactly the
+    order above), every component's lightest one (two scatter-mins: length, then lo * n + hi), and
+    merges the components along them: each points to the component across its edge, the smaller
+    of each pair choosing one another becomes the root, pointer jumping finds the roots. A
+    component that merges into another retires its label, and stores its edge under it; the n - 1
+    labels that retire are every vertex but the last root.
+    """
+    n, device = dist.shape[0], dist.device
+    weights = torch.minimum(dist, dist.T)  # exactly symmetric, whatever rounding the input had
+    vertex = torch.arange(n, device=device)
+    comp = vertex.clone()
+    edge_lo, edge_hi = torch.zeros_like(vertex), torch.zeros_like(vertex)
+    none = n * n  # a key above every edge's lo * n + hi
+    depth = max(1, math.ceil(math.log2(n)))  # rounds (components at least halve) and pointer jumps
+    for _ in range(depth):
+        length, other = torch.where(comp[:, None] == comp[None, :], float("inf"), weights).min(dim=1)
+        cmin = torch.full_like(length, float("inf")).scatter_reduce(0, comp, length, "amin")
+        lightest = (length == cmin[comp]) & torch.isfinite(length)
+        key = torch.where(lightest, torch.minimum(vertex, other) * n + torch.maximum(vertex, other), none)
+        ckey = torch.full_like(vertex, none).scatter_reduce(0, comp, key, "amin")
+        has_edge = ckey < none
+        ckey = torch.where(has_edge, ckey, 0)
+        lo, hi = ckey // n, ckey % n
+        across = torch.where(has_edge, torch.where(comp[lo] == vertex, comp[hi], comp[lo]), vertex)
+        root = ~has_edge | ((across[across] == vertex) & (vertex < across))
+        parent = torch.where(root, vertex, across)
+        retired = ~root
+        edge_lo, edge_hi = torch.where(retired, lo, edge_lo), torch.where(retired, hi, edge_hi)
+        for _ in range(depth):
+            parent = parent[parent]
+        comp = parent[comp]
+        if device.type == "cpu" and not bool(has_edge.any()):  # no sync to spare on the GPU
+            break
+    order = torch.argsort((vertex == comp[0]).to(torch.uint8), stable=True)[: n - 1]
+    return edge_lo[order], edge_hi[order]
+
+
 def mst_edges(sq_dist: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Edges (i, j) of the exact minimum spanning tree of the complete graph on n points (Prim).
+    """Edges (i, j) of the exact minimum spanning tree of the complete graph on n points.
 
     sq_dist: (n, n) symmetric pairwise distances, or squared distances (the same tree); zero
     off-diagonal entries (duplicate points) are ordinary edges of length 0, and the diagonal is
     ignored. Chosen under no_grad on detached values in fp32 (fp64 stays fp64). Returns two int64
-    tensors of shape (n - 1,) on sq_dist's device, i the parent and j the child (j = 1..n-1 in
-    order, vertex 0 is the root); empty for n <= 1. Ties are broken arbitrarily.
+    tensors of shape (n - 1,) on sq_dist's device; empty for n <= 1. Where lengths tie, the trees
+    differ but their lengths are equal.
 
-    backend: "numpy" runs the n - 1 O(n) iterations in numpy on the CPU memory (zero copy; about
-    4x less per-iteration overhead than torch ops on CPU), "torch" runs them as device tensor ops
-    (used on CUDA: no host syncs), "auto" picks numpy for CPU tensors and torch otherwise.
+    backend: Prim, n - 1 sequential O(n) steps: "numpy" on the CPU memory (zero copy; about 4x less
+    per-step overhead than torch ops on CPU), "torch" as device tensor ops (no host syncs, but
+    n - 1 steps of kernel launches on CUDA); both return i the parent and j the child (j = 1..n-1,
+    vertex 0 the root). "boruvka": ceil(log2 n) rounds of whole-matrix ops (no host syncs), i < j.
+    "auto": numpy on the CPU; on CUDA boruvka from BORUVKA_MIN_POINTS points, torch below.
     """
     if sq_dist.dim() != 2 or sq_dist.shape[0] != sq_dist.shape[1]:
         raise ValueError(f"mst_edges needs a square (n, n) matrix, got shape {tuple(sq_dist.shape)}")
@@ -88,9 +137,11 @@ def mst_edges(sq_dist: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Te
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty.clone()
     if backend == "auto":
-        backend = "numpy" if device.type == "cpu" else "torch"
+        backend = "numpy" if device.type == "cpu" else "boruvka" if n >= BORUVKA_MIN_POINTS else "torch"
     with torch.no_grad():
         dist = sq_dist.detach().to(_selection_dtype(sq_dist))
+        if backend == "boruvka":
+            return _boruvka_edges(dist)
         if backend == "numpy":
             parent = torch.from_numpy(_prim_parents_numpy(dist.cpu().contiguous().numpy())).to(device)
         else:
@@ -112,19 +163,19 @@ def selection_sq_distances(z: torch.Tensor) -> torch.Tensor:
 
 
 @fp32_loss
-def mst_length(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def mst_length(z: torch.Tensor, eps: float = 1e-12, backend: str = "auto") -> torch.Tensor:
     """E(MST(Z)) = sum over MST edges of ||z_i - z_j||_2 (T-REGS slides, Euclidean, unsquared).
 
     z: (n, d), any float dtype; computed in fp32 (fp64 stays fp64). Returns a scalar. The edges are
     chosen on detached distances (`mst_edges`); only their lengths are differentiated, recomputed
     on the n - 1 pairs as sqrt(max(||z_i - z_j||^2, eps)), so the gradient is
     sum over edges (i, j) of (z_i - z_j) / ||z_i - z_j|| and duplicates (length 0) give 0, not NaN.
-    n = 1 gives 0.
+    n = 1 gives 0. backend: as for `mst_edges`.
     """
     if z.dim() != 2:
         raise ValueError(f"mst_length needs a (n, d) tensor, got shape {tuple(z.shape)}")
     x = z.to(_selection_dtype(z))
-    i, j = mst_edges(selection_sq_distances(x))
+    i, j = mst_edges(selection_sq_distances(x), backend=backend)
     diff = x[i] - x[j]
     return (diff * diff).sum(dim=1).clamp_min(eps).sqrt().sum()
 
