@@ -84,6 +84,15 @@ def broadcast_from_main(value):
     return box[0]
 
 
+def gather_objects(value) -> list:
+    """Every process's `value` (any picklable object), in rank order; [value] in one process."""
+    if not is_distributed():
+        return [value]
+    out = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def init_from_env(device_type: str) -> bool:
     """Join the process group that `torchrun` describes in the environment; False if none."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():

@@ -15,8 +15,9 @@ from mimreg.config import load_config  # noqa: E402
 from mimreg.engine.loop import pretrain  # noqa: E402
 
 # mu-mae (MAE + gathered MAGMA and uniformity): 48 images / (4 per process x 2 accum x 2) = 3 steps;
-# gradient clipping on, so the global gradient norm over the shards is exercised too
-MU_MAE = ("data.subset=48", "optim.batch_size=4", "optim.accum_steps=2", "optim.clip_grad=0.5",
+# gradient clipping on, so the global gradient norm over the shards is exercised too; drop path draws
+# from each process's own torch RNG, which a resume must restore per process
+MU_MAE = ("data.subset=48", "optim.batch_size=4", "optim.accum_steps=2", "optim.clip_grad=0.5", "model.drop_path=0.1",
           "optim.lr=1e-3", "optim.warmup_epochs=0.5", "train.keep_last=5")
 BYOL = [*(s for s in TINY_SETS if not s.startswith("method.decoder")), "data.subset=16", "optim.batch_size=4",
         "method.proj_hidden_dim=32", "method.proj_output_dim=16", "method.pred_hidden_dim=32", "optim.lr=1e-3"]

@@ -129,7 +129,8 @@ class Trainer:
         self.strategy.load_model(self.trainee, state["model"], path, OPTIONAL_BUFFERS)
         self.strategy.load_optimizer(self.trainee, self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks")  # each process's own streams (drop path differs per process)
+        set_rng_state(per_rank[self.rank] if per_rank and len(per_rank) == self.world else state["rng"])
         self.step = state["step"]
         if "means" in state:  # absent from checkpoints of the first release
             self.interval.load_state_dict(state["means"]["interval"], self.device)
@@ -144,7 +145,8 @@ class Trainer:
                    "optimizer": self.strategy.optimizer_state(self.trainee, self.optimizer),
                    "scaler": self.scaler.state_dict(),
                    "scheduler": {"step": self.step, "total_steps": self.total_steps},
-                   "rng": rng_state(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                   "rng": rng_state(), "rng_ranks": dist.gather_objects(rng_state()),
+                   "step": self.step, "epoch": self.step // self.steps_per_epoch,
                    "config": config_to_dict(self.cfg),
                    "means": {"interval": self.interval.state_dict(), "epoch": self.epoch_means.state_dict()}}
         # under FSDP the main process alone holds the gathered state: its verdict is everyone's
