@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", choices=["linear", "knn", "erank", "lowshot", "robustness"])
     add_checkpoint_args(p)
     p.add_argument("--pool", action="append", choices=["cls", "mean"], help="feature(s); default cls")
-    p.add_argument("--linear-protocol", default="magma", choices=["magma", "mae"],
-                   help="magma: SGD on raw features; mae: BatchNorm (no affine) before the linear layer")
+    p.add_argument("--linear-protocol", default="sweep", choices=["sweep", "magma", "mae"],
+                   help="sweep (default): standardised features, lr x weight-decay grid chosen on held-out "
+                        "train rows; magma: MAGMA's SGD recipe on raw features; mae: BatchNorm (no affine) first")
     p.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
     p.add_argument("--train-images", type=int, help="embed a random subset of the training split")
     p.set_defaults(run=cmd_eval)

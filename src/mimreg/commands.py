@@ -36,7 +36,7 @@ def embed_train_test(checkpoint, *, data=None, data_root=None, pools=("cls",), t
 
 
 def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=None, pools=("cls",),
-             train_images=None, test_images=None, linear_protocol="magma", linear_epochs=100, device="cpu",
+             train_images=None, test_images=None, linear_protocol="sweep", linear_epochs=100, device="cpu",
              out_dir=None, echo=print) -> dict:
     """Run the evaluation protocols on frozen features; write eval_<protocol>.json per protocol."""
     unknown = set(protocols) - set(PROTOCOLS)
@@ -75,6 +75,7 @@ def summary_row(results: dict, pool: str) -> dict:
         row["linear top1"] = results["linear"][pool]["top1"]
     if "knn" in results:
         row["knn10 euclid"] = results["knn"][pool]["knn10_euclidean"]
+        row["knn20 weighted"] = results["knn"][pool]["knn20_euclidean_weighted"]
         row["knn20 cosine"] = results["knn"][pool]["knn20_cosine"]
     if "lowshot" in results:
         row.update({f"lowshot {k}": v["mean"] for k, v in results["lowshot"][pool].items()})
