@@ -43,6 +43,54 @@ def add_eval_parser(sub) -> None:
                                 "mae: MAE's BatchNorm (no affine) before the layer")
             q.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
         q.set_defaults(run=cmd_eval)
+    add_finetune_parser(protocols)
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_finetune_parser(protocols) -> None:
+    import dataclasses
+    import typing
+
+    from mimreg.eval.finetune_config import PRESETS, FinetuneConfig
+
+    text = ("fine-tune the encoder end to end (MAE's protocol: AdamW + layer decay, warm-up + cosine, drop path, "
+            "RandAugment, random erasing, Mixup/CutMix, label smoothing)")
+    q = protocols.add_parser("finetune", help=text, description=text + ". Settings left out take the preset of "
+                             f"the encoder's size: {', '.join(f'{k} {v}' for k, v in PRESETS.items())}.")
+    add_checkpoint_args(q)
+    q.add_argument("--out", help="fine-tuning folder for its checkpoints (default RUN/finetune/<result name>)")
+    q.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out from its last checkpoint")
+    hints = typing.get_type_hints(FinetuneConfig)
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.name == "test_images":
+            continue  # the common --test-images
+        kind = next(t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
+        default = "from the preset" if f.default is None and f.name in PRESETS["small"] else f.default
+        q.add_argument(f"--{f.name.replace('_', '-')}", type=_optional(kind), default=None,
+                       help=f"default: {default}")
+    q.set_defaults(run=cmd_finetune)
+
+
+def cmd_finetune(args) -> int:
+    import dataclasses
+
+    from mimreg import distributed
+    from mimreg.eval.finetune import finetune
+    from mimreg.eval.finetune_config import FinetuneConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    try:
+        finetune(args.checkpoint, overrides, data=args.data, data_root=args.data_root, device=args.device,
+                 out=args.out, resume=args.resume)
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
+    return 0
 
 
 def add_results_parser(sub) -> None:

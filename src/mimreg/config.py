@@ -96,6 +96,9 @@ class TrainConfig:
     sync_batchnorm: bool = True  # under DDP on CUDA: BatchNorm over the global batch, as the official codes
     progress: bool = True
     halt_after_steps: int | None = None  # stop early as if interrupted (to exercise --resume)
+    knn_every: int | None = None  # epochs between online k-NN measurements; None: auto (when labelled); 0: off
+    knn_bank: int = 512  # random training images in the online k-NN memory bank
+    knn_queries: int = 256  # random test images it classifies
 
 
 @dataclass
@@ -394,6 +397,10 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    knn = {"train.knn_bank": cfg.train.knn_bank, "train.knn_queries": cfg.train.knn_queries}
+    if cfg.train.knn_every is not None and cfg.train.knn_every < 0 or min(knn.values()) < 1:
+        raise ConfigError(f"train.knn_every must be >= 0 (0: off) and train.knn_bank, train.knn_queries >= 1, got "
+                          f"{cfg.train.knn_every}, {cfg.train.knn_bank}, {cfg.train.knn_queries}")
     if cfg.optim.schedule_stretch < 1:
         raise ConfigError(f"optim.schedule_stretch must be >= 1, got {cfg.optim.schedule_stretch}")
     if cfg.data.subset is not None and cfg.data.subset < 1:

@@ -72,6 +72,7 @@ def knn_classify(
     vote: str = "majority",
     eps: float = 1e-5,
     chunk: int = 1024,
+    num_classes: int | None = None,
 ) -> dict:
     """k-NN top-1 accuracy (percent) of test features against labelled train features.
 
@@ -82,6 +83,7 @@ def knn_classify(
     with weight exp(cos / temperature) (InstDisc/DINO: k=20, T=0.07); an exact score tie goes
     to the lower class index. Test rows are processed `chunk` at a time, so memory is
     O(chunk x N_train). Exact distance ties at the k-th neighbour are resolved by torch.topk.
+    `num_classes` (default: max train label + 1) lets test rows hold classes the train rows lack.
     """
     if metric not in METRICS:
         raise MimregError(f"unknown k-NN metric {metric!r}; use one of {METRICS}")
@@ -92,7 +94,7 @@ def knn_classify(
         raise MimregError(f"chunk must be at least 1, got {chunk}")
     if metric == "cosine" and not temperature > 0:
         raise MimregError(f"temperature must be positive, got {temperature}")
-    train_x, train_y, test_x, test_y, num_classes = check_split(train_x, train_y, test_x, test_y)
+    train_x, train_y, test_x, test_y, num_classes = check_split(train_x, train_y, test_x, test_y, num_classes)
     if not 1 <= k <= train_x.shape[0]:
         raise MimregError(f"k={k} must be between 1 and the number of training rows ({train_x.shape[0]}); lower k")
 
