@@ -10,6 +10,7 @@ running epoch loss and the curves so far).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +196,7 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
              resume=False, echo=print) -> dict:
     """Fine-tune the encoder of `checkpoint` (a run folder or ckpt file) on `data` (default: the
     pretraining dataset); write RUN/evals/finetune_<data>_<head>[_<changed settings>].json."""
+    began = time.time()
     dev, rank = _devices(device)
     encoder, pre_cfg, meta = load_encoder(checkpoint)
     cfg, preset = resolve_config(encoder.arch, encoder.depth, overrides or {})
@@ -225,7 +227,8 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     result = {"top1": evals[-1]["top1"], "top5": evals[-1]["top5"], "best_top1": max(c["top1"] for c in evals),
               "train_loss": progress.curves[-1]["train_loss"], "epochs": cfg.epochs, "steps": progress.step,
               "lr": trainer.base_lr, "processes": world, "num_classes": num_classes, "finetune_images": len(train),
-              "config": record, "curves": progress.curves, "out": str(out)}
+              "config": record, "curves": progress.curves, "out": str(out),
+              "minutes": (time.time() - began) / 60}  # of this call (a resumed run: since the resume)
     meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": len(train), "test_images": len(test)}
     path = save_result(run_dir_of(checkpoint), meta, protocol="finetune", variant=None, pool=cfg.head, options=options,
                        result=result) if dist.is_main_process() else None

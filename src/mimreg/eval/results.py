@@ -55,7 +55,7 @@ def headline(protocol: str, variant: str | None, result: dict) -> dict[str, floa
 def save_result(run_dir: str | Path, meta: dict, *, protocol: str, variant: str | None, pool: str,
                 options: dict, result: dict) -> Path:
     """Write one evaluation (meta: checkpoint, step, epoch, recipe, data, image counts, latest)."""
-    options = dict(options)
+    options = {k: v for k, v in options.items() if v is not None}
     if not meta.get("latest", True):
         options["step"] = meta.get("step")
     stem = result_stem(protocol, variant, meta["data"], pool, options)
