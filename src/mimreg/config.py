@@ -97,8 +97,8 @@ class TrainConfig:
     progress: bool = True
     halt_after_steps: int | None = None  # stop early as if interrupted (to exercise --resume)
     knn_every: int | None = None  # epochs between online k-NN measurements; None: auto (when labelled); 0: off
-    knn_bank: int = 512  # random training images in the online k-NN memory bank
-    knn_queries: int = 256  # random test images it classifies
+    knn_bank: int = 320  # random training images in the online k-NN memory bank
+    knn_queries: int = 160  # random test images it classifies
 
 
 @dataclass
