@@ -153,3 +153,28 @@ def test_cls_prenorm_is_the_last_blocks_cls_token_before_the_final_norm(msn_run_
         torch.testing.assert_close(encoder.vit.norm(prenorm), split.features["cls"], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(prenorm, split.features["cls"])
     assert not encoder.vit.blocks[-1]._forward_hooks  # the hook is removed again
+
+
+def test_eval_finetune_from_the_command_line(tiny_run, capsys):
+    code, out, err = run_cli(capsys, "eval", "finetune", "--checkpoint", tiny_run, "--batch-size", "15")
+    assert code == 2 and "even batch_size" in err and err.count("\n") == 1
+    small = ["--checkpoint", tiny_run, "--epochs", "1", "--batch-size", "16", "--fraction", "0.125",
+             "--test-images", "16", "--randaug", "none", "--clip-grad", "none", "--device", "cpu"]
+    code, out, err = run_cli(capsys, "eval", "finetune", *small)
+    assert code == 0, err
+    name = "finetune_synthetic_gap_batch-size16_epochs1_fraction0.125_randaugnone_test-images16.json"
+    report = json.loads((tiny_run / "evals" / name).read_text())
+    settings = report["result"]["config"]["finetune"]
+    assert (settings["randaug"], settings["clip_grad"], settings["layer_decay"]) == ("none", None, 0.75)
+    assert f"wrote {tiny_run / 'evals' / name}" in out
+
+
+def test_eval_finetune_under_torchrun_splits_the_batches_over_two_processes(tiny_run, torchrun):
+    proc = torchrun(["-m", "mimreg.cli", "eval", "finetune", "--checkpoint", str(tiny_run), "--epochs", "2",
+                     "--batch-size", "16", "--fraction", "0.25", "--test-images", "32", "--device", "cpu"], tiny_run)
+    reports = list((tiny_run / "evals").glob("finetune_*.json"))
+    assert len(reports) == 1 and proc.stdout.count("fine-tuned: top-1") == 1  # rank 0 reports, once
+    result = json.loads(reports[0].read_text())["result"]
+    assert result["processes"] == 2 and result["lr"] == pytest.approx(1e-3 * 16 * 2 / 256)
+    assert result["steps"] == 2 * (result["finetune_images"] // 32) == 8  # global batches of 2 x 16
+    assert [c["epoch"] for c in result["curves"]] == [1, 2] and 0 <= result["top1"] <= 100

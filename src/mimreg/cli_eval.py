@@ -47,8 +47,9 @@ def add_eval_parser(sub) -> None:
 
 
 def _optional(kind):
+    """int/float settings take `none` for unset (e.g. --clip-grad none); strings are kept as given."""
     def parse(text: str):
-        return None if text.lower() in ("none", "null") else kind(text)
+        return None if kind is not str and text.lower() in ("none", "null") else kind(text)
     parse.__name__ = kind.__name__
     return parse
 
@@ -57,7 +58,7 @@ def add_finetune_parser(protocols) -> None:
     import dataclasses
     import typing
 
-    from mimreg.eval.finetune_config import PRESETS, FinetuneConfig
+    from mimreg.eval.finetune_config import HEADS, PRESETS, FinetuneConfig
 
     text = ("fine-tune the encoder end to end (MAE's protocol: AdamW + layer decay, warm-up + cosine, drop path, "
             "RandAugment, random erasing, Mixup/CutMix, label smoothing)")
@@ -73,7 +74,7 @@ def add_finetune_parser(protocols) -> None:
         kind = next(t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
         default = "from the preset" if f.default is None and f.name in PRESETS["small"] else f.default
         q.add_argument(f"--{f.name.replace('_', '-')}", type=_optional(kind), default=None,
-                       help=f"default: {default}")
+                       choices=HEADS if f.name == "head" else None, help=f"default: {default}")
     q.set_defaults(run=cmd_finetune)
 
 

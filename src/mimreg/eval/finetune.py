@@ -198,6 +198,7 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     pretraining dataset); write RUN/evals/finetune_<data>_<head>[_<changed settings>].json."""
     began = time.time()
     dev, rank = _devices(device)
+    echo = echo if dist.is_main_process() else (lambda *args: None)
     encoder, pre_cfg, meta = load_encoder(checkpoint)
     cfg, preset = resolve_config(encoder.arch, encoder.depth, overrides or {})
     name = data or pre_cfg.data.name
