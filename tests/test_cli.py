@@ -13,6 +13,7 @@ from mimreg.cli import main
 from mimreg.config import RECIPES_DIR, config_to_dict, load_config, preset_names, recipe_names
 from mimreg.engine.checkpoint import list_checkpoints
 from mimreg.eval.frozen import load_encoder
+from mimreg.eval.results import load_results
 from mimreg.methods import METHODS
 from mimreg.regularizers import REGULARIZERS
 
@@ -141,11 +142,12 @@ def test_bad_arguments_exit_through_argparse(capsys):
 def test_eval_linear(tiny_run, capsys):
     code, out, err = run_cli(capsys, "eval", "linear", "--checkpoint", tiny_run, "--epochs", "5")
     assert code == 0, err
-    report = json.loads((tiny_run / "eval_linear.json").read_text())
-    assert report["protocol"] == "linear" and report["data"] == "synthetic"
+    report = json.loads((tiny_run / "evals" / "linear-sweep_synthetic_cls_epochs5.json").read_text())
+    assert report["protocol"] == "linear" and report["data"] == "synthetic" and report["variant"] == "sweep"
     assert (report["train_images"], report["test_images"]) == (512, 256)
     assert (report["step"], report["epoch"], report["recipe"]) == (24, 3, "digits/u-mae")
-    result = report["results"]["cls"]
+    result = report["result"]
+    assert report["headline"] == {"linear-sweep": result["top1"]}
     assert result["epochs"] == 5 and result["num_classes"] == 10
     assert 0 <= result["top1"] <= result["top5"] <= 100
     assert result["top1"] > 50  # ten separable classes; chance is 10%
@@ -156,13 +158,12 @@ def test_eval_knn_with_both_pools(tiny_run, capsys):
     code, out, err = run_cli(capsys, "eval", "knn", "--checkpoint", tiny_run / "checkpoints" / "ckpt_00000016.pt",
                              "--pool", "cls", "--pool", "mean", "--test-images", "100")
     assert code == 0, err
-    report = json.loads((tiny_run / "eval_knn.json").read_text())  # written next to the run, not in checkpoints/
-    assert report["step"] == 16 and report["test_images"] == 100
-    assert set(report["results"]) == {"cls", "mean"}
-    for pool in ("cls", "mean"):
-        for key in ("knn10_euclidean", "knn20_cosine"):
-            assert 30 < report["results"][pool][key] <= 100
-    assert not (tiny_run / "checkpoints" / "eval_knn.json").exists()
+    for pool in ("cls", "mean"):  # in the run folder, not in checkpoints/; an older checkpoint: its step named
+        report = json.loads((tiny_run / "evals" / f"knn_synthetic_{pool}_step16_test100.json").read_text())
+        assert report["step"] == 16 and report["test_images"] == 100 and report["pool"] == pool
+        for key in ("knn10_euclidean", "knn20_euclidean_weighted", "knn20_cosine"):
+            assert 30 < report["result"][key] <= 100
+    assert not (tiny_run / "checkpoints" / "evals").exists()
 
 
 def test_analyze_writes_the_spectrum(tiny_run, capsys):
@@ -222,7 +223,6 @@ def test_demo_writes_report_and_plots(tmp_path, capsys):
     for recipe in ("mae", "u-mae"):
         run = out_dir / recipe
         assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt_00000004.pt"]
-        for protocol in ("linear", "knn", "erank"):
-            results = json.loads((run / f"eval_{protocol}.json").read_text())["results"]
-            assert set(results) == {"cls", "mean"}
+        found = {(r["protocol"], r["pool"]) for r in load_results(run)}
+        assert found == {(p, pool) for p in ("linear", "knn", "erank") for pool in ("cls", "mean")}
     assert f"report: {out_dir / 'report.md'}" in out

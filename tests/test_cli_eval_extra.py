@@ -53,11 +53,11 @@ def test_eval_lowshot_writes_shots_and_fractions(msn_run_dir, tmp_path, capsys):
     run = Path(shutil.copytree(msn_run_dir, tmp_path / "run"))
     code, out, err = run_cli(capsys, "eval", "lowshot", "--checkpoint", run, *SUBSETS)
     assert code == 0, err
-    report = json.loads((run / "eval_lowshot.json").read_text())
+    report = json.loads((run / "evals" / "lowshot_synthetic_cls_test64_train200.json").read_text())
     assert report["protocol"] == "lowshot" and report["data"] == "synthetic"
     assert (report["recipe"], report["step"]) == ("digits/msn", 2)
     assert (report["train_images"], report["test_images"]) == (200, 64)
-    result = report["results"]["cls"]
+    result = report["result"]
     assert list(result) == SETTINGS
     for key in SETTINGS:
         check_lowshot_entry(result[key])
@@ -73,16 +73,16 @@ def test_eval_robustness_writes_similarities_and_masked_lowshot(msn_run_dir, tmp
     run = Path(shutil.copytree(msn_run_dir, tmp_path / "run"))
     code, out, err = run_cli(capsys, "eval", "robustness", "--checkpoint", run, *SUBSETS)
     assert code == 0, err
-    report = json.loads((run / "eval_robustness.json").read_text())
-    assert (report["recipe"], report["data"], report["train_mask_ratio"]) == ("digits/msn", "synthetic", 0.7)
-    similarity = report["cosine_similarity"]
+    report = json.loads((run / "evals" / "robustness_synthetic_cls_test64_train200.json").read_text())
+    assert (report["recipe"], report["data"], report["result"]["train_mask_ratio"]) == ("digits/msn", "synthetic", 0.7)
+    similarity = report["result"]["cosine_similarity"]
     assert list(similarity) == RATIOS
     for ratio in RATIOS:
         assert -1.0 <= similarity[ratio]["mean"] <= 1.0 + 1e-6
         assert similarity[ratio]["std"] >= 0
     # dropping fewer patches keeps the representation closer to the unmasked one
     assert similarity["0.15"]["mean"] >= similarity["0.9"]["mean"]
-    lowshot = report["lowshot_masked_train"]
+    lowshot = report["result"]["lowshot_masked_train"]
     assert list(lowshot) == SETTINGS
     for key in SETTINGS:
         check_lowshot_entry(lowshot[key])
@@ -92,7 +92,7 @@ def test_eval_robustness_writes_similarities_and_masked_lowshot(msn_run_dir, tmp
 def test_robustness_compares_masked_with_unmasked_features_of_the_same_images(msn_run_dir, tmp_path):
     report = robustness(msn_run_dir, ratios=(0.0, 0.5), train_images=100, test_images=32, out_dir=tmp_path,
                         echo=lambda *a: None)
-    assert (tmp_path / "eval_robustness.json").is_file()
+    assert (tmp_path / "evals" / "robustness_synthetic_cls_test32_train100.json").is_file()
     assert report["cosine_similarity"]["0.0"]["mean"] == pytest.approx(1.0, abs=1e-6)  # no mask: identical
     encoder, _, _ = load_encoder(msn_run_dir)
     common = dict(img_size=32, pools=("cls",), max_images=32, seed=0)
@@ -119,3 +119,62 @@ def test_embed_split_drops_a_seeded_random_mask_ratio_of_patches(msn_run_dir):
     assert torch.equal(split.labels, torch.tensor(np.array(raw.labels), dtype=torch.int64))
     again = embed_split(encoder, "synthetic", "test", None, img_size=32, pools=("cls",), seed=3, mask_ratio=0.75)
     torch.testing.assert_close(again.features["cls"], split.features["cls"])  # seeded
+
+
+def test_protocol_variants_and_pools_keep_their_own_results_and_compare_in_one_table(tiny_run, capsys):
+    small = ["--checkpoint", tiny_run, "--train-images", "200", "--test-images", "64"]
+    for variant in ("magma", "mae", "sweep"):
+        code, out, err = run_cli(capsys, "eval", "linear", *small, "--linear-protocol", variant, "--epochs", "3")
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", "knn", *small, "--pool", "cls_prenorm")
+    assert code == 0, err
+    names = sorted(p.name for p in (tiny_run / "evals").iterdir())
+    assert names == [f"knn_synthetic_cls-prenorm_test64_train200.json"] + [
+        f"linear-{v}_synthetic_cls_epochs3_test64_train200.json" for v in ("mae", "magma", "sweep")]
+    sweep = json.loads((tiny_run / "evals" / names[-1]).read_text())["result"]
+    assert {"lr", "weight_decay", "heldout_top1", "train_top1", "train_loss", "grid"} <= set(sweep)
+
+    code, out, err = run_cli(capsys, "results", tiny_run, tiny_run, "--format", "markdown")
+    assert code == 0, err
+    header, _, first, second = out.strip().splitlines()
+    for column in ("linear-magma cls synthetic", "linear-sweep cls synthetic", "knn20_cosine cls_prenorm synthetic"):
+        assert column in header
+    assert "(+0.0)" in second and "(+" not in first  # the same run twice: no difference
+
+    code, out, err = run_cli(capsys, "results", tiny_run / "nowhere")
+    assert code == 2 and "does not exist" in err
+
+
+def test_cls_prenorm_is_the_last_blocks_cls_token_before_the_final_norm(msn_run_dir):
+    encoder, _, _ = load_encoder(msn_run_dir)  # MSN: its target encoder
+    split = embed_split(encoder, "synthetic", "test", None, img_size=32, pools=("cls", "cls_prenorm"), max_images=16)
+    prenorm = split.features["cls_prenorm"]
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.vit.norm(prenorm), split.features["cls"], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(prenorm, split.features["cls"])
+    assert not encoder.vit.blocks[-1]._forward_hooks  # the hook is removed again
+
+
+def test_eval_finetune_from_the_command_line(tiny_run, capsys):
+    code, out, err = run_cli(capsys, "eval", "finetune", "--checkpoint", tiny_run, "--batch-size", "15")
+    assert code == 2 and "even batch_size" in err and err.count("\n") == 1
+    small = ["--checkpoint", tiny_run, "--epochs", "1", "--batch-size", "16", "--fraction", "0.125",
+             "--test-images", "16", "--randaug", "none", "--clip-grad", "none", "--device", "cpu"]
+    code, out, err = run_cli(capsys, "eval", "finetune", *small)
+    assert code == 0, err
+    name = "finetune_synthetic_gap_batch-size16_epochs1_fraction0.125_randaugnone_test-images16.json"
+    report = json.loads((tiny_run / "evals" / name).read_text())
+    settings = report["result"]["config"]["finetune"]
+    assert (settings["randaug"], settings["clip_grad"], settings["layer_decay"]) == ("none", None, 0.75)
+    assert f"wrote {tiny_run / 'evals' / name}" in out
+
+
+def test_eval_finetune_under_torchrun_splits_the_batches_over_two_processes(tiny_run, torchrun):
+    proc = torchrun(["-m", "mimreg.cli", "eval", "finetune", "--checkpoint", str(tiny_run), "--epochs", "2",
+                     "--batch-size", "16", "--fraction", "0.25", "--test-images", "32", "--device", "cpu"], tiny_run)
+    reports = list((tiny_run / "evals").glob("finetune_*.json"))
+    assert len(reports) == 1 and proc.stdout.count("fine-tuned: top-1") == 1  # rank 0 reports, once
+    result = json.loads(reports[0].read_text())["result"]
+    assert result["processes"] == 2 and result["lr"] == pytest.approx(1e-3 * 16 * 2 / 256)
+    assert result["steps"] == 2 * (result["finetune_images"] // 32) == 8  # global batches of 2 x 16
+    assert [c["epoch"] for c in result["curves"]] == [1, 2] and 0 <= result["top1"] <= 100

@@ -1,4 +1,4 @@
-"""`mimreg` command line: pretrain, submit, eval, analyze, export, recipes, demo."""
+"""`mimreg` command line: pretrain, submit, eval, results, analyze, export, recipes, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from mimreg.cli_eval import add_checkpoint_args, add_eval_parser, add_results_parser
 from mimreg.errors import MimregError, RunInterrupted
 
 
@@ -105,15 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the job to end (always with --executor local)")
     p.set_defaults(run=cmd_submit)
 
-    p = sub.add_parser("eval", help="evaluate a frozen encoder")
-    p.add_argument("protocol", choices=["linear", "knn", "erank", "lowshot", "robustness"])
-    add_checkpoint_args(p)
-    p.add_argument("--pool", action="append", choices=["cls", "mean"], help="feature(s); default cls")
-    p.add_argument("--linear-protocol", default="magma", choices=["magma", "mae"],
-                   help="magma: SGD on raw features; mae: BatchNorm (no affine) before the linear layer")
-    p.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
-    p.add_argument("--train-images", type=int, help="embed a random subset of the training split")
-    p.set_defaults(run=cmd_eval)
+    add_eval_parser(sub)
+    add_results_parser(sub)
 
     p = sub.add_parser("analyze", help="effective rank and singular-value spectrum of the features")
     add_checkpoint_args(p)
@@ -137,14 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(run=cmd_demo)
     return parser
-
-
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder")
-    p.add_argument("--data", help="dataset name (default: the one it was pretrained on)")
-    p.add_argument("--data-root", help="dataset folder")
-    p.add_argument("--test-images", type=int, help="embed a random subset of the test split")
-    p.add_argument("--device", default="cpu")
 
 
 def cmd_pretrain(args) -> int:
@@ -184,20 +170,6 @@ def cmd_submit(args) -> int:
     if args.wait or type(job).__name__ == "LocalJob":
         result = job.results()[0]  # rank 0's; raises the job's own error
         print(f"job {job.job_id} done: {result['steps']} steps; checkpoint {result['checkpoint']}")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from mimreg.commands import evaluate, robustness
-
-    if args.protocol == "robustness":
-        robustness(args.checkpoint, data=args.data, data_root=args.data_root, train_images=args.train_images,
-                   test_images=args.test_images, device=args.device)
-        return 0
-
-    evaluate(args.checkpoint, [args.protocol], data=args.data, data_root=args.data_root,
-             pools=tuple(args.pool or ["cls"]), train_images=args.train_images, test_images=args.test_images,
-             linear_protocol=args.linear_protocol, linear_epochs=args.epochs, device=args.device)
     return 0
 
 

@@ -112,6 +112,9 @@ class TrainConfig:
     halt_after_steps: int | None = bounded(None, ge=1)  # stop early as if interrupted (to exercise --resume)
     strategy: str = one_of("ddp", "ddp", "fsdp")  # under torchrun: ddp (a replica per process) or fsdp (FSDP2, sharded per block)
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
+    knn_every: int | None = bounded(None, ge=0)  # epochs between online k-NN measurements; None: auto (when labelled); 0: off
+    knn_bank: int = bounded(320, ge=1)  # random training images in the online k-NN memory bank
+    knn_queries: int = bounded(160, ge=1)  # random test images it classifies
 
 
 @dataclass

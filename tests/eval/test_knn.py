@@ -64,6 +64,27 @@ def test_cosine_weighting_beats_majority():
     assert weighted["metric"] == "cosine" and weighted["k"] == 3
 
 
+def test_distance_weighted_vote_disagrees_with_the_majority():
+    # One class-0 point at distance 1, two class-1 points at distance 3 (k=3):
+    # majority: 2 votes to 1 -> class 1; solo-learn's 1/(d + eps): class 0 scores 1, class 1 2/3 -> class 0.
+    x = torch.tensor([[1.0, 0.0], [-3.0, 0.0], [0.0, 3.0]])
+    y = torch.tensor([0, 1, 1])
+    query = torch.tensor([[0.0, 0.0]])
+    assert knn_classify(x, y, query, torch.tensor([1]), k=3)["top1"] == 100.0
+    weighted = knn_classify(x, y, query, torch.tensor([0]), k=3, vote="distance")
+    assert weighted["top1"] == 100.0 and weighted["vote"] == "distance"
+    # Moving the class-1 points to distance 1.9 turns the weighted vote too: 2/1.9 = 1.05 > 1.
+    closer = x * torch.tensor([[1.0], [1.9 / 3], [1.9 / 3]])
+    assert knn_classify(closer, y, query, torch.tensor([1]), k=3, vote="distance")["top1"] == 100.0
+
+
+def test_distance_weights_use_true_distances_not_the_shifted_gram_form():
+    # Far from the origin the query norm matters: 1/(d + eps) with d = |q - t|, translation invariant.
+    x = torch.tensor([[1.0, 0.0], [-3.0, 0.0], [0.0, 3.0]]) + 100.0
+    y = torch.tensor([0, 1, 1])
+    assert knn_classify(x, y, torch.tensor([[100.0, 100.0]]), torch.tensor([0]), k=3, vote="distance")["top1"] == 100.0
+
+
 def test_accuracy_counts_correct_rows():
     queries = torch.tensor([[0.9, 0.5], [1.7, 0.4], [0.1, 0.1], [5.5, 5.5]])
     labels = torch.tensor([0, 1, 1, 1])  # the third is wrong (predicted 0)
@@ -80,13 +101,14 @@ def test_chunked_equals_unchunked(metric):
         assert knn_classify(train_x, train_y, test_x, test_y, k=7, metric=metric, chunk=chunk) == whole
 
 
-def test_protocols_are_the_two_standard_settings():
+def test_protocols_are_the_three_standard_settings():
     g = torch.Generator().manual_seed(1)
     train_x, train_y = torch.randn(60, 4, generator=g), torch.arange(60) % 3
     test_x, test_y = torch.randn(20, 4, generator=g), torch.arange(20) % 3
     result = knn_protocols(train_x, train_y, test_x, test_y)
     assert result == {
         "knn10_euclidean": knn_classify(train_x, train_y, test_x, test_y, k=10)["top1"],
+        "knn20_euclidean_weighted": knn_classify(train_x, train_y, test_x, test_y, k=20, vote="distance")["top1"],
         "knn20_cosine": knn_classify(train_x, train_y, test_x, test_y, k=20, metric="cosine")["top1"],
     }
 
@@ -96,3 +118,5 @@ def test_bad_arguments_raise_mimreg_errors():
         knn_classify(TRAIN_X, TRAIN_Y, TRAIN_X, TRAIN_Y, k=9)
     with pytest.raises(MimregError, match="metric"):
         knn_classify(TRAIN_X, TRAIN_Y, TRAIN_X, TRAIN_Y, metric="manhattan")
+    with pytest.raises(MimregError, match="vote"):
+        knn_classify(TRAIN_X, TRAIN_Y, TRAIN_X, TRAIN_Y, k=3, metric="cosine", vote="distance")

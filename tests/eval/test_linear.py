@@ -22,9 +22,10 @@ def split():
     return train_x, train_y, test_x, test_y
 
 
-@pytest.mark.parametrize("protocol", ["magma", "mae"])
+@pytest.mark.parametrize("protocol", ["sweep", "magma", "mae"])
 def test_separable_blobs_are_classified_perfectly(split, protocol):
-    result = linear_probe(*split, protocol=protocol, epochs=10, batch_size=64, milestones=(6, 8))
+    kwargs = {} if protocol == "sweep" else {"milestones": (6, 8)}
+    result = linear_probe(*split, protocol=protocol, epochs=10, batch_size=64, **kwargs)
     assert result["top1"] == pytest.approx(100.0)
     assert result["top5"] == pytest.approx(100.0)
     assert result["train_top1"] == pytest.approx(100.0)
@@ -104,3 +105,71 @@ def test_bad_inputs_raise_mimreg_errors(split):
         linear_probe(train_x, train_y.float(), test_x, test_y)
     with pytest.raises(MimregError, match="NaN"):
         linear_probe(train_x.clone().fill_(float("nan")), train_y, test_x, test_y)
+
+
+def badly_scaled(n, seed, num_classes=10, dim=32):
+    """Overlapping Gaussian classes (a linear classifier gets ~80%, not 100%), then each dimension
+    scaled by 10^U(-3, 3) and shifted by 50 of its scales: the same problem, badly conditioned."""
+    g = torch.Generator().manual_seed(0)
+    centers = 0.5 * torch.randn(num_classes, dim, generator=g)
+    scale = 10.0 ** (6 * torch.rand(dim, generator=g) - 3)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    x = centers[labels] + torch.randn(n, dim, generator=g)
+    return (x + 50.0) * scale, labels
+
+
+@pytest.fixture(scope="module")
+def scaled_split():
+    return (*badly_scaled(2000, seed=1), *badly_scaled(2000, seed=2))
+
+
+def test_default_probe_matches_logistic_regression_on_badly_scaled_features(scaled_split):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train_x, train_y, test_x, test_y = scaled_split
+    scaler = StandardScaler().fit(train_x.double().numpy())
+    reference = LogisticRegression(max_iter=2000).fit(scaler.transform(train_x.double().numpy()), train_y.numpy())
+    sklearn_top1 = 100.0 * reference.score(scaler.transform(test_x.double().numpy()), test_y.numpy())
+    assert 70 < sklearn_top1 < 99  # a problem with a non-trivial answer
+    ours = linear_probe(*scaled_split)
+    assert ours["protocol"] == "sweep"
+    assert ours["top1"] >= sklearn_top1 - 1.0
+    assert ours["train_top1"] > sklearn_top1 - 5  # converged: no underfitting
+    # MAGMA's fixed recipe on the raw features is what the default replaced: it fails here.
+    assert linear_probe(*scaled_split, protocol="magma", epochs=20)["top1"] < sklearn_top1 - 20
+
+
+def test_sweep_chooses_on_held_out_train_rows_never_on_test(scaled_split):
+    train_x, train_y, test_x, test_y = scaled_split
+    options = dict(epochs=5, lrs=(0.01, 0.1, 1.0), weight_decays=(0.0, 1e-3))
+    first = linear_probe(*scaled_split, **options)
+    # Scrambled test labels change the test score only: the choice never sees the test split.
+    scrambled = linear_probe(train_x, train_y, test_x, test_y.roll(1), **options)
+    for key in ("lr", "weight_decay", "heldout_top1", "grid", "train_top1", "train_loss"):
+        assert scrambled[key] == first[key], key
+    assert scrambled["top1"] < 20 < first["top1"]
+    assert [(g["lr"], g["weight_decay"]) for g in first["grid"]] == [(a, b) for a in (0.01, 0.1, 1.0) for b in (0.0, 1e-3)]
+    best = max(g["heldout_top1"] for g in first["grid"])
+    assert first["heldout_top1"] == best and (first["lr"], first["weight_decay"]) in [
+        (g["lr"], g["weight_decay"]) for g in first["grid"] if g["heldout_top1"] == best]
+    assert first["heldout_images"] == 200  # 10% of each of the 10 classes of 200 rows
+
+
+def test_sweep_heads_equal_separate_single_setting_runs(split):
+    """Training the grid together gives each head what training it alone gives."""
+    from mimreg.eval import linear as probe
+    from mimreg.eval.heads import LinearHeads
+
+    x, y = split[0], split[1]
+    def trained(lrs, wds):
+        g = torch.Generator().manual_seed(3)
+        heads = LinearHeads(x.shape[1], 6, lrs, wds, momentum=0.9, batch_norm=False, generator=g, device="cpu")
+        probe._train(heads, x, y, epochs=3, batch_size=50, generator=g, min_batch=1,
+                     lr_scale=probe._cosine(probe._steps(len(y), 50, 3)), progress=None)
+        return heads
+    together = trained([0.01, 0.3], [1e-3, 0.0])
+    alone = trained([0.3], [0.0])
+    torch.testing.assert_close(together.weight[1], alone.weight[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together.bias[1], alone.bias[0], rtol=1e-5, atol=1e-6)

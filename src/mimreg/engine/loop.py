@@ -30,6 +30,7 @@ from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, lr_hi
 from mimreg.engine.stopping import GracefulStop
 from mimreg.engine.strategy import Strategy
 from mimreg.errors import ConfigError, NonFiniteLossError, RunInterrupted
+from mimreg.eval.monitor import KnnMonitor
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Trainer:
             for block in self.trainee.method.encoder.vit.blocks:
                 block.compile()
         self.model = self._wrap_distributed()
+        self.knn = KnnMonitor.from_config(cfg, device) if self.main else None
         self.optimizer = build_optimizer(self.trainee, cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16" and device.type == "cuda")
         self.autocast = _autocast(cfg.train.precision, device)
@@ -289,6 +291,11 @@ class Trainer:
         run resumed from that checkpoint neither repeats nor loses it."""
         summary = self.epoch_means.read()
         writer.write({"kind": "epoch", "step": self.step, "epoch": epoch, **summary})
+        if self.knn is not None and self.knn.due(epoch + 1):
+            method = self.trainee.method
+            knn = self.knn.measure(getattr(method, method.eval_encoder))
+            writer.write({"kind": "knn", "step": self.step, "epoch": epoch, **knn})
+            summary.update(knn)
         if self.main:
             tqdm.write(f"epoch {epoch + 1}/{self.cfg.train.epochs} step {self.step}: {format_terms(summary)}")
             sys.stdout.flush()
@@ -311,8 +318,9 @@ class Trainer:
 
 def format_terms(terms: dict[str, float]) -> str:
     """`loss 0.5123, rec 0.5100, ... | probe/ce 2.01, probe/acc 31.2`: the objective's terms first."""
-    own = [f"{k} {v:.4f}" for k, v in terms.items() if not k.startswith(("probe/", "aux/"))]
-    side = [f"{k} {v:.4g}" for k, v in terms.items() if k.startswith(("probe/", "aux/"))]
+    side_keys = ("probe/", "aux/", "knn/")
+    own = [f"{k} {v:.4f}" for k, v in terms.items() if not k.startswith(side_keys)]
+    side = [f"{k} {v:.4g}" for k, v in terms.items() if k.startswith(side_keys)]
     return ", ".join(own) + (" | " + ", ".join(side) if side else "")
 
 

@@ -45,8 +45,10 @@ def as_labels(y, n_rows: int, name: str) -> torch.Tensor:
     return y
 
 
-def check_split(train_x, train_y, test_x, test_y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Validate a train/test split and return it with the class count (max train label + 1)."""
+def check_split(train_x, train_y, test_x, test_y, num_classes: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Validate a train/test split and return it with the class count (`num_classes`, or max train
+    label + 1 when not given)."""
     train_x = as_features(train_x, "train_x")
     test_x = as_features(test_x, "test_x")
     train_y = as_labels(train_y, train_x.shape[0], "train_y")
@@ -56,8 +58,8 @@ def check_split(train_x, train_y, test_x, test_y) -> tuple[torch.Tensor, torch.T
             f"train_x has {train_x.shape[1]} feature dims but test_x has {test_x.shape[1]}; "
             "extract both splits with the same encoder and pooling"
         )
-    num_classes = int(train_y.max()) + 1
-    if int(test_y.max()) >= num_classes:
+    num_classes = num_classes or int(train_y.max()) + 1
+    if max(int(train_y.max()), int(test_y.max())) >= num_classes:
         raise MimregError(
             f"test_y contains class {int(test_y.max())} but train_y only has classes 0..{num_classes - 1}; "
             "use the same class-to-index mapping for both splits"
@@ -70,3 +72,17 @@ def top_k_percent(logits_or_scores: torch.Tensor, labels: torch.Tensor, k: int) 
     top = logits_or_scores.topk(k, dim=1).indices
     hits = (top == labels[:, None]).any(dim=1)
     return 100.0 * hits.float().mean().item()
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; a CUDA name without CUDA is refused."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MimregError(f"--device {name} but no CUDA device is available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise MimregError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None

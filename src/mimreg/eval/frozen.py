@@ -12,13 +12,19 @@ from torch.utils.data import DataLoader
 from mimreg.config import Config, config_from_stored
 from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
 from mimreg.engine.build import build_encoder
-from mimreg.engine.checkpoint import config_of, load_checkpoint, load_matching_state, resolve_checkpoint
+from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint, load_matching_state, resolve_checkpoint
+from mimreg.errors import MimregError
 from mimreg.methods import METHODS
 from mimreg.models import ViTEncoder, mask_noise, random_mask
 
+# cls: cls token after the final norm; mean: mean of the patch tokens after the final norm;
+# cls_prenorm: the last block's cls token before the final norm (MSN's forward_blocks features).
+POOLS = ("cls", "mean", "cls_prenorm")
+
+
 @dataclass
 class Split:
-    """features: pool name ('cls', 'mean') -> (N, D) float32; labels: (N,) int64."""
+    """features: pool name (see POOLS) -> (N, D) float32; labels: (N,) int64."""
 
     features: dict[str, torch.Tensor]
     labels: torch.Tensor
@@ -34,8 +40,34 @@ def load_encoder(checkpoint: str | Path) -> tuple[ViTEncoder, Config, dict]:
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     load_matching_state(encoder, weights, path)
     encoder.eval()
-    meta = {"step": state.get("step"), "epoch": state.get("epoch"), "recipe": cfg.recipe}
+    meta = {"step": state.get("step"), "epoch": state.get("epoch"), "recipe": cfg.recipe,
+            "latest": is_latest(checkpoint)}
     return encoder, cfg, meta
+
+
+def is_latest(checkpoint: str | Path) -> bool:
+    """False for a ckpt_*.pt file that a later checkpoint of its folder supersedes."""
+    path = Path(checkpoint)
+    return path.is_dir() or latest_checkpoint(path.parent) in (None, path)
+
+
+def pooled_features(encoder: ViTEncoder, images: torch.Tensor, keep_ids: torch.Tensor | None,
+                    pools: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The requested POOLS of one encoder pass over `images` (patches `keep_ids` only, when given)."""
+    unknown = set(pools) - set(POOLS)
+    if unknown:
+        raise MimregError(f"unknown feature pool(s) {sorted(unknown)}; choose from {list(POOLS)}")
+    captured = {}
+    hook = None
+    if "cls_prenorm" in pools:  # read on the way, so the forward stays the encoder's own
+        hook = encoder.vit.blocks[-1].register_forward_hook(lambda m, i, out: captured.update(cls_prenorm=out[:, 0]))
+    try:
+        out = encoder.forward_masked(images, keep_ids)
+    finally:
+        if hook is not None:
+            hook.remove()
+    pooled = {"cls": out.cls, "mean": out.tokens.mean(dim=1), **captured}
+    return {pool: pooled[pool] for pool in pools}
 
 
 @torch.no_grad()
@@ -64,9 +96,7 @@ def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *,
         if mask_ratio > 0:
             noise = mask_noise(len(batch.labels), encoder.num_patches, device, generator)
             keep = random_mask(noise, mask_ratio).keep_ids
-        out = encoder.forward_masked(batch.images.to(device), keep)
-        pooled = {"cls": out.cls, "mean": out.tokens.mean(dim=1)}
-        for pool in pools:
-            chunks[pool].append(pooled[pool].float().cpu())
+        for pool, features in pooled_features(encoder, batch.images.to(device), keep, pools).items():
+            chunks[pool].append(features.float().cpu())
         labels.append(batch.labels)
     return Split({p: torch.cat(c) for p, c in chunks.items()}, torch.cat(labels))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from mimreg.errors import MimregError
 from mimreg.eval._inputs import check_split
+from mimreg.eval.splits import fraction_counts, indices_by_class, take_per_class
 
 CENTERINGS = ("train_mean", "row")
 
@@ -21,17 +20,6 @@ def _preprocess(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
 
 def _fraction_key(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
-
-
-def _take_per_class(by_class: dict[int, np.ndarray], counts: dict[int, int], seed: int) -> np.ndarray:
-    """Seeded stratified subset: the first counts[c] of a per-class permutation.
-
-    One generator per seed, drawn in class order, so for a fixed seed a smaller subset is
-    contained in a larger one (1-shot within 2-shot within 5-shot; 1% within 10%).
-    """
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(indices)[: counts[c]] for c, indices in by_class.items()]
-    return np.sort(np.concatenate(picked))
 
 
 def _fit_and_score(x, y, test_x, test_y, chosen, *, C, max_iter, tol, centering) -> float:
@@ -94,7 +82,7 @@ def lowshot_logistic(
     classes = np.unique(y)
     if classes.size < 2:
         raise MimregError(f"train_y holds a single class ({classes[0]}); logistic regression needs at least 2")
-    by_class = {int(c): np.flatnonzero(y == c) for c in classes}
+    by_class = indices_by_class(y)
 
     settings: list[tuple[str, dict[int, int]]] = []
     for s in shots:
@@ -108,14 +96,13 @@ def lowshot_logistic(
             )
         settings.append((f"{s}_per_class", {c: s for c in by_class}))
     for f in fractions:
-        counts = {c: max(1, math.floor(f * idx.size + 0.5)) for c, idx in by_class.items()}
-        settings.append((_fraction_key(f), counts))
+        settings.append((_fraction_key(f), fraction_counts(by_class, f)))
 
     results = {}
     for key, counts in settings:
         runs = [
             _fit_and_score(
-                x, y, tx, ty, _take_per_class(by_class, counts, seed),
+                x, y, tx, ty, take_per_class(by_class, counts, seed),
                 C=C, max_iter=max_iter, tol=tol, centering=centering,
             )
             for seed in seeds

@@ -1,0 +1,126 @@
+"""The `mimreg eval PROTOCOL` and `mimreg results` subcommands (mimreg.cli adds them to its parser)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+POOLS = ["cls", "mean", "cls_prenorm"]
+FROZEN = {
+    "linear": "linear probe on frozen features (default: lr x weight-decay sweep on standardised features)",
+    "knn": "k-NN: 10-NN Euclidean majority, 20-NN 1/(d+eps)-weighted, 20-NN cosine",
+    "erank": "effective rank of the test features",
+    "lowshot": "MSN low-shot logistic regression: 1/2/5 per class, 1%, 10%",
+    "robustness": "MSN masking robustness: cosine(masked, unmasked) and low-shot with masked train images",
+}
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder")
+    p.add_argument("--data", help="dataset name (default: the one it was pretrained on)")
+    p.add_argument("--data-root", help="dataset folder")
+    p.add_argument("--test-images", type=int, help="embed a random subset of the test split")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N")
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate an encoder: frozen features or fine-tuning")
+    protocols = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    for name, text in FROZEN.items():
+        q = protocols.add_parser(name, help=text.replace("%", "%%"), description=text)
+        add_checkpoint_args(q)
+        q.add_argument("--train-images", type=int, help="embed a random subset of the training split")
+        if name == "robustness":
+            q.add_argument("--pool", choices=POOLS, default="cls", help="feature (default cls)")
+        else:
+            q.add_argument("--pool", action="append", choices=POOLS,
+                           help="feature(s), repeatable; default cls (cls_prenorm: last block's cls before "
+                                "the final norm, MSN's low-shot features)")
+        if name == "linear":
+            q.add_argument("--linear-protocol", default="sweep", choices=["sweep", "magma", "mae"],
+                           help="sweep (default): standardised features, lr x weight-decay grid chosen on "
+                                "held-out train rows, refit; magma: MAGMA's SGD recipe on raw features; "
+                                "mae: MAE's BatchNorm (no affine) before the layer")
+            q.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
+        q.set_defaults(run=cmd_eval)
+    add_finetune_parser(protocols)
+
+
+def _optional(kind):
+    """int/float settings take `none` for unset (e.g. --clip-grad none); strings are kept as given."""
+    def parse(text: str):
+        return None if kind is not str and text.lower() in ("none", "null") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_finetune_parser(protocols) -> None:
+    import dataclasses
+    import typing
+
+    from mimreg.eval.finetune_config import HEADS, PRESETS, FinetuneConfig
+
+    text = ("fine-tune the encoder end to end (MAE's protocol: AdamW + layer decay, warm-up + cosine, drop path, "
+            "RandAugment, random erasing, Mixup/CutMix, label smoothing)")
+    q = protocols.add_parser("finetune", help=text, description=text + ". Settings left out take the preset of "
+                             f"the encoder's size: {', '.join(f'{k} {v}' for k, v in PRESETS.items())}.")
+    add_checkpoint_args(q)
+    q.add_argument("--out", help="fine-tuning folder for its checkpoints (default RUN/finetune/<result name>)")
+    q.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out from its last checkpoint")
+    hints = typing.get_type_hints(FinetuneConfig)
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.name == "test_images":
+            continue  # the common --test-images
+        kind = next(t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
+        default = "from the preset" if f.default is None and f.name in PRESETS["small"] else f.default
+        q.add_argument(f"--{f.name.replace('_', '-')}", type=_optional(kind), default=None,
+                       choices=HEADS if f.name == "head" else None, help=f"default: {default}")
+    q.set_defaults(run=cmd_finetune)
+
+
+def cmd_finetune(args) -> int:
+    import dataclasses
+
+    from mimreg import distributed
+    from mimreg.eval.finetune import finetune
+    from mimreg.eval.finetune_config import FinetuneConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    try:
+        finetune(args.checkpoint, overrides, data=args.data, data_root=args.data_root, device=args.device,
+                 out=args.out, resume=args.resume)
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
+    return 0
+
+
+def add_results_parser(sub) -> None:
+    p = sub.add_parser("results", help="one table of every evaluation of every run, with differences to the first")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; the first is the baseline")
+    p.add_argument("--format", default="markdown", choices=["markdown", "csv", "json"])
+    p.add_argument("--out", help="also write the table to this file")
+    p.set_defaults(run=cmd_results)
+
+
+def cmd_eval(args) -> int:
+    from mimreg.eval.evaluate import evaluate, robustness
+
+    common = dict(data=args.data, data_root=args.data_root, train_images=args.train_images,
+                  test_images=args.test_images, device=args.device)
+    if args.protocol == "robustness":
+        robustness(args.checkpoint, pool=args.pool, **common)
+        return 0
+    linear = {"linear_protocol": args.linear_protocol, "linear_epochs": args.epochs} if args.protocol == "linear" else {}
+    evaluate(args.checkpoint, [args.protocol], pools=tuple(dict.fromkeys(args.pool or ["cls"])), **linear, **common)
+    return 0
+
+
+def cmd_results(args) -> int:
+    from mimreg.eval.results import results_table
+
+    table = results_table(args.runs, args.format)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table if table.endswith("\n") else table + "\n")
+    return 0
