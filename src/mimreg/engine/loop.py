@@ -101,7 +101,8 @@ class Trainer:
             for block in self.trainee.method.encoder.vit.blocks:
                 block.compile()
         self.model = self._wrap_distributed()
-        self.knn = KnnMonitor.from_config(cfg, device) if self.main else None
+        # the monitor embeds on the main process alone: not possible with sharded weights
+        self.knn = KnnMonitor.from_config(cfg, device) if self.main and not self.strategy.sharded else None
         self.optimizer = build_optimizer(self.trainee, cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16" and device.type == "cuda")
         self.autocast = _autocast(cfg.train.precision, device)

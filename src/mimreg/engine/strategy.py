@@ -142,6 +142,10 @@ def refuse_unsharded_options(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.compile:
         raise ConfigError("train.compile with train.strategy fsdp: compiled blocks would trace FSDP's "
                           "all-gather hooks; use train.compile false or train.strategy ddp")
+    if cfg.knn_every:
+        raise ConfigError("train.knn_every with train.strategy fsdp: the online k-NN monitor runs the encoder on "
+                          "one process, which sharded weights do not allow; set train.knn_every=0 (it is off "
+                          "by default under fsdp) or use train.strategy ddp")
 
 
 def parameter_names(trainee: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
