@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mimreg.analysis import effective_rank, plot_spectrum, singular_values
+from mimreg.analysis import effective_rank, singular_values
+from mimreg.analysis.analyze import analyze  # noqa: F401  (mimreg analyze; lives with its pictures)
 from mimreg.errors import MimregError
 from mimreg.eval import format_table, knn_protocols, linear_probe, lowshot_logistic, write_json
 from mimreg.eval.frozen import Split, embed_split, load_encoder
@@ -105,25 +106,6 @@ def robustness(checkpoint, *, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), train_mask_rati
     write_json(out_dir / "eval_robustness.json", payload)
     echo(format_table([{"mask ratio": r, "cosine": v["mean"]} for r, v in similarity.items()], ["mask ratio", "cosine"]))
     echo(format_table([{"split": k, "top1": v["mean"]} for k, v in lowshot.items()], ["split", "top1"]))
-    return payload
-
-
-def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="cpu", out_dir=None,
-            echo=print) -> dict:
-    """Effective rank and singular-value spectrum of the cls and mean-pooled test features."""
-    meta, _, test = embed_train_test(checkpoint, data=data, data_root=data_root, pools=("cls", "mean"),
-                                     test_images=test_images, device=device, need_train=False)
-    out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
-    spectra = {pool: singular_values(x) for pool, x in test.features.items()}
-    ranks = {pool: effective_rank(s, center=False) for pool, s in spectra.items()}
-    png = plot_spectrum({f"{pool} (erank {ranks[pool]:.1f})": s for pool, s in spectra.items()},
-                        out_dir / "spectrum.png", title=f"singular values: {meta['recipe']}")
-    payload = {**meta, "effective_rank": ranks, "singular_values": {p: s.tolist() for p, s in spectra.items()},
-               "plot": str(png)}
-    write_json(out_dir / "analysis.json", payload)
-    echo(format_table([{"pool": p, "erank": r, "dim": int(test.features[p].shape[1])} for p, r in ranks.items()],
-                      ["pool", "erank", "dim"]))
-    echo(f"spectrum plot: {png}")
     return payload
 
 

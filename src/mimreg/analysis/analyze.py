@@ -133,7 +133,8 @@ def picture_makers(model: TrainedModel, name, root, device, folder: Path, payloa
 
     def embedding(method: str) -> Path:
         coords = embed_2d(features, method, seed=0)
-        np.savez(folder / f"{method}.npz", coords=coords, labels=labels.numpy())  # the report's side-by-side panels
+        # kept for the report's side-by-side panels of several runs
+        np.savez(folder / f"{method}.npz", coords=coords, labels=labels.numpy(), class_names=np.array(class_names))
         title = embedding_title(method, payload["davies_bouldin"]["cls"], payload["linear_top1"], recipe)
         return plot_embedding(coords, labels, class_names, folder / f"{method}.png", title)
 

@@ -65,8 +65,10 @@ def draw_series(ax, series: dict, logy: bool | None = None) -> None:
             xs, ys = [x for x, _ in kept], [y for _, y in kept]
         linestyle, marker = STYLES[i % len(STYLES)]
         width = max(0.8, 2.4 - 0.45 * i)
+        # hollow markers of shrinking size: where lines coincide, the shapes nest instead of covering each other
         ax.plot(list(xs), list(ys), label=str(label), linestyle=linestyle, linewidth=width, alpha=0.85,
-                marker=marker if len(xs) <= 40 else None, markersize=max(2.5, 5 - 0.6 * i), markevery=1)
+                marker=marker if len(xs) <= 40 else None, markersize=max(3.0, 7.5 - 1.3 * i),
+                markerfacecolor="none", markeredgewidth=1.2)
     if logy:
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

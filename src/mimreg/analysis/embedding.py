@@ -127,6 +127,6 @@ def plot_embedding_panels(panels: list[tuple[np.ndarray, np.ndarray, str]], clas
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
     handles, names = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, names, loc="outside lower center", ncols=min(len(names), 10), fontsize=8,
+    figure.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize=8,
                   markerscale=2, frameon=False)
     return save_png(figure, path)
