@@ -95,6 +95,12 @@ def plot_run_curves(runs: dict[str, list[dict]], path, keys: list[str] | None = 
                     columns: int = 3):
     """PNG of small multiples: one panel per logged key (default: every key of every run), one
     line per run (label -> its metrics.jsonl records), against epochs."""
+    return save_png(curves_figure(runs, keys, title, columns), path)
+
+
+def curves_figure(runs: dict[str, list[dict]], keys: list[str] | None = None, title: str | None = None,
+                  columns: int = 3):
+    """The figure of `plot_run_curves`; its panels' titles are the keys."""
     keys = keys or curve_keys([r for records in runs.values() for r in records])
     if not keys:
         raise MimregError("no logged values to plot; the run has written no train records yet")
@@ -121,4 +127,4 @@ def plot_run_curves(runs: dict[str, list[dict]], path, keys: list[str] | None = 
         figure.legend(handles, labels, loc="outside upper center", ncols=min(len(runs), 6), fontsize=8, frameon=False)
     if title:
         figure.suptitle(title, fontsize=10)
-    return save_png(figure, path)
+    return figure

@@ -42,7 +42,9 @@ def reconstruct(method: Method, images: torch.Tensor, generator: torch.Generator
     show their first view. The prediction is the method's own (`Method.predict`)."""
     out = method.predict(images, generator=generator)
     batch, p = images.shape[0], method.encoder.patch_size
-    pred, target, removed = out.pred[:batch].float(), out.target[:batch].float(), out.removed[:batch].float()
+    # at least fp32 (a bf16/fp16 prediction is widened; a float64 one stays float64)
+    dtype = torch.promote_types(out.pred.dtype, torch.float32)
+    pred, target, removed = (x[:batch].to(dtype) for x in (out.pred, out.target, out.removed))
     if out.norm_pix:
         pred = unnormalise_patches(pred, target)
     keep = (removed == 0).unsqueeze(-1)

@@ -30,7 +30,7 @@ HEADLINE = ("top1", "knn10_euclidean", "knn20_cosine", "effective_rank", "mean")
 PICTURE_ORDER = [("curves", "Training curves"), ("reconstructions", "Reconstructions"),
                  ("attention", "Attention of the cls token (last block)"), ("pca", "Patch features (PCA as RGB)"),
                  ("pacmap", "PaCMAP"), ("tsne", "t-SNE"), ("umap", "UMAP"), ("spectrum", "Singular values")]
-WIDE = {"curves", "reconstructions", "attention"}
+WIDE = {"curves", "reconstructions", "attention", "pca"}
 
 
 @dataclass
