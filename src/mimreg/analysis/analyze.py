@@ -111,15 +111,18 @@ def feature_numbers(model: TrainedModel, name, root, test_images, device) -> dic
     labels = load_test_labels(name, root)
     count = len(labels) if test_images is None else min(test_images, len(labels))
     every = np.sort(np.random.default_rng(model.cfg.train.seed).choice(len(labels), count, replace=False))
-    features, _, _ = sample_features(model.encoder, name, root, img_size, every)
-    spectra = {pool: singular_values(x) for pool, x in features.items()}
     sample = class_sample(labels, SAMPLE_CLASSES, SAMPLE_PER_CLASS, seed=0)  # the same images for every run
-    chosen, chosen_labels, class_names = sample_features(model.encoder, name, root, img_size, sample)
+    union = np.union1d(every, sample)  # each image encoded once (on small test splits the two coincide)
+    features, union_labels, class_names, kept = sample_features(model.encoder, name, root, img_size, union)
+    rows = {"every": torch.from_numpy(np.isin(kept, every)), "sample": torch.from_numpy(np.isin(kept, sample))}
+    spectra = {pool: singular_values(x[rows["every"]]) for pool, x in features.items()}
+    chosen = {pool: x[rows["sample"]] for pool, x in features.items()}
+    chosen_labels = union_labels[rows["sample"]]
     return {"effective_rank": {p: effective_rank(s, center=False) for p, s in spectra.items()},
             "singular_values": {p: s.tolist() for p, s in spectra.items()},
             "davies_bouldin": {p: davies_bouldin(x, chosen_labels) if len(chosen_labels.unique()) > 1 else None
                                for p, x in chosen.items()},
-            "sample": {"images": len(sample), "classes": [class_names[c] for c in np.unique(chosen_labels)],
+            "sample": {"images": int(rows["sample"].sum()), "classes": [class_names[c] for c in np.unique(chosen_labels)],
                        "seed": 0},
             "_sample": (chosen["cls"], chosen_labels, class_names), "_spectra": spectra}
 

@@ -41,14 +41,15 @@ def cls_attention(encoder: ViTEncoder, images: torch.Tensor) -> torch.Tensor:
     return weights.reshape(*weights.shape[:2], g, g)
 
 
-def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) image in [0, 1] under a (g, g) map scaled to its own [0, max] and enlarged to
-    (H, W) in blocks: the patch each value belongs to stays visible."""
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """(H, W, 3) image in [0, 1] under a (g, g) map stretched to its own [min, max] (attention of
+    a trained ViT is often near-uniform; a stretched map still shows where it peaks) and enlarged
+    to (H, W) in blocks, so the patch each value belongs to stays visible."""
     from matplotlib import colormaps
 
     scale = image.shape[0] // heat.shape[0]
-    top = float(heat.max())
-    level = np.kron(heat / top if top > 0 else heat, np.ones((scale, scale)))
+    low, high = float(heat.min()), float(heat.max())
+    level = np.kron((heat - low) / (high - low) if high > low else np.zeros_like(heat), np.ones((scale, scale)))
     colour = colormaps["inferno"](level)[..., :3]
     grey = image.mean(axis=-1, keepdims=True).repeat(3, axis=-1)
     return (1 - alpha) * grey + alpha * colour
@@ -56,7 +57,7 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.
 
 def plot_attention(encoder: ViTEncoder, images: Images, path, title: str | None = None):
     """PNG: per image (column), the image, then the cls attention of the last block averaged
-    over heads and for each head, over the image (each map scaled to its own maximum)."""
+    over heads and for each head, over the image (each map stretched to its own min..max)."""
     maps = cls_attention(encoder, images.images).float().cpu().numpy()
     pixels = images.pixels()
     heads = maps.shape[1]

@@ -43,13 +43,14 @@ def load_trained(checkpoint: str | Path) -> TrainedModel:
 @dataclass
 class Images:
     """images: (B, 3, H, W) normalised as the encoder sees them; labels (B,); mean, std: (3,)
-    the normalisation; class_names: name of each label."""
+    the normalisation; class_names: name of each label; indices: (B,) their places in the split."""
 
     images: torch.Tensor
     labels: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
     class_names: list[str]
+    indices: np.ndarray | None = None
 
     def pixels(self, normalised: torch.Tensor | None = None) -> np.ndarray:
         """(B, H, W, 3) in [0, 1]: `normalised` images (default: these) mapped back to RGB; NaN -> grey."""
@@ -68,17 +69,18 @@ def load_test_images(name: str, root: str | None, img_size: int, indices=None, c
         indices = np.sort(chosen)
     mean, std = dataset_stats(name)
     transform = eval_transform(img_size, mean, std)
-    images, labels = [], []
+    images, labels, kept = [], [], []
     for index in indices:
         sample = raw[int(index)]
         if isinstance(sample, BadSample):
             continue  # an undecodable file is left out of the pictures, as evaluation leaves it out
         images.append(transform(sample[0]))
         labels.append(int(sample[1]))
+        kept.append(int(index))
     if not images:
         raise DataError(f"none of the {len(indices)} chosen {name} test images could be read")
     return Images(torch.stack(images), torch.tensor(labels), torch.tensor(mean, dtype=torch.float32),
-                  torch.tensor(std, dtype=torch.float32), list(raw.classes))
+                  torch.tensor(std, dtype=torch.float32), list(raw.classes), np.array(kept))
 
 
 def class_sample(labels: np.ndarray, num_classes: int = 10, per_class: int = 100, seed: int = 0) -> np.ndarray:
@@ -107,13 +109,15 @@ def encode(encoder: ViTEncoder, images: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def sample_features(encoder: ViTEncoder, name: str, root: str | None, img_size: int, indices,
-                    chunk: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
-    """Features ('cls', 'mean') and labels of the test images at `indices`, read `chunk` at a time."""
-    parts, labels, names = [], [], []
+                    chunk: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], np.ndarray]:
+    """Features ('cls', 'mean'), labels, class names and split indices of the readable test images
+    at `indices`, read `chunk` at a time."""
+    parts, labels, kept, names = [], [], [], []
     for start in range(0, len(indices), chunk):
         batch = load_test_images(name, root, img_size, indices=indices[start:start + chunk])
         parts.append(encode(encoder, batch.images))
         labels.append(batch.labels)
+        kept.append(batch.indices)
         names = batch.class_names
     features = {pool: torch.cat([p[pool] for p in parts]) for pool in ("cls", "mean")}
-    return features, torch.cat(labels), names
+    return features, torch.cat(labels), names, np.concatenate(kept)

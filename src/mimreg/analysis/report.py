@@ -19,16 +19,22 @@ import yaml
 
 from mimreg.analysis.curves import curve_keys, plot_run_curves
 from mimreg.analysis.embedding import TITLES, embedding_title, plot_embedding_panels
-from mimreg.analysis.evaluations import flat_metrics, read_evaluations
+from mimreg.analysis.evaluations import flat_metrics, linear_top1, read_evaluations
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import MimregError
+from mimreg.eval.report import format_value
 from mimreg.io import atomic_write
 
 STYLE_FILE = Path(__file__).with_name("report.css")
-# the numbers the comparison table shows, by the last part of their path in an evaluation
-HEADLINE = ("top1", "knn10_euclidean", "knn20_cosine", "effective_rank", "mean")
+# the numbers the comparison table shows, by the last part of their path in an evaluation, and their names
+HEADLINE = {"top1": "top-1", "knn10_euclidean": "k=10 euclid.", "knn20_cosine": "k=20 cosine",
+            "effective_rank": "", "mean": "mean", "davies_bouldin": ""}
+PROTOCOL_NAMES = {"knn": "kNN", "erank": "effective rank", "lowshot": "low-shot"}
+OTHER_POOLS = ("mean",)  # the comparison shows the cls token's numbers; each run's section shows every pool
+PROTOCOL_ORDER = ("linear", "knn", "lowshot", "robustness", "erank")
 PICTURE_ORDER = [("curves", "Training curves"), ("reconstructions", "Reconstructions"),
-                 ("attention", "Attention of the cls token (last block)"), ("pca", "Patch features (PCA as RGB)"),
+                 ("attention", "Attention of the cls token to each patch in the last block, each map stretched to its own "
+                   "min..max (dark: least, bright: most)"), ("pca", "Patch features (PCA as RGB)"),
                  ("pacmap", "PaCMAP"), ("tsne", "t-SNE"), ("umap", "UMAP"), ("spectrum", "Singular values")]
 WIDE = {"curves", "reconstructions", "attention", "pca"}
 
@@ -66,15 +72,17 @@ class RunView:
         return int(steps) if steps is not None else max((r.get("step", 0) for r in self.records), default=None)
 
     def headline(self) -> dict[str, float]:
-        """The comparison table's numbers: evaluation headlines, Davies-Bouldin index, time, steps."""
+        """The comparison table's numbers by column key ("linear cls/top1"): evaluation headlines,
+        Davies-Bouldin index, steps, pretraining time."""
         out = {}
-        for protocol, payload in self.evaluations.items():
-            for path, value in flat_metrics(payload).items():
-                if path.rsplit("/", 1)[-1] in HEADLINE:
-                    out[f"{protocol} {path.replace('/', ' ')}"] = value
-        for pool, value in (self.analysis.get("davies_bouldin") or {}).items():
-            if value is not None:
-                out[f"DBI {pool}"] = value
+        order = sorted(self.evaluations, key=lambda p: (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else 99, p))
+        for protocol in order:
+            for path, value in flat_metrics(self.evaluations[protocol]).items():
+                if path.rsplit("/", 1)[-1] in HEADLINE and path.split("/")[0] not in OTHER_POOLS:
+                    out[f"{protocol} {path}"] = value
+        dbi = (self.analysis.get("davies_bouldin") or {}).get("cls")
+        if dbi is not None:
+            out["DBI cls/davies_bouldin"] = dbi
         seconds = self.pretrain_seconds()
         out.update({"steps": self.steps(), "pretrain min": seconds / 60 if seconds is not None else None})
         return {k: v for k, v in out.items() if v is not None}
@@ -124,8 +132,8 @@ def study_pictures(runs: list[RunView], folder: Path) -> dict[str, Path]:
             if npz.is_file():
                 data = np.load(npz)
                 dbi = (run.analysis.get("davies_bouldin") or {}).get("cls")
-                panels.append((data["coords"], data["labels"],
-                               embedding_title(method, dbi, run.analysis.get("linear_top1"), run.name)))
+                panels.append((data["coords"], data["labels"],  # the linear score as evaluated now
+                               embedding_title(method, dbi, linear_top1(run.evaluations), run.name)))
                 class_names = class_names or [str(c) for c in data["class_names"]]
         if len(panels) > 1:
             out[method] = plot_embedding_panels(panels, class_names, folder / f"{method}.png")
@@ -152,19 +160,32 @@ def figure(png: Path, caption: str, wide: bool = False) -> str:
 
 
 def number(value, key: str = "") -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return esc(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.3g}" if key.startswith(("DBI", "erank")) or "effective_rank" in key or abs(value) < 1 else \
-        f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    """As the evaluation tables print it: 1 decimal for accuracies (%), 3 significant digits else."""
+    return esc(format_value(value, key))
+
+
+def signed(delta: float, key: str) -> str:
+    if delta == 0:
+        return "±0"
+    return ("+" if delta > 0 else "−") + number(abs(delta), key)
+
+
+def column_label(key: str) -> str:
+    """'linear cls/top1' -> 'linear top-1 (cls)'; 'knn cls/knn10_euclidean' -> 'kNN k=10 euclid. (cls)'."""
+    protocol, _, path = key.partition(" ")
+    if not path:
+        return key
+    *middle, leaf = path.split("/")
+    pool = f" ({middle[0]})" if middle and middle[0] in ("cls", "mean") else ""
+    words = [PROTOCOL_NAMES.get(protocol, protocol), *(middle[1:] if pool else middle), HEADLINE.get(leaf, leaf)]
+    return " ".join(w for w in words if w) + pool
 
 
 def comparison_table(runs: list[RunView]) -> str:
     """Runs as rows, headline numbers as columns, each with its difference to the first run."""
     rows = [r.headline() for r in runs]
     columns = [c for c in dict.fromkeys(k for row in rows for k in row)]
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    head = "".join(f'<th title="{esc(c)}">{esc(column_label(c))}</th>' for c in columns)
     body = []
     for i, (run, row) in enumerate(zip(runs, rows)):
         cells = []
@@ -173,12 +194,12 @@ def comparison_table(runs: list[RunView]) -> str:
             text = "–" if value is None else number(value, c)
             base = rows[0].get(c)
             if i and value is not None and base is not None and c != "steps":
-                delta = value - base
-                text += f' <span class="delta">{"+" if delta >= 0 else "−"}{number(abs(delta), c)}</span>'
+                text += f' <span class="delta">{signed(value - base, c)}</span>'
             cells.append(f"<td>{text}</td>")
         body.append(f'<tr><th class="text"><a href="#run-{i}">{esc(run.name)}</a></th>{"".join(cells)}</tr>')
-    note = (f'<p class="note">Grey: difference to the first run ({esc(runs[0].name)}). Accuracies in %; '
-            "DBI: Davies-Bouldin index of the cls features of a 10-class test sample (lower = tighter classes).</p>"
+    note = (f'<p class="note">Grey: difference to the first run ({esc(runs[0].name)}). Features: the cls token '
+            "(every pool is in each run's section). Accuracies in %; DBI: Davies-Bouldin index of a random "
+            "10-class test sample (lower = tighter classes).</p>"
             if len(runs) > 1 else "")
     return (f'<div class="table-wrap"><table class="compare"><thead><tr><th class="text">run</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>{note}')
