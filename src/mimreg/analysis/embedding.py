@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -66,7 +67,9 @@ def embed_2d(features, method: str = "pacmap", seed: int = 0) -> np.ndarray:
             return pacmap.PaCMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(x)
         import umap
 
-        return umap.UMAP(n_components=2, n_neighbors=max(neighbours, 5), random_state=seed).fit_transform(x)
+        with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": seeded on purpose
+            warnings.filterwarnings("ignore", message=".*random_state.*")
+            return umap.UMAP(n_components=2, n_neighbors=max(neighbours, 5), random_state=seed).fit_transform(x)
 
 
 @contextlib.contextmanager
