@@ -10,8 +10,8 @@ import torch
 
 from mimreg.analysis.attention import plot_attention
 from mimreg.analysis.curves import plot_run_curves
-from mimreg.analysis.embedding import (EMBEDDINGS, TITLES, available, davies_bouldin, embed_2d, embedding_title,
-                                       plot_embedding)
+from mimreg.analysis.embedding import (TITLES, available, davies_bouldin, embed_2d, embedding_title, plot_embedding,
+                                       require)
 from mimreg.analysis.evaluations import linear_top1, read_evaluations
 from mimreg.analysis.inputs import (TrainedModel, class_sample, load_test_images, load_test_labels, load_trained,
                                     sample_features)
@@ -44,14 +44,9 @@ def reconstructs(method: Method) -> bool:
 def chosen_embeddings(embeddings) -> tuple[list[str], list[str]]:
     """(to draw, skipped for a missing package): asked-for maps must be installed, default ones may be absent."""
     if embeddings is None:
-        wanted = [e for e in DEFAULT_EMBEDDINGS]
-        return [e for e in wanted if available(e)], [e for e in wanted if not available(e)]
-    unknown = sorted(set(embeddings) - set(EMBEDDINGS))
-    if unknown:
-        raise MimregError(f"unknown embedding(s) {unknown}; choose from {list(EMBEDDINGS)}")
-    missing = [e for e in embeddings if not available(e)]
-    if missing:
-        embed_2d(np.zeros((3, 2)), missing[0])  # raises the message that names the package to install
+        return [e for e in DEFAULT_EMBEDDINGS if available(e)], [e for e in DEFAULT_EMBEDDINGS if not available(e)]
+    for name in embeddings:
+        require(name)
     return list(embeddings), []
 
 
@@ -85,7 +80,7 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     root = data_root if data is not None or data_root is not None else model.cfg.data.root
     timer = Timer()
     payload = {**model.meta, "checkpoint": str(checkpoint), "data": name, "pictures": {}}
-    payload.update(timer("features", lambda: feature_numbers(model, name, root, test_images, device)))
+    payload.update(timer("features", lambda: feature_numbers(model, name, root, test_images)))
     evaluations = read_evaluations(run_dir)
     payload["linear_top1"] = linear_top1(evaluations)
     pictures_of = picture_makers(model, name, root, device, folder, payload, run_dir)
@@ -105,7 +100,7 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     return payload
 
 
-def feature_numbers(model: TrainedModel, name, root, test_images, device) -> dict:
+def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
     """Effective rank + singular values of the test features, DBI of the 10-class sample."""
     img_size = model.cfg.img_size
     labels = load_test_labels(name, root)

@@ -46,14 +46,19 @@ def available(name: str) -> bool:
     return importlib.util.find_spec(PACKAGES[name][0]) is not None
 
 
+def require(name: str) -> None:
+    """Raise a clear error when the package behind the 2-D map `name` is missing."""
+    if name not in EMBEDDINGS:
+        raise MimregError(f"unknown embedding {name!r}; choose from {list(EMBEDDINGS)}")
+    if not available(name):
+        raise MimregError(f"{TITLES[name]} needs the {PACKAGES[name][1]} package: "
+                          f"pip install 'mimreg[viz]' (t-SNE works without it)")
+
+
 def embed_2d(features, method: str = "pacmap", seed: int = 0) -> np.ndarray:
     """(N, D) features -> (N, 2) coordinates by PaCMAP (Wang et al., JMLR 2021), t-SNE
     (scikit-learn) or UMAP (umap-learn), seeded."""
-    if method not in EMBEDDINGS:
-        raise MimregError(f"unknown embedding {method!r}; choose from {list(EMBEDDINGS)}")
-    if not available(method):
-        raise MimregError(f"{TITLES[method]} needs the {PACKAGES[method][1]} package: "
-                          f"pip install 'mimreg[viz]' (t-SNE works without it)")
+    require(method)
     x = _features(features).astype(np.float32)
     neighbours = max(2, min(10, len(x) - 1))
     if method == "tsne":
