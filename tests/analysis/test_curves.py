@@ -87,3 +87,11 @@ def test_bad_series_are_refused(tmp_path):
         plot_curves({}, tmp_path / "a.png", "t", "x", "y")
     with pytest.raises(MimregError, match="no logged values"):
         plot_run_curves({"run": [{"kind": "start"}]}, tmp_path / "a.png")
+
+
+def test_a_term_missing_for_a_while_leaves_a_gap():
+    records = [{"kind": "train", "step": s, "monitor/magma": 1.0} if s < 3 or s > 6 else
+               {"kind": "train", "step": s, "reg/magma": 2.0} for s in range(1, 9)]
+    xs, ys = series_of(records, "monitor/magma")
+    assert xs == list(range(1, 9)) and [y == y for y in ys] == [True, True, False, False, False, False, True, True]
+    assert series_of(records, "reg/magma") == ([3, 4, 5, 6], [2.0] * 4)  # no gap before or after its window

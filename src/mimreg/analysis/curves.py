@@ -36,12 +36,19 @@ def steps_per_epoch(records: list[dict]) -> int | None:
 def series_of(records: list[dict], key: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of `key`: from the per-interval "train" records when it is logged there,
     else from whichever records carry it (e.g. epoch-end evaluations). The x value is the number
-    of epochs done, step / steps_per_epoch (the step count when that is not logged)."""
+    of epochs done, step / steps_per_epoch (the step count when that is not logged). A train record
+    without the key (e.g. a monitored term while its regularizer is on) gives NaN: a gap, not a
+    straight line across the window."""
     per_epoch = steps_per_epoch(records)
-    chosen = [r for r in records if r.get("kind") == "train" and key in r] or \
-             [r for r in records if key in r and "step" in r and r.get("kind") != "start"]
+    train = [r for r in records if r.get("kind") == "train"]
+    if any(key in r for r in train):
+        first = next(i for i, r in enumerate(train) if key in r)
+        last = max(i for i, r in enumerate(train) if key in r)
+        chosen = train[first:last + 1]
+    else:
+        chosen = [r for r in records if key in r and "step" in r and r.get("kind") != "start"]
     xs = [r["step"] / per_epoch if per_epoch else r["step"] for r in chosen]
-    return xs, [float(r[key]) for r in chosen]
+    return xs, [float(r[key]) if key in r else math.nan for r in chosen]
 
 
 def wants_log(values: list[float]) -> bool:
