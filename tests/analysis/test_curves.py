@@ -90,8 +90,11 @@ def test_bad_series_are_refused(tmp_path):
 
 
 def test_a_term_missing_for_a_while_leaves_a_gap():
-    records = [{"kind": "train", "step": s, "monitor/magma": 1.0} if s < 3 or s > 6 else
-               {"kind": "train", "step": s, "reg/magma": 2.0} for s in range(1, 9)]
+    # monitored every other record, except while its regularizer is on (steps 10-20)
+    records = [{"kind": "train", "step": s, **({"monitor/magma": 1.0} if s % 2 == 0 and not 10 <= s <= 20 else {})}
+               for s in range(1, 31)]
     xs, ys = series_of(records, "monitor/magma")
-    assert xs == list(range(1, 9)) and [y == y for y in ys] == [True, True, False, False, False, False, True, True]
-    assert series_of(records, "reg/magma") == ([3, 4, 5, 6], [2.0] * 4)  # no gap before or after its window
+    assert xs == [2, 4, 6, 8, 15, 22, 24, 26, 28, 30]  # one NaN in the middle of the long absence
+    assert [y == y for y in ys] == [True] * 4 + [False] + [True] * 5
+    every = [{"kind": "train", "step": s, "rec": 1.0} for s in range(1, 9)]
+    assert series_of(every, "rec") == (list(range(1, 9)), [1.0] * 8)

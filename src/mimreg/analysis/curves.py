@@ -12,6 +12,7 @@ NOT_CURVES = {"kind", "step", "epoch", "time"}
 PREFIX_ORDER = ("", "reg/", "aux/", "weight/", "monitor/", "lr", "probe/", "knn/")
 # drawn one after the other, thick to thin, so a line drawn later never hides one drawn earlier
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P")]
+GAP_SPACINGS = 4  # a key missing for more than this many of its usual spacings draws as a gap
 DECADES_FOR_LOG = 1.5  # a panel whose positive values span more than this many decades gets a log axis
 
 
@@ -36,19 +37,26 @@ def steps_per_epoch(records: list[dict]) -> int | None:
 def series_of(records: list[dict], key: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of `key`: from the per-interval "train" records when it is logged there,
     else from whichever records carry it (e.g. epoch-end evaluations). The x value is the number
-    of epochs done, step / steps_per_epoch (the step count when that is not logged). A train record
-    without the key (e.g. a monitored term while its regularizer is on) gives NaN: a gap, not a
-    straight line across the window."""
+    of epochs done, step / steps_per_epoch (the step count when that is not logged). Where the
+    key is missing for much longer than its usual spacing (a monitored term while its regularizer
+    is on), a NaN is put in: the line shows a gap, not a straight line across the window."""
     per_epoch = steps_per_epoch(records)
-    train = [r for r in records if r.get("kind") == "train"]
-    if any(key in r for r in train):
-        first = next(i for i, r in enumerate(train) if key in r)
-        last = max(i for i, r in enumerate(train) if key in r)
-        chosen = train[first:last + 1]
-    else:
-        chosen = [r for r in records if key in r and "step" in r and r.get("kind") != "start"]
+    chosen = [r for r in records if r.get("kind") == "train" and key in r] or \
+             [r for r in records if key in r and "step" in r and r.get("kind") != "start"]
     xs = [r["step"] / per_epoch if per_epoch else r["step"] for r in chosen]
-    return xs, [float(r[key]) if key in r else math.nan for r in chosen]
+    ys = [float(r[key]) for r in chosen]
+    spacing = sorted(b - a for a, b in zip(xs, xs[1:]))
+    if len(spacing) < 2:
+        return xs, ys
+    usual = spacing[len(spacing) // 2]
+    out_x, out_y = xs[:1], ys[:1]
+    for a, b, y in zip(xs, xs[1:], ys[1:]):
+        if b - a > GAP_SPACINGS * usual:
+            out_x.append((a + b) / 2)
+            out_y.append(math.nan)
+        out_x.append(b)
+        out_y.append(y)
+    return out_x, out_y
 
 
 def wants_log(values: list[float]) -> bool:
@@ -116,12 +124,15 @@ def curves_figure(runs: dict[str, list[dict]], keys: list[str] | None = None, ti
     figure, axes = new_figure(3.0 * columns, 2.1 * rows + (0.5 if len(runs) > 1 else 0.2), rows=rows,
                               columns=columns)
     epochs = all(steps_per_epoch(records) for records in runs.values())
+    series = [{label: xy for label, records in runs.items() if (xy := series_of(records, key))[0]} for key in keys]
+    xs = [x for panel in series for xy in panel.values() for x in xy[0]]
+    pad = 0.03 * (max(xs) - min(xs) or 1)
     for i, ax in enumerate(axes.flat):
         if i >= len(keys):
             ax.set_axis_off()
             continue
-        series = {label: series_of(records, keys[i]) for label, records in runs.items()}
-        draw_series(ax, {label: xy for label, xy in series.items() if xy[0]})
+        draw_series(ax, series[i])
+        ax.set_xlim(min(0, min(xs)) - pad, max(xs) + pad)  # one x range: a regularizer's window lines up
         ax.set_title(keys[i], fontsize=9)
         ax.tick_params(labelsize=7)
         if i // columns == rows - 1 or i + columns >= len(keys):
