@@ -119,7 +119,9 @@ def write_report(run_dirs, out, *, title: str | None = None, analyze_missing: bo
     with tempfile.TemporaryDirectory() as scratch:
         shared = study_pictures(runs, Path(scratch))
         page = render_page(title, runs, shared)
-    return atomic_write(out, lambda handle: handle.write(page), binary=False)
+    path = atomic_write(out, lambda handle: handle.write(page), binary=False)
+    path.chmod(0o644)  # a page to share: readable by others, as a plain file write would leave it
+    return path
 
 
 def study_pictures(runs: list[RunView], folder: Path) -> dict[str, Path]:
