@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 $(BIN)/mimreg: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[dev,slurm]"
+	$(BIN)/pip install -q -e ".[dev,slurm,viz]"
+	$(BIN)/python -c "import pacmap"  # numba compiles PaCMAP once (~40 s) here, not in the first demo
 	touch $(BIN)/mimreg
 
 install: $(BIN)/mimreg

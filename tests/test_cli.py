@@ -19,7 +19,6 @@ from mimreg.regularizers import REGULARIZERS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--set", "data.name=synthetic", "--set", "method.decoder_dim=32", "--set", "method.decoder_depth=1",
          "--set", "method.decoder_heads=2", "--set", "optim.batch_size=32", "--set", "train.device=cpu",
          "--set", "train.progress=false", "--set", "data.subset=64"]
@@ -138,7 +137,8 @@ def test_bad_arguments_exit_through_argparse(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- eval, analyze, export on a pretrained run
+# ---------------------------------------------------------------- eval, export on a pretrained run
+# (analyze: tests/analysis/test_analyze.py; demo: tests/test_demo.py)
 def test_eval_linear(tiny_run, capsys):
     code, out, err = run_cli(capsys, "eval", "linear", "--checkpoint", tiny_run, "--epochs", "5")
     assert code == 0, err
@@ -166,23 +166,6 @@ def test_eval_knn_with_both_pools(tiny_run, capsys):
     assert not (tiny_run / "checkpoints" / "evals").exists()
 
 
-def test_analyze_writes_the_spectrum(tiny_run, capsys):
-    code, out, err = run_cli(capsys, "analyze", "--checkpoint", tiny_run)
-    assert code == 0, err
-    report = json.loads((tiny_run / "analysis.json").read_text())
-    assert set(report["effective_rank"]) == {"cls", "mean"}
-    for pool in ("cls", "mean"):
-        rank = report["effective_rank"][pool]
-        values = report["singular_values"][pool]
-        assert 1.0 <= rank <= 128
-        assert len(values) == 128  # min(256 test images, 128 dims)
-        assert all(a >= b >= 0 for a, b in zip(values, values[1:]))
-    png = tiny_run / "spectrum.png"
-    assert report["plot"] == str(png)
-    assert png.read_bytes()[:8] == PNG_MAGIC
-    assert "erank" in out and f"spectrum plot: {png}" in out
-
-
 def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, capsys):
     timm = pytest.importorskip("timm")
     out_file = tmp_path / "export" / "encoder.pth"
@@ -205,24 +188,3 @@ def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, ca
         ours = encoder.forward_masked(images, None)
     torch.testing.assert_close(theirs, torch.cat([ours.cls[:, None], ours.tokens], dim=1), rtol=0, atol=1e-10)
     assert not torch.allclose(ours.cls[0], ours.cls[1])  # the features depend on the image
-
-
-# ---------------------------------------------------------------- demo
-def test_demo_writes_report_and_plots(tmp_path, capsys):
-    out_dir = tmp_path / "demo"
-    code, out, err = run_cli(capsys, "demo", "--data", "synthetic", "--epochs", "1", "--recipes", "mae,u-mae",
-                             "--out", out_dir, *SMALL[2:], "--set", "data.subset=128")
-    assert code == 0, err
-    report = (out_dir / "report.md").read_text()
-    assert report.startswith("# mimreg demo on `synthetic`")
-    table_rows = [line for line in report.splitlines() if line.startswith("| mae ") or line.startswith("| u-mae ")]
-    assert len(table_rows) == 4  # two recipes x two pools
-    assert "![loss curves](loss_curves.png)" in report and "![spectra](spectra.png)" in report
-    for name in ("loss_curves.png", "spectra.png"):
-        assert (out_dir / name).read_bytes()[:8] == PNG_MAGIC
-    for recipe in ("mae", "u-mae"):
-        run = out_dir / recipe
-        assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt_00000004.pt"]
-        found = {(r["protocol"], r["pool"]) for r in load_results(run)}
-        assert found == {(p, pool) for p in ("linear", "knn", "erank") for pool in ("cls", "mean")}
-    assert f"report: {out_dir / 'report.md'}" in out

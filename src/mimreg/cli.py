@@ -1,4 +1,4 @@
-"""`mimreg` command line: pretrain, submit, eval, results, analyze, export, recipes, demo."""
+"""`mimreg` command line: pretrain, submit, eval, results, analyze, report, export, recipes, demo."""
 
 from __future__ import annotations
 
@@ -109,9 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_results_parser(sub)
 
-    p = sub.add_parser("analyze", help="effective rank and singular-value spectrum of the features")
+    p = sub.add_parser("analyze", help="pictures of an encoder (reconstructions, attention, patch PCA, PaCMAP/t-SNE, "
+                                       "curves, spectrum), effective rank and Davies-Bouldin index")
     add_checkpoint_args(p)
+    p.add_argument("--pictures", help="comma-separated subset of reconstructions,attention,pca,embeddings,curves,"
+                                      "spectrum (default: all)")
+    p.add_argument("--embeddings", help="comma-separated 2-D maps: pacmap,tsne,umap (default: pacmap when "
+                                        "installed, and tsne)")
     p.set_defaults(run=cmd_analyze)
+
+    p = sub.add_parser("report", help="one self-contained HTML page comparing run folders")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (the --out of mimreg pretrain)")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--title", help="page title (default: the run names)")
+    p.add_argument("--no-analyze", action="store_true", help="do not analyse runs that have no analysis.json yet")
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("export", help="export the encoder for timm")
     p.add_argument("--checkpoint", required=True)
@@ -176,9 +188,25 @@ def cmd_submit(args) -> int:
 def cmd_analyze(args) -> int:
     from mimreg.commands import analyze
 
+    from mimreg.analysis.analyze import PICTURES
+
+    pictures = split_list(args.pictures) if args.pictures else PICTURES
+    embeddings = split_list(args.embeddings) if args.embeddings else None
     analyze(args.checkpoint, data=args.data, data_root=args.data_root, test_images=args.test_images,
-            device=args.device)
+            device=args.device, pictures=pictures, embeddings=embeddings)
     return 0
+
+
+def cmd_report(args) -> int:
+    from mimreg.analysis.report import write_report
+
+    path = write_report(args.runs, args.out, title=args.title, analyze_missing=not args.no_analyze)
+    print(f"report: {path}")
+    return 0
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def cmd_export(args) -> int:
@@ -216,7 +244,7 @@ def cmd_recipes(args) -> int:
 def cmd_demo(args) -> int:
     from mimreg.demo import run_demo
 
-    run_demo(recipes=[r.strip() for r in args.recipes.split(",") if r.strip()], data=args.data,
+    run_demo(recipes=split_list(args.recipes), data=args.data,
              data_root=args.data_root, epochs=args.epochs, out=Path(args.out), overrides=args.overrides)
     return 0
 

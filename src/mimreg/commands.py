@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mimreg.analysis import effective_rank, plot_spectrum, singular_values
-from mimreg.eval import format_table, write_json
+from mimreg.analysis.analyze import analyze  # noqa: F401  (mimreg analyze; lives with its pictures)
 from mimreg.eval.evaluate import PROTOCOLS, embed_train_test, evaluate, robustness, run_dir_of, summary_row
 from mimreg.eval.frozen import load_encoder
 from mimreg.engine.checkpoint import resolve_checkpoint
@@ -17,25 +16,6 @@ from mimreg.io import atomic_write, write_json_atomic
 
 __all__ = ["PROTOCOLS", "analyze", "embed_train_test", "evaluate", "export_timm", "robustness", "run_dir_of",
            "summary_row", "timm_model_kwargs"]
-
-
-def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="auto", out_dir=None,
-            echo=print) -> dict:
-    """Effective rank and singular-value spectrum of the cls and mean-pooled test features."""
-    meta, _, test = embed_train_test(checkpoint, data=data, data_root=data_root, pools=("cls", "mean"),
-                                     test_images=test_images, device=device, need_train=False)
-    out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
-    spectra = {pool: singular_values(x) for pool, x in test.features.items()}
-    ranks = {pool: effective_rank(s, center=False) for pool, s in spectra.items()}
-    png = plot_spectrum({f"{pool} (erank {ranks[pool]:.1f})": s for pool, s in spectra.items()},
-                        out_dir / "spectrum.png", title=f"singular values: {meta['recipe']}")
-    payload = {**meta, "effective_rank": ranks, "singular_values": {p: s.tolist() for p, s in spectra.items()},
-               "plot": str(png)}
-    write_json(out_dir / "analysis.json", payload)
-    echo(format_table([{"pool": p, "erank": r, "dim": int(test.features[p].shape[1])} for p, r in ranks.items()],
-                      ["pool", "erank", "dim"]))
-    echo(f"spectrum plot: {png}")
-    return payload
 
 
 def timm_model_kwargs(encoder) -> dict:

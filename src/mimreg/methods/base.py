@@ -8,7 +8,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mimreg.models import ViTEncoder
+from mimreg.errors import MimregError
+from mimreg.models import EncoderOutput, ViTEncoder
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -27,6 +28,23 @@ class MethodOutput:
 
     losses: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """One forward pass of a pixel-reconstructing method, before its loss.
+
+    pred, target: (B', L, p*p*3) the prediction of every patch and the patchified input images
+    (B' = K*B for K masked views, view-major); removed: (B', L), 1 where masked; norm_pix: pred
+    estimates each target patch standardised by its own mean and std (MAE's norm_pix_loss);
+    encoded: the encoder pass the prediction came from.
+    """
+
+    pred: torch.Tensor
+    target: torch.Tensor
+    removed: torch.Tensor
+    norm_pix: bool
+    encoded: EncoderOutput
 
 
 class Method(nn.Module):
@@ -56,6 +74,11 @@ class Method(nn.Module):
         """The parameters `optim.clip_grad` clips (the online probe and the regularizers' own
         estimators are not clipped)."""
         return self.parameters()
+
+    def predict(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
+                generator: torch.Generator | None = None) -> Prediction:
+        """The pixel prediction behind the loss (masked image modeling methods only)."""
+        raise MimregError(f"method {self.name!r} does not reconstruct pixels; reconstructions need mae or simmim")
 
     def on_step_end(self, progress: float) -> None:
         """Called after every optimizer step with the fraction of training done (EMA updates)."""

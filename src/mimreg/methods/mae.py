@@ -8,7 +8,7 @@ import torch
 
 from mimreg.bounds import bounded, one_of
 from mimreg.errors import ConfigError
-from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
+from mimreg.methods.base import Method, MethodOutput, Prediction, pooled_block_indices, register
 from mimreg.models import MAEDecoder, Mask, ViTEncoder, mask_noise, orthogonal_masks, patchify, random_mask
 from mimreg.numerics import fp32_loss
 
@@ -55,8 +55,8 @@ class MAE(Method):
         self.decoder = MAEDecoder(encoder.embed_dim, encoder.grid_size, encoder.patch_size,
                                   options.decoder_dim, options.decoder_depth, options.decoder_heads)
 
-    def forward(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
-                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> MethodOutput:
+    def predict(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> Prediction:
         """images (B, 3, H, W); `noise` (B, L) fixes the mask (else drawn from `generator`)."""
         o = self.options
         k = o.num_masks
@@ -73,8 +73,14 @@ class MAE(Method):
         out = self.encoder.forward_masked(images, mask.keep_ids, pooled_block_indices(needs))
         latent = torch.cat([out.cls.unsqueeze(1), out.tokens], dim=1)
         pred = self.decoder(latent, mask.restore_ids)
-        target = patchify(images, self.encoder.patch_size)
-        loss = reconstruction_loss(pred, target, mask.removed, o.norm_pix_loss)
+        return Prediction(pred, patchify(images, self.encoder.patch_size), mask.removed, o.norm_pix_loss, out)
+
+    def forward(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> MethodOutput:
+        """images (B, 3, H, W); `noise` (B, L) fixes the mask (else drawn from `generator`)."""
+        p = self.predict(images, needs=needs, generator=generator, noise=noise)
+        loss = reconstruction_loss(p.pred, p.target, p.removed, p.norm_pix)
+        out = p.encoded
         features = {"cls": out.cls, "mean": out.tokens.mean(dim=1), "tokens": out.tokens,
                     "patch_embed": out.patch_embeddings}
         features.update({f"block.{i}": x for i, x in out.pooled_blocks.items()})

@@ -10,7 +10,7 @@ from torch import nn
 
 from mimreg.bounds import bounded
 from mimreg.errors import ConfigError
-from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
+from mimreg.methods.base import Method, MethodOutput, Prediction, pooled_block_indices, register
 from mimreg.models import ViTEncoder, patchify, take_tokens
 from mimreg.numerics import fp32_loss
 
@@ -84,7 +84,7 @@ class SimMIM(Method):
     def feature_names(self) -> set[str]:
         return super().feature_names() | {"visible_tokens", "visible_patch_embed"}
 
-    def forward(self, images, *, needs=frozenset(), generator=None, removed=None) -> MethodOutput:
+    def predict(self, images, *, needs=frozenset(), generator=None, removed=None) -> Prediction:
         """images (B, 3, H, W); `removed` (B, L) fixes the mask (else drawn from `generator`)."""
         enc, o = self.encoder, self.options
         if o.num_masks > 1:
@@ -97,8 +97,13 @@ class SimMIM(Method):
         tokens = enc.vit.patch_embed(images)
         tokens = torch.where(removed.unsqueeze(-1).bool(), self.mask_token.to(tokens.dtype), tokens)
         out = enc.forward_tokens(tokens + enc.vit.pos_embed[:, 1:], pooled_block_indices(needs))
-        pred = self.decoder(out.tokens)
-        loss = masked_l1_loss(pred, patchify(images, enc.patch_size), removed)
+        return Prediction(self.decoder(out.tokens), patchify(images, enc.patch_size), removed, False, out)
+
+    def forward(self, images, *, needs=frozenset(), generator=None, removed=None) -> MethodOutput:
+        """images (B, 3, H, W); `removed` (B, L) fixes the mask (else drawn from `generator`)."""
+        p = self.predict(images, needs=needs, generator=generator, removed=removed)
+        out, removed = p.encoded, p.removed
+        loss = masked_l1_loss(p.pred, p.target, removed)
         features = {"cls": out.cls, "mean": out.tokens.mean(dim=1), "tokens": out.tokens,
                     "patch_embed": out.patch_embeddings,
                     **{f"block.{i}": x for i, x in out.pooled_blocks.items()}}
