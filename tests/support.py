@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -48,3 +50,12 @@ def assert_same_gradients(got: dict[str, torch.Tensor], expected: dict[str, torc
     scale = max(g.abs().max().item() for g in expected.values())
     for name, grad in expected.items():
         assert_close_at_scale(got[name], grad, GRADIENT_TOLERANCE[grad.dtype], scale, msg=f"{label} {name}")
+
+
+def linear_result_file(run: Path, pool: str = "cls") -> Path:
+    """The file of the run's default linear probe on `pool` (as `mimreg eval linear` names it)."""
+    from mimreg.eval.results import load_results
+
+    [path] = [Path(r["file"]) for r in load_results(run)
+              if r["protocol"] == "linear" and r["variant"] == "sweep" and r["pool"] == pool]
+    return path

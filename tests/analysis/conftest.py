@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import linear_result_file
+
 STUDY = ("mae", "u-mae", "m-mae", "mu-mae")
 DEMO_SETS = ["--set", "method.decoder_dim=32", "--set", "method.decoder_depth=1", "--set", "method.decoder_heads=2",
              "--set", "optim.batch_size=32", "--set", "train.device=cpu", "--set", "train.progress=false",
@@ -40,7 +42,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def analysed_run(demo_run) -> Path:
-    """The demo's u-mae run: eval_{linear,knn,erank}.json and every picture. Do not modify."""
+    """The demo's u-mae run: its evaluations (linear, knn, erank) and every picture. Do not modify."""
     return demo_run[0] / "u-mae"
 
 
@@ -55,9 +57,10 @@ def study(analysed_run, tmp_path_factory) -> list[Path]:
         # the copies' pictures are their own files, as `mimreg analyze` of that folder would write them
         analysis["pictures"] = {k: str(run / Path(v).relative_to(analysed_run)) for k, v in analysis["pictures"].items()}
         (run / "analysis.json").write_text(json.dumps(analysis))
-        linear = json.loads((run / "eval_linear.json").read_text())
-        linear["results"]["cls"]["top1"] += i
-        (run / "eval_linear.json").write_text(json.dumps(linear))
+        path = linear_result_file(run)
+        linear = json.loads(path.read_text())
+        linear["result"]["top1"] += i
+        path.write_text(json.dumps(linear))
         runs.append(run)
     return runs
 

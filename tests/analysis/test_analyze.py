@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from support import linear_result_file
 from mimreg.analysis.analyze import PICTURES
 from mimreg.analysis.inputs import class_sample, load_test_images
 from mimreg.cli import main
@@ -24,7 +25,7 @@ def test_analysis_json_and_every_picture(analysed_run):
     for name, path in report["pictures"].items():
         assert path == str(analysed_run / "analysis" / f"{name}.png")
         assert Image.open(path).size[0] > 300, name
-    assert report["linear_top1"] == json.loads((analysed_run / "eval_linear.json").read_text())["results"]["cls"]["top1"]
+    assert report["linear_top1"] == json.loads(linear_result_file(analysed_run).read_text())["result"]["top1"]
     assert report["sample"]["images"] == 256 and len(report["sample"]["classes"]) == 10
     for pool in ("cls", "mean"):
         assert 1.0 <= report["effective_rank"][pool] <= 128 and len(report["singular_values"][pool]) == 128

@@ -18,8 +18,8 @@ def panels(figure):
 def test_every_logged_key_of_a_run_gets_a_panel_against_epochs(tiny_run_dir):
     records = read_metrics(tiny_run_dir / "metrics.jsonl")
     lines = [json.loads(line) for line in (tiny_run_dir / "metrics.jsonl").read_text().splitlines()]
-    logged = {k for r in lines if r["kind"] in ("train", "epoch") for k in r} - {"kind", "step", "epoch", "time"}
-    assert {"loss", "rec", "lr", "reg/uniformity", "weight/uniformity", "monitor/magma", "probe/acc"} <= logged
+    logged = {k for r in lines if r["kind"] in ("train", "epoch", "knn") for k in r} - {"kind", "step", "epoch", "time"}
+    assert {"loss", "rec", "lr", "reg/uniformity", "weight/uniformity", "monitor/magma", "probe/acc", "knn/top1"} <= logged
     figure = curves_figure({"u-mae": records})
     shown = panels(figure)
     assert set(shown) == logged and list(shown) == curve_keys(records)

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
+from support import linear_result_file
 from mimreg.analysis.evaluations import flat_metrics, read_evaluations
 from mimreg.analysis.report import read_run
 from mimreg.cli import main
@@ -68,7 +69,7 @@ def test_each_run_shows_its_facts_and_every_evaluation(page, study):
 def test_comparison_table_differences_to_the_first_run(page, study):
     _, text = page
     table = text[text.index('<table class="compare">'):text.index("</table>")]
-    first = json.loads((study[0] / "eval_linear.json").read_text())["results"]["cls"]["top1"]
+    first = json.loads(linear_result_file(study[0]).read_text())["result"]["top1"]
     heads = re.findall(r'<th title="([^"]*)">', table)
     assert {"linear cls/top1", "knn cls/knn10_euclidean", "erank cls/effective_rank", "DBI cls/davies_bouldin",
             "steps"} <= set(heads)

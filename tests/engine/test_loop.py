@@ -383,8 +383,10 @@ def test_missing_cuda_device_is_a_config_error():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available")
     with pytest.raises(ConfigError, match="no CUDA device"):
-        loop.resolve_device("cuda")
+        loop.resolve_device("cuda", key="train.device")
     assert loop.resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="--device: unknown device 'tpu'"):
+        loop.resolve_device("tpu")
 
 
 def test_step_seed_depends_on_every_part():

@@ -19,6 +19,7 @@ from mimreg.analysis.patch_pca import plot_patch_pca
 from mimreg.analysis.reconstruction import plot_reconstructions
 from mimreg.analysis.spectrum import effective_rank, plot_spectrum, singular_values
 from mimreg.engine.metrics import read_metrics
+from mimreg.devices import resolve_device
 from mimreg.errors import MimregError
 from mimreg.eval import format_table, write_json
 from mimreg.methods import Method
@@ -63,7 +64,7 @@ class Timer:
         return result
 
 
-def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="cpu", out_dir=None,
+def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="auto", out_dir=None,
             pictures=PICTURES, embeddings=None, echo=print) -> dict:
     """Write the pictures (PNG, under <run>/analysis/) and analysis.json: effective rank and
     spectrum of the cls and mean test features, Davies-Bouldin index of a random 10-class sample,
@@ -72,6 +73,7 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     if unknown:
         raise MimregError(f"unknown picture(s) {unknown}; choose from {list(PICTURES)}")
     draw, skipped = chosen_embeddings(embeddings) if "embeddings" in pictures else ([], [])
+    device = resolve_device(device)
     model = load_trained(checkpoint)
     model.method.to(device)
     run_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)

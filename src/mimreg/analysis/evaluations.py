@@ -1,29 +1,36 @@
-"""The evaluations of a run, as the pictures and the report read them.
-
-`read_evaluations` is the one place that finds them (today: the run's eval_<protocol>.json
-files); point it at another source and every caller follows.
-"""
+"""The evaluations of a run, as the pictures and the report read them: the records of
+`mimreg.eval.results.load_results` (the same as `mimreg results`), grouped by a label."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mimreg.errors import MimregError
+import yaml
+
+from mimreg.eval.results import load_results
 
 # what an evaluation file says about its inputs rather than its results
 CONTEXT_KEYS = {"checkpoint", "data", "recipe", "step", "epoch", "protocol", "train_images", "test_images",
                 "singular_values", "dim", "epochs", "num_classes", "train_mask_ratio"}
+# the variant each protocol runs when none is asked for: its results carry the plain protocol label
+DEFAULT_VARIANTS = {"linear": "sweep"}
 
 
 def read_evaluations(run_dir: str | Path) -> dict[str, dict]:
-    """protocol -> the payload written by `mimreg eval PROTOCOL` for the run in `run_dir`."""
-    found = {}
-    for path in sorted(Path(run_dir).glob("eval_*.json")):
-        try:
-            found[path.stem[len("eval_"):]] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise MimregError(f"cannot read {path}: {err}; run the evaluation again to rewrite it") from None
+    """label -> {"results": {pool: result}, "data": ...}: "linear", "knn", ... for the default
+    variant on the run's own dataset; "linear-mae", "knn imagefolder", "linear epochs50" otherwise."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    own_data = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("name") if config.is_file() else None
+    found: dict[str, dict] = {}
+    for record in load_results(run_dir):
+        protocol, variant = record["protocol"], record.get("variant")
+        label = protocol + (f"-{variant}" if variant and variant != DEFAULT_VARIANTS.get(protocol) else "")
+        if record.get("data") not in (None, own_data):
+            label += f" {record['data']}"
+        label += "".join(f" {k}{v}" for k, v in sorted((record.get("options") or {}).items()) if v is not None)
+        entry = found.setdefault(label, {"data": record.get("data"), "step": record.get("step"), "results": {}})
+        entry["results"][record["pool"]] = record["result"]
     return found
 
 

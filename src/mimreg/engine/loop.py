@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from mimreg import distributed as dist
 from mimreg.config import Config, config_to_dict
+from mimreg.devices import resolve_device
 from mimreg.engine.build import build_trainee
 from mimreg.engine.checkpoint import load_checkpoint, non_finite_entries, rng_state, save_checkpoint, set_rng_state
 from mimreg.engine.data import build_pretrain_data
@@ -42,14 +43,6 @@ class RunResult:
     last_metrics: dict
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but no CUDA device is available; use train.device=cpu")
-    return torch.device(name)
-
-
 def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
     """A seed for the mask noise of one micro-step: the masks depend only on (seed, rank, step)."""
     return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1)[0])
@@ -61,7 +54,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
     Everything is built before the folder is touched, so a config that cannot run leaves no trace.
     SIGTERM / SIGINT stop the run after the current step with a checkpoint (RunInterrupted).
     """
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, key="train.device")
     dist.init_from_env(device.type)
     if dist.is_distributed() and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

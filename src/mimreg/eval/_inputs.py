@@ -72,17 +72,3 @@ def top_k_percent(logits_or_scores: torch.Tensor, labels: torch.Tensor, k: int) 
     top = logits_or_scores.topk(k, dim=1).indices
     hits = (top == labels[:, None]).any(dim=1)
     return 100.0 * hits.float().mean().item()
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU; a CUDA name without CUDA is refused."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MimregError(f"--device {name} but no CUDA device is available; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise MimregError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None

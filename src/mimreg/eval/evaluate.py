@@ -9,7 +9,7 @@ import torch
 
 from mimreg.analysis import effective_rank, singular_values
 from mimreg.errors import MimregError
-from mimreg.eval._inputs import resolve_device
+from mimreg.devices import resolve_device
 from mimreg.eval.frozen import Split, embed_split, load_encoder
 from mimreg.eval.knn import knn_protocols
 from mimreg.eval.linear import linear_probe

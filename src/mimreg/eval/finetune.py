@@ -29,7 +29,7 @@ from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_sta
 from mimreg.engine.data import EpochBatches, collate_keep_size
 from mimreg.engine.schedule import lr_at
 from mimreg.errors import ConfigError, DataError, MimregError, NonFiniteLossError
-from mimreg.eval._inputs import resolve_device
+from mimreg.devices import resolve_device
 from mimreg.eval.evaluate import run_dir_of
 from mimreg.eval.finetune_config import FinetuneConfig, changed_settings, resolve_config
 from mimreg.eval.finetune_model import build_classifier, build_optimizer, freeze_all_but_last
