@@ -71,7 +71,8 @@ def add_finetune_parser(protocols) -> None:
     for f in dataclasses.fields(FinetuneConfig):
         if f.name == "test_images":
             continue  # the common --test-images
-        kind = next(t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
+        kind = str if f.name == "warmup_epochs" else next(  # warm-up: epochs or "5%" of the run
+            t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
         default = "from the preset" if f.default is None and f.name in PRESETS["small"] else f.default
         q.add_argument(f"--{f.name.replace('_', '-')}", type=_optional(kind), default=None,
                        choices=HEADS if f.name == "head" else None, help=f"default: {default}")

@@ -110,6 +110,17 @@ def test_settings_are_checked_with_the_fix_named():
     assert preset == "mae-vit-base" and (base.layer_decay, base.blr, base.drop_path) == (0.65, 5e-4, 0.1)
     large, _ = resolve_config("vit_large", 24, {"layer_decay": 0.8})
     assert (large.layer_decay, large.epochs, large.drop_path) == (0.8, 50, 0.2)  # given value kept
+    assert (base.warmup_epochs, large.warmup_epochs) == (5.0, 5.0)  # MAE's 5 warm-up epochs of 100 / of 50
+
+
+def test_the_warm_up_follows_a_shortened_run_and_never_covers_it():
+    assert resolve_config("vit_micro", 6, {"epochs": 2})[0].warmup_epochs == pytest.approx(0.1)  # 5% of the run
+    assert resolve_config("vit_micro", 6, {"epochs": 8, "warmup_epochs": "25%"})[0].warmup_epochs == 2.0
+    assert resolve_config("vit_micro", 6, {"epochs": 8, "warmup_epochs": "1.5"})[0].warmup_epochs == 1.5
+    with pytest.raises(ConfigError, match=r"warmup_epochs=5 covers the whole 2-epoch run.*such as 5%"):
+        resolve_config("vit_micro", 6, {"epochs": 2, "warmup_epochs": 5.0})
+    with pytest.raises(ConfigError, match="neither a number of epochs nor a percentage"):
+        resolve_config("vit_micro", 6, {"warmup_epochs": "five"})
 
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(tiny_run, tmp_path):
@@ -183,3 +194,25 @@ def test_msn_fine_tunes_its_target_encoder(msn_checkpoint):
     online = state["method.encoder.vit.blocks.0.attn.qkv.weight"]
     assert not torch.equal(target, online)
     assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], target)
+
+
+def test_crop_scale_and_flip_settings_reach_the_training_views():
+    from PIL import Image
+
+    from mimreg.eval.finetune import train_transform
+
+    rng = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
+    image = Image.fromarray(pixels)
+    whole = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    keep = train_transform(32, "none", 0.0, (0.0,) * 3, (1.0,) * 3, crop_scale=1.0, hflip=0.0)
+    mirror = train_transform(32, "none", 0.0, (0.0,) * 3, (1.0,) * 3, crop_scale=1.0, hflip=1.0)
+    small = train_transform(32, "none", 0.0, (0.0,) * 3, (1.0,) * 3, crop_scale=0.05, hflip=0.0)
+    torch.manual_seed(0)
+    for _ in range(3):  # the whole image, never flipped / always flipped / cropped
+        torch.testing.assert_close(keep(image), whole, atol=1 / 255, rtol=0)
+        torch.testing.assert_close(mirror(image), whole.flip(-1), atol=1 / 255, rtol=0)
+    assert not any(torch.allclose(small(image), whole, atol=0.1) for _ in range(3))
+    assert resolve_config("vit_micro", 6, {"crop_scale": 0.2})[0].crop_scale == 0.2
+    with pytest.raises(ConfigError, match=r"hflip must lie in \[0, 1\]"):
+        resolve_config("vit_micro", 6, {"hflip": 2.0})

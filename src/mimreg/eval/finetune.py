@@ -61,11 +61,12 @@ class NumpySeeded:
 RANDAUG_MAGNITUDE_MAX = 9.99
 
 
-def train_transform(img_size: int, randaug: str, reprob: float, mean, std) -> T.Compose:
+def train_transform(img_size: int, randaug: str, reprob: float, mean, std, crop_scale: float = 0.08,
+                    hflip: float = 0.5) -> T.Compose:
     """MAE's fine-tuning augmentation, as timm's create_transform(is_training=True) builds it: random
-    resized crop (0.08-1, bicubic), flip, RandAugment, normalise, random erasing (per-pixel noise)."""
-    steps = [RandomResizedCropAndInterpolation(img_size, scale=(0.08, 1.0), interpolation="bicubic"),
-             T.RandomHorizontalFlip()]
+    resized crop (crop_scale-1 of the area, bicubic), flip, RandAugment, normalise, random erasing (per-pixel noise)."""
+    steps = [RandomResizedCropAndInterpolation(img_size, scale=(crop_scale, 1.0), interpolation="bicubic"),
+             T.RandomHorizontalFlip(hflip)]
     if randaug != "none":
         hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean),
                    "interpolation": Image.BICUBIC, "magnitude_max": RANDAUG_MAGNITUDE_MAX}
@@ -100,7 +101,7 @@ def _datasets(name: str, root, img_size: int, cfg: FinetuneConfig):
     if cfg.test_images is not None and cfg.test_images < len(test):
         test = test.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(test), cfg.test_images, replace=False)))
     mean, std = dataset_stats(name)
-    augment = train_transform(img_size, cfg.randaug, cfg.reprob, mean, std)
+    augment = train_transform(img_size, cfg.randaug, cfg.reprob, mean, std, cfg.crop_scale, cfg.hflip)
     return (TransformedDataset(train, NumpySeeded(augment), seed=cfg.seed),
             TransformedDataset(test, eval_transform(img_size, mean, std), seed=cfg.seed), int(train.num_classes))
 

@@ -22,7 +22,7 @@ class FinetuneConfig:
     blr: float | None = None  # lr = blr x effective batch / 256, unless lr is set
     lr: float | None = None
     min_lr: float = 1e-6
-    warmup_epochs: float | None = None  # linear warm-up, then half-cosine to min_lr (per step)
+    warmup_epochs: float | str | None = None  # linear warm-up (epochs, or "5%" of the run), then half-cosine to min_lr
     weight_decay: float = 0.05
     layer_decay: float | None = None  # lr x layer_decay^(depth + 1 - layer) (BEiT / MAE)
     drop_path: float | None = None
@@ -34,6 +34,8 @@ class FinetuneConfig:
     smoothing: float = 0.1  # label smoothing
     randaug: str = "rand-m9-mstd0.5-inc1"  # timm auto-augment string; "none" = off
     reprob: float = 0.25  # random erasing probability
+    crop_scale: float | None = None  # smallest area fraction of the random resized crop (MAE: 0.08)
+    hflip: float = 0.5  # probability of a horizontal flip (0 for images whose mirror is another class, as digits)
     head: str = "gap"  # gap: mean of the patch tokens + fc_norm (MAE); cls: the cls token after the final norm
     fraction: float | None = None  # fine-tune on a stratified fraction of the train split (MI-MAE: 0.01)
     blocks: int | None = None  # fine-tune only the last k blocks (MAE Fig. 9); 0 = the head only; None = all
@@ -46,14 +48,18 @@ class FinetuneConfig:
     halt_after_steps: int | None = None  # stop as if interrupted (to exercise --resume)
 
 
-# name -> what the preset fills; arch -> preset name
+# name -> what the preset fills; arch -> preset name. Warm-ups are fractions of the run, so a shortened
+# fine-tuning (--epochs 2) keeps a warm-up shorter than itself.
 PRESETS = {
     # MAE ViT-B/16 fine-tuning: 100 epochs, blr 5e-4, layer decay 0.65, drop path 0.1, 5 warm-up epochs
-    "mae-vit-base": dict(epochs=100, batch_size=128, blr=5e-4, warmup_epochs=5.0, layer_decay=0.65, drop_path=0.1),
+    "mae-vit-base": dict(epochs=100, batch_size=128, blr=5e-4, warmup_epochs="5%", layer_decay=0.65, drop_path=0.1,
+                         crop_scale=0.08),
     # MAE ViT-L/16: 50 epochs, blr 1e-3, layer decay 0.75, drop path 0.2
-    "mae-vit-large": dict(epochs=50, batch_size=128, blr=1e-3, warmup_epochs=5.0, layer_decay=0.75, drop_path=0.2),
+    "mae-vit-large": dict(epochs=50, batch_size=128, blr=1e-3, warmup_epochs="10%", layer_decay=0.75, drop_path=0.2,
+                          crop_scale=0.08),
     # small ViTs on 32-96 px images (CIFAR, STL, digits): fewer, shallower layers, so a milder decay
-    "small": dict(epochs=100, batch_size=128, blr=1e-3, warmup_epochs=5.0, layer_decay=0.75, drop_path=0.1),
+    "small": dict(epochs=100, batch_size=128, blr=1e-3, warmup_epochs="5%", layer_decay=0.75, drop_path=0.1,
+                  crop_scale=0.08),
 }
 ARCH_PRESETS = {"vit_base": "mae-vit-base", "vit_large": "mae-vit-large"}
 
@@ -70,9 +76,22 @@ def resolve_config(arch: str, depth: int, overrides: dict) -> tuple[FinetuneConf
         raise ConfigError(f"unknown fine-tuning setting(s) {sorted(unknown)}; valid ones are {sorted(names)}")
     preset = preset_for(arch)
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    values["warmup_epochs"] = warmup_in_epochs(values["warmup_epochs"], values["epochs"])
     cfg = FinetuneConfig(**values)
     validate(cfg, depth)
     return cfg, preset
+
+
+def warmup_in_epochs(value, epochs: int) -> float:
+    """`warmup_epochs` as epochs: a number as given, "5%" as that share of `epochs`."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return epochs * float(text.removesuffix("%")) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ConfigError(f"fine-tuning warmup_epochs={value!r} is neither a number of epochs nor a "
+                              "percentage of the run such as 5%") from None
+    return float(value)
 
 
 def validate(cfg: FinetuneConfig, depth: int) -> None:
@@ -82,7 +101,7 @@ def validate(cfg: FinetuneConfig, depth: int) -> None:
         if value < 1:
             raise ConfigError(f"fine-tuning {key} must be >= 1, got {value}")
     in_range = {"mixup_prob": (cfg.mixup_prob, 0, 1), "mixup_switch_prob": (cfg.mixup_switch_prob, 0, 1),
-                "reprob": (cfg.reprob, 0, 1), "drop_path": (cfg.drop_path, 0, 1), "layer_decay": (cfg.layer_decay, 0, 1)}
+                "reprob": (cfg.reprob, 0, 1), "crop_scale": (cfg.crop_scale, 0, 1), "hflip": (cfg.hflip, 0, 1), "drop_path": (cfg.drop_path, 0, 1), "layer_decay": (cfg.layer_decay, 0, 1)}
     for key, (value, low, high) in in_range.items():
         if not low <= value <= high or (key == "layer_decay" and value == 0):
             raise ConfigError(f"fine-tuning {key} must lie in {'(' if key == 'layer_decay' else '['}{low}, {high}], got {value}")
@@ -91,6 +110,9 @@ def validate(cfg: FinetuneConfig, depth: int) -> None:
     if min(cfg.mixup, cfg.cutmix, cfg.weight_decay, cfg.min_lr, cfg.warmup_epochs, cfg.ckpt_every_steps) < 0:
         raise ConfigError("fine-tuning mixup, cutmix, weight_decay, min_lr, warmup_epochs and ckpt_every_steps "
                           "must be >= 0")
+    if cfg.warmup_epochs > 0 and cfg.warmup_epochs >= cfg.epochs:
+        raise ConfigError(f"fine-tuning warmup_epochs={cfg.warmup_epochs:g} covers the whole {cfg.epochs}-epoch run, "
+                          "leaving no epoch at the full learning rate; give fewer, or a share of the run such as 5%")
     if (cfg.blr if cfg.lr is None else cfg.lr) <= 0:
         raise ConfigError(f"fine-tuning lr must be positive, got blr={cfg.blr}, lr={cfg.lr}")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
@@ -109,5 +131,6 @@ def validate(cfg: FinetuneConfig, depth: int) -> None:
 def changed_settings(cfg: FinetuneConfig, preset: str) -> dict:
     """The settings that differ from the preset and the dataclass defaults (names the result file)."""
     defaults = {**{f.name: f.default for f in dataclasses.fields(FinetuneConfig)}, **PRESETS[preset]}
+    defaults["warmup_epochs"] = warmup_in_epochs(defaults["warmup_epochs"], cfg.epochs)
     skip = {"num_workers", "ckpt_every_steps", "keep_last", "halt_after_steps", "eval_every"}  # change no numbers
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip and v != defaults[k]}
