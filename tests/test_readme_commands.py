@@ -1,0 +1,279 @@
+"""Every command line of README.md runs as written, in README order, on tiny data and settings.
+
+The lines are read from the README's bash blocks (continuations joined, `for` loops unrolled); a
+line runs with its optional parts `[...]` included, the first of each `a|b` choice, its
+placeholders (PATH, N, RUN, ...) bound to tiny stand-ins, and tiny sizes appended (few images, one
+epoch, small batches), which change no option the line gives. What a line cannot do here is
+replaced by the nearest thing that can, and said below: torchrun runs 2 processes on one node, and
+`mimreg submit` hands its job to an in-process executor that runs it at once (no SLURM here).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mimreg.slurm
+from mimreg.cli import build_parser, main
+from mimreg.config import load_config
+from mimreg.engine.loop import pretrain
+from mimreg.regularizers import REGULARIZERS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# put before the options of every pretraining (the demo's too), so a --set the line gives wins
+TINY_DEMO = ["data.subset=64", "optim.batch_size=16", "model.arch=vit_micro", "train.device=cpu",
+             "train.progress=false", "train.log_every=1", "train.knn_bank=32", "train.knn_queries=16"]
+# a pretraining stops after 2 steps with its checkpoint (as if preempted), so the run length, and
+# the warm-up and regularizer windows that follow from it, stay the recipe's
+TINY_PRETRAIN = [*TINY_DEMO, "train.halt_after_steps=2"]
+TINY_EVAL = ["--train-images", "64", "--test-images", "32"]
+TINY_FINETUNE = ["--epochs", "1", "--batch-size", "2", "--test-images", "16"]
+CLASSES = 10
+
+
+# ---------------------------------------------------------------- reading the README
+def bash_lines() -> list[tuple[int, str]]:
+    """(line number, command) of every command in the README's bash blocks."""
+    text = README.read_text()
+    out, in_block, pending, loop = [], False, None, None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if raw.startswith("```"):
+            in_block = raw.strip() == "```bash"
+            continue
+        if not in_block:
+            continue
+        line = re.sub(r"\s+#\s.*$", "", raw).rstrip()  # a trailing comment
+        if pending is not None:
+            pending = (pending[0], pending[1] + " " + line.strip().removesuffix("\\").strip())
+        elif line.strip():
+            pending = (number, line.strip().removesuffix("\\").strip())
+        else:
+            continue
+        if line.endswith("\\") or _next_is_synopsis(text, number):
+            continue
+        number, command = pending
+        pending = None
+        if match := re.fullmatch(r"for (\w+) in (.+); do", command):
+            loop = (match.group(1), match.group(2).split(), [])
+        elif command == "done" and loop:
+            name, values, body = loop
+            out += [(n, c.replace(f"${name}", v)) for v in values for n, c in body]
+            loop = None
+        elif loop:
+            loop[2].append((number, command))
+        else:
+            out.append((number, command))
+    return out
+
+
+def _next_is_synopsis(text: str, number: int) -> bool:
+    """A synopsis goes on in lines that start with spaces and `[`."""
+    lines = text.splitlines()
+    return number < len(lines) and re.match(r"\s+\[", lines[number]) is not None
+
+
+def readme_commands() -> list[tuple[int, str]]:
+    commands = [(n, c) for n, c in bash_lines() if c.split()[0] in ("mimreg", "torchrun")]
+    # `make demo`/`make test` are the demo line and this suite; benchmarks run for minutes to hours
+    skipped = [c for _, c in bash_lines() if c.split()[0] not in ("mimreg", "torchrun", "make")
+               and not c.startswith(".venv/bin/python benchmarks/")]
+    assert not skipped, f"README commands this test does not know how to run: {skipped}"
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+# ---------------------------------------------------------------- tiny stand-ins
+def write_cifar10(root: Path, per_class: int, test_per_class: int) -> Path:
+    """cifar-10-batches-py in the original pickled layout, images of a per-class pattern."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def images(count):
+        labels = np.arange(count) % CLASSES
+        pixels = rng.integers(0, 60, (count, 3, 32, 32), dtype=np.uint8)
+        pixels[np.arange(count), labels % 3, :, :] += np.uint8(150)  # a class colour to learn
+        return pixels.reshape(count, -1), labels.tolist()
+
+    data, labels = images(per_class * CLASSES)
+    for b in range(5):
+        rows = slice(b * len(labels) // 5, (b + 1) * len(labels) // 5)
+        with open(folder / f"data_batch_{b + 1}", "wb") as f:
+            pickle.dump({b"data": data[rows], b"labels": labels[rows]}, f)
+    data, labels = images(test_per_class * CLASSES)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"class{k}".encode() for k in range(CLASSES)]}, f)
+    return root
+
+
+def write_image_folder(root: Path, per_class: int) -> Path:
+    """root/{train,test}/<class>/<i>.png, 32x32."""
+    rng = np.random.default_rng(1)
+    for split, count in (("train", per_class), ("test", max(2, per_class // 2))):
+        for k in range(CLASSES):
+            (root / split / f"class{k}").mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+                pixels[..., k % 3] += np.uint8(150)
+                Image.fromarray(pixels).save(root / split / f"class{k}" / f"{i}.png")
+    return root
+
+
+def write_readme_files(folder: Path) -> None:
+    """The files the README's commands name (my_config.yaml, my_regularizers.py), from its blocks."""
+    for language, block in re.findall(r"```(\w+)\n(.*?)```", README.read_text(), flags=re.S):
+        first = block.splitlines()[0]
+        if language in ("yaml", "python") and re.fullmatch(r"# [\w.]+\.(yaml|py)", first):
+            (folder / first.removeprefix("# ")).write_text(block)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The folder the commands run in, with the data and files they name."""
+    folder = tmp_path_factory.mktemp("readme")
+    write_readme_files(folder)
+    data = {"cifar": write_cifar10(folder / "data" / "cifar10", per_class=20, test_per_class=4),
+            "images": write_image_folder(folder / "data" / "images", per_class=4)}
+    yield folder, data
+    REGULARIZERS.pop("variance_floor", None)
+    sys.modules.pop("my_regularizers", None)
+
+
+# ---------------------------------------------------------------- from a README line to argv
+PLACEHOLDERS = {"PATH": "{images}", "N": "1", "RUN": "runs/mu", "RECIPE": "mae", "G": "1", "P": "debug",
+                "MINUTES": "10", "DIR": "runs/submitted", "KEY=VALUE": "train.log_every=1", "T": "1",
+                "M": "8", "A": "lab", "Q": "normal", "C": "cpu", "DATA": "{images}"}
+PATHS = {"~/data/cifar10": "{cifar}", "/shared/cifar10": "{cifar}", "/shared/runs/mu": "runs/shared-mu-L{line}",
+         "...": "{cifar}"}
+
+
+def concrete(command: str, data: dict) -> list[str]:
+    """The README line as an argv: optional parts kept, first choices taken, placeholders bound."""
+    command = re.sub(r"\[(--[^\[\]]*)\]", r"\1", command)  # [--pool cls --pool mean] -> its content
+    words = []
+    for word in shlex.split(command):
+        if word == "...":
+            continue  # "--blocks 2 ..." : and so on
+        if "|" in word and not word.startswith("'"):
+            word = word.split("|")[0]
+        key, _, value = word.partition("=")
+        if value in PATHS:
+            word = f"{key}={PATHS[value]}"
+        word = PATHS.get(word, PLACEHOLDERS.get(word, word))
+        for name, value in data.items():
+            word = word.replace(f"{{{name}}}", str(value))
+        words.append(word)
+    unknown = [w for w in words if re.fullmatch(r"[A-Z][A-Z_=]*", w)]
+    assert not unknown, f"placeholders this test cannot bind: {unknown} in {command!r}"
+    return words
+
+
+def with_tiny_sizes(argv: list[str]) -> list[str]:
+    """argv with tiny sizes that leave every option the line gives in force."""
+    if argv[0] == "torchrun":
+        start = argv.index("-m") + 1  # torchrun ... -m mimreg.cli <a mimreg command line>
+        return (argv[:start + 1]
+                + with_tiny_sizes(["mimreg", *argv[start + 1:]])[1:])
+    command = argv[1]
+    if command in ("pretrain", "submit", "demo"):
+        position = 3 if command != "demo" else 2  # after `mimreg pretrain CONFIG`
+        sets = [x for s in (TINY_DEMO if command == "demo" else TINY_PRETRAIN) for x in ("--set", s)]
+        if command == "demo":
+            sets += ["--out", "runs/demo"] if "--out" not in argv else []
+        return argv[:position] + sets + argv[position:]
+    if argv[1:3] == ["eval", "finetune"]:
+        return argv + TINY_FINETUNE
+    if command == "analyze" or argv[2:3] in (["lowshot"], ["robustness"]):  # low-shot draws its shots from all
+        return argv + TINY_EVAL[2:]
+    if command == "eval":
+        return argv + TINY_EVAL
+    return argv
+
+
+# ---------------------------------------------------------------- running them
+class RunAtOnce:
+    """A submitit executor stand-in: `submit(job)` runs the job's pretraining here, now (what each
+    task runs, without submitit's transport and environment)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def submit(self, job):
+        result = pretrain(load_config(job.config, job.overrides), job.out_dir, resume=True)
+        return FinishedJob(self.folder, {"steps": result.steps, "checkpoint": str(result.checkpoint)})
+
+
+class FinishedJob:
+    job_id = "local-0"
+
+    def __init__(self, folder: Path, result: dict):
+        self.paths = type("Paths", (), {"folder": folder})
+        self.result = result
+
+    def results(self) -> list[dict]:
+        return [self.result]
+
+
+def run_readme_line(argv: list[str], folder: Path, monkeypatch, capsys, torchrun) -> None:
+    if argv[0] == "torchrun":
+        torchrun(argv[argv.index("-m"):], cwd=folder)  # conftest's: 2 processes on this node, one thread each
+        return
+    monkeypatch.setattr(mimreg.slurm, "build_executor", lambda log, res, cluster, name: RunAtOnce(log))
+    code = main(argv[1:])
+    assert code == 0, f"{shlex.join(argv)} exited {code}: {capsys.readouterr().err[-2000:]}"
+
+
+def prepare_missing_runs(argv: list[str], folder: Path) -> None:
+    """A run a line reads (`runs/mae`) that no earlier line made: pretrain its recipe, tiny."""
+    reads = argv[2:] if argv[1] in ("results", "report") else []
+    if "--checkpoint" in argv:
+        reads.append(argv[argv.index("--checkpoint") + 1])
+    for path in reads:
+        if path.startswith("runs/") and not (folder / path).exists():
+            recipe = path.removeprefix("runs/")
+            assert main(["pretrain", recipe, "--out", path, *(x for s in TINY_PRETRAIN for x in ("--set", s))]) == 0
+
+
+def set_aside_default_folder(argv: list[str], folder: Path, number: int) -> None:
+    """The README's pretrain lines are separate examples: one that writes the default folder
+    (runs/<recipe>) another line wrote already starts on its own (the other's run is kept aside)."""
+    if argv[1] != "pretrain" or "--out" in argv or "--resume" in argv:
+        return
+    args = build_parser().parse_args(argv[1:])
+    recipe = load_config(args.config, args.overrides).recipe  # as cmd_pretrain names its folder
+    default = folder / "runs" / recipe.replace("/", "-")
+    if default.exists():
+        default.rename(default.with_name(f"{default.name}.before-L{number}"))
+
+
+def test_the_readme_has_the_commands_this_test_knows():
+    verbs = {shlex.split(c)[1] if c.startswith("mimreg") else "torchrun" for _, c in COMMANDS}
+    assert {"pretrain", "eval", "results", "analyze", "report", "export", "demo", "submit", "torchrun"} <= verbs
+    assert len(COMMANDS) >= 20
+
+
+@pytest.mark.parametrize("number,command", COMMANDS, ids=[f"L{n}-{c.split()[1]}" for n, c in COMMANDS])
+def test_readme_command_runs(number, command, workspace, monkeypatch, capsys, torchrun):
+    folder, data = workspace
+    monkeypatch.chdir(folder)
+    argv = with_tiny_sizes(concrete(command, {**data, "line": number}))
+    prepare_missing_runs(argv, folder)
+    set_aside_default_folder(argv, folder, number)
+    run_readme_line(argv, folder, monkeypatch, capsys, torchrun)
+    if argv[1] == "pretrain" and "--out" in argv:
+        out = folder / argv[argv.index("--out") + 1]
+        assert any(json.loads(line)["kind"] == "train" for line in (out / "metrics.jsonl").read_text().splitlines())
