@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/mimreg demo
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile  # two workers (the 2 cores), each test file on one
 
 clean:
 	rm -rf $(VENV) runs
