@@ -58,7 +58,7 @@ def add_finetune_parser(protocols) -> None:
     import dataclasses
     import typing
 
-    from mimreg.eval.finetune_config import HEADS, PRESETS, FinetuneConfig
+    from mimreg.eval.finetune_config import HEAD_INITS, HEADS, PRESETS, FinetuneConfig
 
     text = ("fine-tune the encoder end to end (MAE's protocol: AdamW + layer decay, warm-up + cosine, drop path, "
             "RandAugment, random erasing, Mixup/CutMix, label smoothing)")
@@ -75,7 +75,7 @@ def add_finetune_parser(protocols) -> None:
             t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
         default = "from the preset" if f.default is None and f.name in PRESETS["small"] else f.default
         q.add_argument(f"--{f.name.replace('_', '-')}", type=_optional(kind), default=None,
-                       choices=HEADS if f.name == "head" else None, help=f"default: {default}")
+                       choices={"head": HEADS, "head_init": HEAD_INITS}.get(f.name), help=f"default: {default}")
     q.set_defaults(run=cmd_finetune)
 
 

@@ -1,5 +1,6 @@
 """`mimreg eval finetune`: timm's layer-decay groups, Mixup targets, partial fine-tuning, exact resume,
-the encoder it starts from, and that fine-tuning beats the frozen probe of the same checkpoint."""
+the encoder it starts from, warm-ups that follow the run, the crop and flip settings, a short
+fine-tuning that learns, and the probe-initialised head (LP-FT)."""
 
 from __future__ import annotations
 
@@ -216,3 +217,17 @@ def test_crop_scale_and_flip_settings_reach_the_training_views():
     assert resolve_config("vit_micro", 6, {"crop_scale": 0.2})[0].crop_scale == 0.2
     with pytest.raises(ConfigError, match=r"hflip must lie in \[0, 1\]"):
         resolve_config("vit_micro", 6, {"hflip": 2.0})
+
+
+def test_a_probe_initialised_head_scores_as_the_probe_before_any_step(tiny_run):
+    from mimreg.eval.finetune import _datasets, evaluate_classifier, init_head_from_probe
+
+    cfg, _ = resolve_config("vit_micro", 6, {**TINY, "head": "cls", "head_init": "probe"})
+    encoder, pre_cfg, _ = load_encoder(tiny_run)
+    _, _, train_plain, classes = _datasets("synthetic", None, pre_cfg.img_size, cfg)
+    model = build_classifier(encoder, classes, "cls", 0.0)
+    assert evaluate_classifier(model, train_plain, torch.device("cpu"))["top1"] < 50  # MAE's near-zero head
+    probe = init_head_from_probe(model, train_plain, torch.device("cpu"), seed=0)
+    # the standardisation folded into the head: the classifier scores the train split as the probe did
+    assert evaluate_classifier(model, train_plain, torch.device("cpu"))["top1"] == pytest.approx(probe["train_top1"])
+    assert probe["train_top1"] > 90 and probe["lr"] > 0

@@ -34,6 +34,7 @@ from mimreg.eval.evaluate import run_dir_of
 from mimreg.eval.finetune_config import FinetuneConfig, changed_settings, resolve_config
 from mimreg.eval.finetune_model import build_classifier, build_optimizer, freeze_all_but_last
 from mimreg.eval.frozen import load_encoder
+from mimreg.eval.linear import sweep_probe
 from mimreg.eval.results import result_stem, save_result
 from mimreg.eval.splits import stratified_fraction
 
@@ -102,8 +103,31 @@ def _datasets(name: str, root, img_size: int, cfg: FinetuneConfig):
         test = test.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(test), cfg.test_images, replace=False)))
     mean, std = dataset_stats(name)
     augment = train_transform(img_size, cfg.randaug, cfg.reprob, mean, std, cfg.crop_scale, cfg.hflip)
-    return (TransformedDataset(train, NumpySeeded(augment), seed=cfg.seed),
-            TransformedDataset(test, eval_transform(img_size, mean, std), seed=cfg.seed), int(train.num_classes))
+    plain = eval_transform(img_size, mean, std)
+    return (TransformedDataset(train, NumpySeeded(augment), seed=cfg.seed), TransformedDataset(test, plain, seed=cfg.seed),
+            TransformedDataset(train, plain, seed=cfg.seed), int(train.num_classes))
+
+
+@torch.no_grad()
+def init_head_from_probe(model: torch.nn.Module, train_plain: TransformedDataset, device: torch.device,
+                         seed: int) -> dict:
+    """LP-FT (Kumar et al., ICLR 2022, Sec. 4): the head starts as the default `sweep` probe of the
+    frozen features it reads (un-augmented training images), not near zero, so that fine-tuning
+    starts from the probe's accuracy and its first steps do not distort the features through a
+    random head. Returns the probe's summary (train top-1, chosen lr and weight decay)."""
+    model.eval()
+    features, labels = [], []
+    for batch in DataLoader(train_plain, batch_size=256, collate_fn=collate_skipping_bad):
+        if batch.images is not None:
+            tokens = model.forward_features(batch.images.to(device))
+            features.append(model.forward_head(tokens, pre_logits=True).float().cpu())
+            labels.append(batch.labels)
+    x, y = torch.cat(features), torch.cat(labels)
+    fit = sweep_probe(x, y, x, y, seed=seed, keep_head=True)  # "test" = train: only the head is kept
+    model.head.weight.copy_(fit["head"]["weight"])
+    model.head.bias.copy_(fit["head"]["bias"])
+    model.train()
+    return {"train_top1": fit["train_top1"], "lr": fit["lr"], "weight_decay": fit["weight_decay"]}
 
 
 def _loss_and_mixup(cfg: FinetuneConfig, num_classes: int):
@@ -208,8 +232,9 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     out = Path(out) if out else run_dir_of(checkpoint) / "finetune" / result_stem("finetune", None, name, cfg.head, options)
     torch.manual_seed(cfg.seed + rank)
     np.random.seed((cfg.seed + rank) % 2**32)
-    train, test, num_classes = _datasets(name, root, pre_cfg.img_size, cfg)
-    model = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path)
+    train, test, train_plain, num_classes = _datasets(name, root, pre_cfg.img_size, cfg)
+    model = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path).to(dev)
+    probe = init_head_from_probe(model, train_plain, dev, cfg.seed) if cfg.head_init == "probe" and not resume else None
     freeze_all_but_last(model, cfg.blocks)
     model = model.to(dev)
     optimizer = build_optimizer(model, cfg.weight_decay, cfg.layer_decay)
@@ -230,7 +255,7 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
               "train_loss": progress.curves[-1]["train_loss"], "epochs": cfg.epochs, "steps": progress.step,
               "lr": trainer.base_lr, "processes": world, "num_classes": num_classes, "finetune_images": len(train),
               "config": record, "curves": progress.curves, "out": str(out),
-              "minutes": (time.time() - began) / 60}  # of this call (a resumed run: since the resume)
+              "minutes": (time.time() - began) / 60, **({"head_probe": probe} if probe else {})}  # of this call (a resumed run: since the resume)
     meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": len(train), "test_images": len(test)}
     path = save_result(run_dir_of(checkpoint), meta, protocol="finetune", variant=None, pool=cfg.head, options=options,
                        result=result) if dist.is_main_process() else None

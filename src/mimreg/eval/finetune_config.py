@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mimreg.errors import ConfigError
 
 HEADS = ("gap", "cls")
+HEAD_INITS = ("zero", "probe")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class FinetuneConfig:
     crop_scale: float | None = None  # smallest area fraction of the random resized crop (MAE: 0.08)
     hflip: float = 0.5  # probability of a horizontal flip (0 for images whose mirror is another class, as digits)
     head: str = "gap"  # gap: mean of the patch tokens + fc_norm (MAE); cls: the cls token after the final norm
+    head_init: str = "zero"  # zero: MAE's trunc-normal(2e-5); probe: the frozen features' sweep probe first (LP-FT)
     fraction: float | None = None  # fine-tune on a stratified fraction of the train split (MI-MAE: 0.01)
     blocks: int | None = None  # fine-tune only the last k blocks (MAE Fig. 9); 0 = the head only; None = all
     seed: int = 0
@@ -118,6 +120,8 @@ def validate(cfg: FinetuneConfig, depth: int) -> None:
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ConfigError(f"Mixup/CutMix mixes a batch with its flip and needs an even batch_size, got "
                           f"{cfg.batch_size}; change it or pass --mixup 0 --cutmix 0")
+    if cfg.head_init not in HEAD_INITS:
+        raise ConfigError(f"fine-tuning head_init must be one of {HEAD_INITS}, got {cfg.head_init!r}")
     if cfg.head not in HEADS:
         raise ConfigError(f"fine-tuning head must be one of {HEADS}, got {cfg.head!r}")
     if cfg.fraction is not None and not 0 < cfg.fraction <= 1:

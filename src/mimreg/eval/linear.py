@@ -56,12 +56,16 @@ def _train(heads: LinearHeads, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
     return loss_sum / max(seen, 1)
 
 
-def _standardise(fit_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Centre and scale by the mean and std of `fit_x`; a constant dimension keeps scale 1 (sklearn's
-    StandardScaler rule), so it stays 0 on the fit rows instead of dividing by zero."""
-    mean = fit_x.mean(dim=0)
+def _feature_stats(fit_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of `fit_x`; a constant dimension keeps scale 1 (sklearn's StandardScaler rule),
+    so it stays 0 on the fit rows instead of dividing by zero."""
     std = fit_x.std(dim=0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    return fit_x.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std))
+
+
+def _standardise(fit_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Centre and scale by the mean and std of `fit_x`."""
+    mean, std = _feature_stats(fit_x)
     return [(x - mean) / std for x in (fit_x, *others)]
 
 
@@ -86,11 +90,12 @@ def _scores(heads: LinearHeads, train, test, num_classes: int) -> dict:
 
 def sweep_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, batch_size: int = 256,
                 lrs=SWEEP_LRS, weight_decays=SWEEP_WEIGHT_DECAYS, momentum: float = 0.9, held_out: float = 0.1,
-                seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+                seed: int = 0, device: str = "cpu", progress: bool = False, keep_head: bool = False) -> dict:
     """The default probe (module docstring). Returns top1, top5 (5+ classes), train_top1 and
     train_loss (cross-entropy of the final head on the whole train split), heldout_top1 of the
     chosen setting, lr, weight_decay, the grid's held-out accuracies, epochs, protocol, num_classes.
-    Ties on held-out accuracy go to the lower held-out loss."""
+    Ties on held-out accuracy go to the lower held-out loss. `keep_head`: also "head", the final
+    head on the raw features (the standardisation folded in): weight (C, D), bias (C,)."""
     train_x, train_y, test_x, test_y, num_classes = check_split(train_x, train_y, test_x, test_y)
     if not 0 < held_out < 1:
         raise MimregError(f"held_out must lie in (0, 1), got {held_out}; 0.1 holds out 10% of each class")
@@ -119,10 +124,18 @@ def sweep_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, batch_si
     _train(final, all_x, train_y.to(dev), epochs=epochs, batch_size=batch_size, generator=generator, min_batch=1,
            lr_scale=_cosine(_steps(len(train_y), batch_size, epochs)), progress="linear refit" if progress else None)
     result = _scores(final, (all_x, train_y.to(dev)), (test_xs, test_y.to(dev)), num_classes)
+    if keep_head:
+        result["head"] = _raw_feature_head(final.weight[0], final.bias[0], *_feature_stats(train_x))
     return {**result, "heldout_top1": float(scores["top1"][best]), "lr": lr, "weight_decay": wd,
             "grid": [{"lr": g[0], "weight_decay": g[1], "heldout_top1": float(scores["top1"][h])}
                      for h, g in enumerate(grid)],
             "heldout_images": int(held.size), "epochs": epochs, "protocol": "sweep", "num_classes": num_classes}
+
+
+def _raw_feature_head(weight, bias, mean, std) -> dict:
+    """W (x - mu) / sigma + b as W' x + b' on raw features x."""
+    folded = weight / std.to(weight)
+    return {"weight": folded.cpu(), "bias": (bias - folded @ mean.to(weight)).cpu()}
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, protocol: str = "sweep", epochs: int = 100,
