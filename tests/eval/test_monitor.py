@@ -79,5 +79,5 @@ def test_off_when_asked_or_when_there_are_no_labels(tiny_config, monkeypatch):
     assert KnnMonitor.from_config(tiny_config()) is None  # auto: off
     with pytest.raises(ConfigError, match="train.knn_every=2 needs labelled"):
         KnnMonitor.from_config(tiny_config(train__knn_every=2))
-    with pytest.raises(ConfigError, match="knn_every must be >= 0"):
+    with pytest.raises(ConfigError, match=r"train.knn_every=-1 is out of range: it must be >= 0"):
         tiny_config(train__knn_every=-1)

@@ -269,7 +269,9 @@ def test_on_step_end_moves_the_target_by_one_minus_tau_and_ramps_tau():
     m.on_step_end(0.5)
     for name, old in before.items():
         source = online[name.removeprefix("target_")]
-        torch.testing.assert_close(dict(m.named_parameters())[name], old + 0.004 * (source - old))
+        moved = dict(m.named_parameters())[name]
+        torch.testing.assert_close(moved, old + 0.004 * (source - old))
+        assert moved.is_leaf and moved.grad_fn is None  # the update is not recorded by autograd
     assert float(m.tau) == pytest.approx(0.996 + 0.004 * 0.5)
     m.on_step_end(0.25)
     assert float(m.tau) == pytest.approx(0.997)
@@ -451,3 +453,11 @@ def test_gradient_clipping_covers_the_encoder_and_head_not_the_prototypes():
     assert any(n.startswith("method.encoder.") for n in names) and any(n.startswith("method.head.") for n in names)
     online = {n for n, p in trainee.method.named_parameters() if p.requires_grad and n != "prototypes"}
     assert {n.removeprefix("method.") for n in names if trainee.get_parameter(n).requires_grad} == online
+
+
+def test_clipping_covers_the_trained_encoder_and_head_only():
+    m = make_msn()
+    clipped = {id(p) for p in m.clipped_parameters()}
+    names = {n for n, p in m.named_parameters() if id(p) in clipped}
+    assert names == {n for n, p in m.named_parameters() if n.startswith(("encoder.", "head.")) and p.requires_grad}
+    assert "prototypes" not in names and not any(n.startswith("target_") for n in names)

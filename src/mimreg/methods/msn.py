@@ -142,11 +142,12 @@ class MSN(Method):
                     **{f"block.{i}": x for i, x in out.pooled_blocks.items()}}
         return MethodOutput(losses, features)
 
-    @torch.no_grad()
     def clipped_parameters(self):
-        """The encoder and its head, as the official `clip_grad_norm_(encoder.parameters(), 3)`: not the prototypes."""
-        return [p for name, p in self.named_parameters() if name != "prototypes"]
+        """The encoder and its head, as the official `clip_grad_norm_(encoder.parameters(), 3)`: not the
+        prototypes, nor the EMA target (it has no gradient)."""
+        return [p for name, p in self.named_parameters() if name != "prototypes" and p.requires_grad]
 
+    @torch.no_grad()
     def on_step_end(self, progress: float) -> None:
         tau = float(self.tau)
         for online, target in ((self.encoder, self.target_encoder), (self.head, self.target_head)):
