@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -344,6 +346,7 @@ def parse_args(argv=None):
     parser.add_argument("--gemm-n", type=int, help="matmul size of the peak (default 2048 on CPU, 8192 on CUDA)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of mimreg's step")
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--json", help="also write the numbers (img/s, ratios, peak memory) to this JSON file")
     return parser.parse_args(argv)
 
 
@@ -375,6 +378,19 @@ def main(argv=None) -> None:
     if args.out:
         with open(args.out, "a") as f:
             f.write(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(numbers(s, rates, memory, flops, peak, notes), indent=2) + "\n")
+
+
+def numbers(s: Setting, rates: dict, memory: dict, flops: float, peak: float, notes: list[str]) -> dict:
+    """The report as data: per implementation its median img/s, ratios and peak memory."""
+    med = {n: statistics.median(r) for n, r in rates.items()}
+    impls = {name: {"img_per_s": value, "rounds": rates[name], "peak_memory_gb": memory.get(name),
+                    "fraction_of_gemm_peak": flops * value / s.batch / 1e9 / peak,
+                    **{f"vs_{other}": value / med[other] for other in ("lightly", "reference") if other in med}}
+             for name, value in med.items()}
+    return {"setting": asdict(s), "gemm_peak_gflops": peak, "step_gflop": flops / 1e9, "implementations": impls,
+            "notes": notes}
 
 
 if __name__ == "__main__":
