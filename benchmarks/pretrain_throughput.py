@@ -4,7 +4,7 @@ images through the device data pipeline, stopped by SIGTERM after a time budget.
 The images are written once as CIFAR-10's python pickles (50,000 train, 10,000 test by default; the
 procedural stripes of the `synthetic` dataset, so the loss falls as on a real set) and read by the
 ordinary `cifar10` dataset. The run trains ViT-Tiny/4 MAE (the cifar10 preset, 800 epochs of schedule)
-until --seconds have passed, when SIGTERM stops it after the current step with a checkpoint, as a
+until --seconds have passed (and one step was logged), when SIGTERM stops it after the current step with a checkpoint, as a
 preemption would. From the run's metrics.jsonl: img/s end to end (every step over the whole call,
 start-up and the first epoch's warm-up included), img/s after the first epoch, epochs per minute, and
 the peak GPU memory. One JSON object goes to --json.
@@ -55,6 +55,17 @@ def write_fake_cifar10(root: Path, train_images: int, test_images: int) -> Path:
     return root
 
 
+def stop_after(seconds: float, metrics: Path, done: threading.Event) -> None:
+    """SIGTERM this process after `seconds`, but not before the first step is logged: the run's
+    handler, which turns SIGTERM into a checkpoint and a clean stop, is installed by then."""
+    if done.wait(seconds):
+        return
+    while not done.is_set() and '"kind": "train"' not in (metrics.read_text() if metrics.is_file() else ""):
+        done.wait(0.2)
+    if not done.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def summarise(run: Path, wall: float, batch: int, device: str) -> dict:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in records if r["kind"] == "start")
@@ -96,13 +107,13 @@ def main(argv=None) -> int:
     sets = [f"data.root={root}", "data.pipeline=device", f"train.device={args.device}",
             f"optim.batch_size={args.batch}", "train.progress=false", "train.log_every=1", *args.set]
     run = work / "run"
-    timer = threading.Timer(args.seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    done = threading.Event()
+    threading.Thread(target=stop_after, args=(args.seconds, run / "metrics.jsonl", done), daemon=True).start()
     start = time.perf_counter()
-    timer.start()
     try:
         code = mimreg_main(["pretrain", "cifar10/mae", "--out", str(run)] + [a for s in sets for a in ("--set", s)])
     finally:
-        timer.cancel()
+        done.set()
     wall = time.perf_counter() - start
     summary = {"exit_code": code, "stopped_by_time": code == 128 + signal.SIGTERM, "settings": sets,
                **summarise(run, wall, args.batch, args.device)}

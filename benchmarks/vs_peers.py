@@ -16,7 +16,7 @@ measured in the same run (best of n x n matmuls in the step's dtype). On CUDA th
 each step is reported too. --profile prints torch.profiler's table of mimreg's step.
 
     python benchmarks/vs_peers.py [--preset tiny32|base224] [--device cpu|cuda] [--precision fp32|bf16]
-        [--batch N] [--rounds 5] [--steps 2] [--impls mimreg,mimreg-compile,lightly,reference]
+        [--batch N] [--arch A] [--img-size PX] [--rounds 5] [--steps 2] [--impls mimreg,mimreg-compile,lightly,reference]
         [--compile-mode default|reduce-overhead|max-autotune] [--threads N] [--profile]
 """
 
@@ -337,6 +337,7 @@ def parse_args(argv=None):
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--batch", type=int, help="default: the preset's (256 at 32 px, 128 at 224 px)")
     parser.add_argument("--arch", choices=sorted(ARCHS), help="default: the preset's")
+    parser.add_argument("--img-size", type=int, help="default: the preset's (a smaller one for smoke runs)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per implementation per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
@@ -355,7 +356,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     arch, img, patch, ddim, ddepth, dheads, batch = PRESETS[args.preset]
-    s = Setting(args.arch or arch, img, patch, ddim, ddepth, dheads, args.batch or batch, args.device, args.precision)
+    s = Setting(args.arch or arch, args.img_size or img, patch, ddim, ddepth, dheads, args.batch or batch, args.device, args.precision)
     args.gemm_n = args.gemm_n or (8192 if s.device.startswith("cuda") else 2048)
     steps, losses, notes = build_steps(s, args.impls.split(","), args.compile_mode)
     memory = {}
