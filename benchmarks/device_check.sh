@@ -17,7 +17,7 @@
 #
 # --smoke runs the same sections on the CPU at tiny sizes (one round, in one interpreter), into --out or
 # $DEVICE_CHECK_OUT (default: a fresh temporary folder), never into benchmarks/results. Environment:
-# PYTHON (default: python), PRETRAIN_SECONDS (default 170).
+# PYTHON (default: python), PRETRAIN_SECONDS (default 150).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -56,7 +56,7 @@ else
     TINY=(--preset tiny32 --batch 1024 --impls mimreg,mimreg-compile,lightly,reference)
     DATA=(--device cuda --batch 1024 --rounds 3 --threads 4)
     MST=(--device cuda --sizes 4096 --dims 256 --repeats 3 --scipy-repeats 2)
-    PRETRAIN=(--device cuda --seconds "${PRETRAIN_SECONDS:-170}" --batch 1024 --set train.precision=bf16
+    PRETRAIN=(--device cuda --seconds "${PRETRAIN_SECONDS:-150}" --batch 1024 --set train.precision=bf16
               --set train.log_every=20)  # a logged step reads its losses (a host sync)
 fi
 
