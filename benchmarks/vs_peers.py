@@ -17,7 +17,7 @@ each step is reported too. --profile prints torch.profiler's table of mimreg's s
 
     python benchmarks/vs_peers.py [--preset tiny32|base224] [--device cpu|cuda] [--precision fp32|bf16]
         [--batch N] [--arch A] [--img-size PX] [--rounds 5] [--steps 2] [--impls mimreg,mimreg-compile,lightly,reference]
-        [--compile-mode default|reduce-overhead|max-autotune] [--threads N] [--profile]
+        [--compile-mode default|reduce-overhead|max-autotune] [--threads N] [--profile [--profile-impl NAME]]
 """
 
 from __future__ import annotations
@@ -345,7 +345,8 @@ def parse_args(argv=None):
     parser.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--gemm-n", type=int, help="matmul size of the peak (default 2048 on CPU, 8192 on CUDA)")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of mimreg's step")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of a step")
+    parser.add_argument("--profile-impl", default="mimreg", help="the implementation --profile profiles")
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument("--json", help="also write the numbers (img/s, ratios, peak memory) to this JSON file")
     return parser.parse_args(argv)
@@ -372,8 +373,8 @@ def main(argv=None) -> None:
     with torch.autocast(s.device.split(":")[0], dtype=dtype, enabled=s.precision != "fp32"):
         flops = step_flops(losses[first])
     lines = report(s, args, rates, memory, flops, peak, notes)
-    if args.profile and "mimreg" in steps:
-        lines += ["", "profile of mimreg's step (2 steps):", profile_table(steps["mimreg"], s.device)]
+    if args.profile and args.profile_impl in steps:
+        lines += ["", f"profile of {args.profile_impl}'s step (2 steps):", profile_table(steps[args.profile_impl], s.device)]
     text = "\n".join(lines)
     print(text, flush=True)
     if args.out:
