@@ -35,19 +35,14 @@ def test_every_attention_uses_torch_fused_attention(tiny_config):
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_steps_are_finite_and_weights_stay_fp32(tmp_path, tiny_config, precision):
-    result = pretrain(tiny_config("u-mae", *CUDA_SETS, f"train.precision={precision}"), tmp_path / "run")
+    pretrain(tiny_config("u-mae", *CUDA_SETS, f"train.precision={precision}"), tmp_path / "run")
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get("kind") == "train"]
     assert len(rows) == 4
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["reg/uniformity"]) for r in rows)
-    assert rows[-1]["rec"] < rows[0]["rec"]
-    weights = load_checkpoint(tmp_path / "run")["model"]
-    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
-    assert result is not None
-
-
-def simclr_config(*sets: str):
-    return load_config("digits/simclr", ["data.name=synthetic", "model.arch=vit_micro", "method.proj_hidden_dim=32",
-                                         "method.proj_output_dim=16", *sets])
+    state = load_checkpoint(tmp_path / "run")
+    assert all(w.dtype == torch.float32 for w in state["model"].values() if w.is_floating_point())
+    # fp16 runs its backward through a GradScaler (its scale is saved for --resume); bf16 needs none
+    assert bool(state["scaler"]) == (precision == "fp16")
 
 
 @pytest.fixture
