@@ -17,7 +17,7 @@
 #
 # --smoke runs the same sections on the CPU at tiny sizes (one round, in one interpreter), into --out or
 # $DEVICE_CHECK_OUT (default: a fresh temporary folder), never into benchmarks/results. Environment:
-# PYTHON (default: python), PRETRAIN_SECONDS (default 150).
+# PYTHON (default: python), PRETRAIN_SECONDS (default 140).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -56,7 +56,7 @@ else
     TINY=(--preset tiny32 --batch 1024 --impls mimreg,mimreg-compile,lightly,reference)
     DATA=(--device cuda --batch 1024 --rounds 3 --threads 4)
     MST=(--device cuda --sizes 4096 --dims 256 --repeats 3 --scipy-repeats 2)
-    PRETRAIN=(--device cuda --seconds "${PRETRAIN_SECONDS:-150}" --batch 1024 --set train.precision=bf16
+    PRETRAIN=(--device cuda --seconds "${PRETRAIN_SECONDS:-140}" --batch 1024 --set train.precision=bf16
               --set train.log_every=20)  # a logged step reads its losses (a host sync)
 fi
 
@@ -64,7 +64,7 @@ S=(::)  # section separator of run_sections.py: NAME SECONDS TARGET ARGS...
 SECTIONS=(
     cuda_tests 150 -m pytest -m cuda "${TESTS[@]}" -q -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" "${S[@]}"
     vs_peers_base224 120 benchmarks/vs_peers.py "${BASE[@]}" "${PEER_COMMON[@]}" --json "$OUT/vs_peers_base224.json" "${S[@]}"
-    vs_peers_tiny32 150 benchmarks/vs_peers.py "${TINY[@]}" "${PEER_COMMON[@]}" --json "$OUT/vs_peers_tiny32.json" "${S[@]}"
+    vs_peers_tiny32 240 benchmarks/vs_peers.py "${TINY[@]}" "${PEER_COMMON[@]}" --json "$OUT/vs_peers_tiny32.json" "${S[@]}"
     data_pipeline 60 benchmarks/data_pipeline.py "${DATA[@]}" --json "$OUT/data_pipeline.json" "${S[@]}"
     mst 60 benchmarks/mst.py "${MST[@]}" --json "$OUT/mst.json" "${S[@]}"
     pretrain 300 benchmarks/pretrain_throughput.py "${PRETRAIN[@]}" --work "$OUT/pretrain_work" --json "$OUT/pretrain.json"
