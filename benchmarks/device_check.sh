@@ -54,7 +54,7 @@ else
     PEER_COMMON=(--device cuda --precision bf16 --rounds 3 --steps 3 --warmup 3)
     BASE=(--preset base224 --batch 128 --impls mimreg,lightly,reference)
     TINY=(--preset tiny32 --batch 1024 --impls mimreg,mimreg-compile,lightly,reference)
-    DATA=(--device cuda --batch 1024 --rounds 3 --threads 4)
+    DATA=(--device cuda --batch 256 --rounds 3 --threads 4 --cases "mae,simclr (2 views)")  # the loader side is PIL
     MST=(--device cuda --sizes 4096 --dims 256 --repeats 3 --scipy-repeats 2)
     PRETRAIN=(--device cuda --seconds "${PRETRAIN_SECONDS:-140}" --batch 1024 --set train.precision=bf16
               --set train.log_every=20)  # a logged step reads its losses (a host sync)
@@ -65,7 +65,7 @@ SECTIONS=(
     cuda_tests 150 -m pytest -m cuda "${TESTS[@]}" -q -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" "${S[@]}"
     vs_peers_base224 120 benchmarks/vs_peers.py "${BASE[@]}" "${PEER_COMMON[@]}" --json "$OUT/vs_peers_base224.json" "${S[@]}"
     vs_peers_tiny32 240 benchmarks/vs_peers.py "${TINY[@]}" "${PEER_COMMON[@]}" --json "$OUT/vs_peers_tiny32.json" "${S[@]}"
-    data_pipeline 60 benchmarks/data_pipeline.py "${DATA[@]}" --json "$OUT/data_pipeline.json" "${S[@]}"
+    data_pipeline 90 benchmarks/data_pipeline.py "${DATA[@]}" --json "$OUT/data_pipeline.json" "${S[@]}"
     mst 60 benchmarks/mst.py "${MST[@]}" --json "$OUT/mst.json" "${S[@]}"
     pretrain 300 benchmarks/pretrain_throughput.py "${PRETRAIN[@]}" --work "$OUT/pretrain_work" --json "$OUT/pretrain.json"
 )
