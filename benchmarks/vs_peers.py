@@ -342,7 +342,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=2, help="timed steps per implementation per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
     parser.add_argument("--impls", default="mimreg,mimreg-compile,lightly,reference")
-    parser.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"))
+    parser.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune",
+                                                                   "max-autotune-no-cudagraphs"))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--gemm-n", type=int, help="matmul size of the peak (default 2048 on CPU, 8192 on CUDA)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of a step")

@@ -37,7 +37,8 @@ def runs(tmp_path_factory, tiny_config, single_thread):
         pretrain(tiny_config("mae", *SETS, "train.compile=true", "train.halt_after_steps=3"), root / "compiled")
         pretrain(tiny_config("mae", *SETS, "train.compile=true"), root / "compiled", resume=True)
         assert counters["stats"]["unique_graphs"] >= 1  # the step did run through torch.compile
-    return root / "eager", root / "compiled"
+    yield root / "eager", root / "compiled"
+    torch._dynamo.reset()  # the compiled graphs hold the trainee
 
 
 def test_compiled_step_gives_the_eager_losses_through_a_resume(runs):
