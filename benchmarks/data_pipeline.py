@@ -8,13 +8,16 @@ for the MAE and SimCLR augmentations. With --jpeg-folder, the loader also decode
 imagefolder, e.g. CIFAR-10 as JPEGs) and the device pipeline reads its decoded cache.
 
     python benchmarks/data_pipeline.py [--rounds 3] [--batch 256] [--device cpu|cuda] [--jpeg-folder DIR]
+        [--cases mae,simclr (2 views)] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,27 +67,35 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jpeg-folder", default=None)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated augmentations to measure")
+    parser.add_argument("--json", help="also write the medians and ratios to this JSON file")
     args = parser.parse_args()
+    cases = {name: CASES[name] for name in args.cases.split(",")}
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     pipelines = {name: {p: build(recipe, sets, p, args) for p in ("loader", "device")}
-                 for name, (recipe, sets, _) in CASES.items()}
-    rates = {(name, p): [] for name in CASES for p in ("loader", "device")}
-    for name, (_, _, batches) in CASES.items():  # warm-up: first batches, caches, lookup tables
+                 for name, (recipe, sets, _) in cases.items()}
+    rates = {(name, p): [] for name in cases for p in ("loader", "device")}
+    for name, (_, _, batches) in cases.items():  # warm-up: first batches, caches, lookup tables
         for p in ("loader", "device"):
             throughput(pipelines[name][p], 1, device, 0)
     for r in range(args.rounds):
-        for name, (_, _, batches) in CASES.items():
+        for name, (_, _, batches) in cases.items():
             for p in ("loader", "device"):
                 rates[(name, p)].append(throughput(pipelines[name][p], batches, device, 1 + r))
     source = args.jpeg_folder or "synthetic 32x32 uint8 in memory"
     print(f"# data pipeline img/s, {source}, batch {args.batch}, {args.threads} thread(s), "
           f"device {device}, torch {torch.__version__}, median of {args.rounds} interleaved rounds")
     print(f"{'augmentation':28s} {'loader':>10s} {'device':>10s} {'ratio':>8s}  target")
-    for name in CASES:
-        loader, dev = (statistics.median(rates[(name, p)]) for p in ("loader", "device"))
+    medians = {}
+    for name in cases:
+        loader, dev = medians[name] = [statistics.median(rates[(name, p)]) for p in ("loader", "device")]
         target = f">= {TARGET[name]:.0f}x {'met' if dev / loader >= TARGET[name] else 'NOT met'}" if name in TARGET else ""
         print(f"{name:28s} {loader:10.0f} {dev:10.0f} {dev / loader:7.1f}x  {target}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": str(device), "batch": args.batch, "threads": args.threads, **{
+            name: {"loader_img_per_s": loader, "device_img_per_s": dev, "ratio": dev / loader}
+            for name, (loader, dev) in medians.items()}}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,16 @@ and `cdist` is `torch.cdist(z, z)` on the (n, d) embeddings. `T-REG` is one forw
 median of --repeats rounds is reported. Targets (issue): at n=1024, scipy/ours >= 5 and
 ours/cdist <= 1. `prim/boruvka` > 1 where Boruvka is the faster exact MST (the CUDA default).
 
-    python benchmarks/mst.py [--device cuda] [--threads 1] [--repeats 5] [--sizes 256,1024,4096]
+    python benchmarks/mst.py [--device cuda] [--threads 1] [--repeats 5] [--sizes 256,1024,4096] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,6 +98,7 @@ def main() -> int:
     parser.add_argument("--scipy-repeats", type=int, default=3, help="scipy is slow at n=4096")
     parser.add_argument("--sizes", default="256,1024,4096")
     parser.add_argument("--dims", default="256,2048")
+    parser.add_argument("--json", help="also write the medians (s) and ratios to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.scipy_repeats = min(args.scipy_repeats, args.repeats)
@@ -114,6 +117,10 @@ def main() -> int:
                   f"{ms['boruvka']:>8.2f} {ms['scipy']:>9.1f} {ms['T-REG']:>8.2f} {r['scipy'] / r['ours']:>10.1f} "
                   f"{r['ours'] / r['cdist']:>10.2f} {r['prim/torch'] / r['boruvka']:>12.2f} "
                   f"{'yes' if r['agree'] else 'NO':>9}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": args.device, "rows": [
+            {"n": n, "d": d, **r, "scipy/ours": r["scipy"] / r["ours"], "ours/cdist": r["ours"] / r["cdist"]}
+            for (n, d), r in results.items()]}, indent=2) + "\n")
     at_1024 = [r for (n, _), r in results.items() if n == 1024]
     if at_1024:
         speedup = min(r["scipy"] / r["ours"] for r in at_1024)

@@ -106,7 +106,9 @@ class TrainConfig:
     keep_last: int = bounded(2, ge=1)
     online_probe: bool = True
     tensorboard: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the whole step (forward + backward) as whole graphs, static shapes
+    # with train.compile: torch.compile's mode; reduce-overhead adds CUDA graphs (CUDA only)
+    compile_mode: str = one_of("default", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
     sync_batchnorm: bool = True  # under DDP on CUDA: BatchNorm over the global batch, as the official codes
     progress: bool = True
     halt_after_steps: int | None = bounded(None, ge=1)  # stop early as if interrupted (to exercise --resume)
@@ -670,6 +672,9 @@ def validate(cfg: Config, check_run_length: bool = True) -> None:
     for key, value, allowed in (("data.name", cfg.data.name, DATASET_NAMES), ("model.arch", cfg.model.arch, sorted(ARCHS))):
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
+    if cfg.train.compile_mode != "default" and not cfg.train.compile:
+        raise ConfigError(f"train.compile_mode={cfg.train.compile_mode!r} needs train.compile: true (it is false); "
+                          "set train.compile: true or drop train.compile_mode")
     if cfg.data.decode_on_device and cfg.data.pipeline != "loader":
         raise ConfigError("data.decode_on_device works with the loader pipeline (image files read in workers); "
                           f"set data.pipeline: loader (it is {cfg.data.pipeline!r})")

@@ -22,6 +22,7 @@ from mimreg.config import Config, config_to_dict
 from mimreg.devices import resolve_device
 from mimreg.engine.build import build_trainee
 from mimreg.engine.checkpoint import load_checkpoint, non_finite_entries, rng_state, save_checkpoint, set_rng_state
+from mimreg.engine.compiled_step import step_model
 from mimreg.engine.data import build_pretrain_data
 from mimreg.engine.metrics import MetricsWriter, RunningMeans
 from mimreg.engine.run_folder import RunFolder
@@ -90,10 +91,8 @@ class Trainer:
         np.random.seed((cfg.train.seed + self.rank) % 2**32)
         self.data = build_pretrain_data(cfg, self.world, self.rank, device=device)
         self.trainee = build_trainee(cfg, self.data.num_classes).to(device)
-        if cfg.train.compile:
-            for block in self.trainee.method.encoder.vit.blocks:
-                block.compile()
         self.model = self._wrap_distributed()
+        self.forward = step_model(self.model, cfg.train, device)  # the model, or it compiled (train.compile)
         # the monitor embeds on the main process alone: not possible with sharded weights
         self.knn = KnnMonitor.from_config(cfg, device) if self.main and not self.strategy.sharded else None
         self.optimizer = build_optimizer(self.trainee, cfg.optim)
@@ -251,7 +250,7 @@ class Trainer:
         sync = contextlib.nullcontext() if last_micro or self.model is self.trainee else self.model.no_sync()
         with sync:
             with self.autocast:
-                result = self.model(images, labels, epoch=epoch, monitor=monitor, generator=generator)
+                result = self.forward(images, labels, epoch=epoch, monitor=monitor, generator=generator)
             stop_agreed = _check_finite_and_stop(result, self.step, stop, self.cfg)
             self.scaler.scale(result.total / self.accum).backward()
         for name in [k for k in result.terms if k.startswith("gate/")]:

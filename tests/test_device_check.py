@@ -1,0 +1,74 @@
+"""benchmarks/device_check.sh --smoke: every section of the GPU check runs on the CPU at tiny sizes
+and leaves output that parses, in the folder it is given (never in benchmarks/results)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("cuda_tests", "vs_peers_base224", "vs_peers_tiny32", "data_pipeline", "mst", "pretrain")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("device_check")
+    results = ROOT / "benchmarks" / "results"
+    before = sorted(results.rglob("*")) if results.exists() else []
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--smoke", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (sorted(results.rglob("*")) if results.exists() else []) == before  # nothing written there
+    return out
+
+
+def read(out: Path, name: str) -> dict:
+    return json.loads((out / name).read_text())
+
+
+def test_every_section_ran_and_succeeded(smoke):
+    summary = read(smoke, "summary.json")
+    assert summary["in_process"] is True
+    for name in SECTIONS:
+        assert summary[name]["exit_code"] == 0, name
+        assert (smoke / f"{name}.txt").stat().st_size > 0, name
+
+
+def test_cuda_tests_were_collected_and_skipped_on_cpu(smoke):
+    suite = ElementTree.parse(smoke / "cuda_tests.xml").getroot().find("testsuite")
+    assert int(suite.get("tests")) >= 4
+    assert int(suite.get("failures")) == int(suite.get("errors")) == 0
+    assert int(suite.get("skipped")) == int(suite.get("tests"))  # no CUDA here
+
+
+@pytest.mark.parametrize("preset", ["base224", "tiny32"])
+def test_peer_comparison_has_rates_and_ratios(smoke, preset):
+    report = read(smoke, f"vs_peers_{preset}.json")
+    impls = report["implementations"]
+    assert {"mimreg", "reference"} <= set(impls)
+    for entry in impls.values():
+        assert entry["img_per_s"] > 0 and 0 < entry["fraction_of_gemm_peak"]
+        assert entry["vs_reference"] > 0
+    assert "lightly" in impls or any("lightly skipped" in n for n in report["notes"])
+    if "lightly" in impls:
+        assert impls["lightly"]["vs_lightly"] == pytest.approx(1.0)
+    assert report["setting"]["device"] == "cpu" and report["step_gflop"] > 0
+
+
+def test_data_mst_and_pretrain_sections_have_their_numbers(smoke):
+    data = read(smoke, "data_pipeline.json")
+    assert data["mae"]["device_img_per_s"] > 0 and data["mae"]["ratio"] > 0
+    mst = read(smoke, "mst.json")["rows"][0]
+    assert mst["agree"] is True and mst["scipy/ours"] > 0
+    run = read(smoke, "pretrain.json")
+    assert run["stopped_by_time"] is True and run["exit_code"] == 143  # SIGTERM after its time budget
+    assert run["steps"] >= 1 and run["img_per_s_end_to_end"] > 0 and run["epochs_per_minute"] > 0
+    assert run["images_per_epoch"] == 256
+    assert (smoke / "pretrain_work" / "run" / "checkpoints").is_dir()  # the stop wrote a checkpoint
