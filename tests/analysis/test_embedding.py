@@ -78,3 +78,17 @@ def test_titles_and_side_by_side_panels(tmp_path):
 
     width, height = Image.open(figure).size
     assert width > 3 * height  # four panels in a row
+
+
+def test_a_map_leaves_torch_on_its_threads():
+    # numba (PaCMAP, seeded) dropped torch to one thread: the demo's next pretraining ran 1.6x slower
+    method = "pacmap" if embedding.available("pacmap") else "tsne"
+    features, _ = clusters()
+    before = torch.get_num_threads()
+    try:
+        for _ in range(2):  # PaCMAP's second seeded call was the one that changed it
+            torch.set_num_threads(2)
+            embed_2d(features, method, seed=0)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

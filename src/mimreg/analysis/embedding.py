@@ -65,7 +65,7 @@ def embed_2d(features, method: str = "pacmap", seed: int = 0) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         return TSNE(2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
-    with contextlib.redirect_stdout(io.StringIO()), quiet_logger("pacmap"):  # both warn about the fixed seed
+    with contextlib.redirect_stdout(io.StringIO()), quiet_logger("pacmap"), torch_threads_kept():  # both warn about the seed
         if method == "pacmap":
             import pacmap
 
@@ -75,6 +75,19 @@ def embed_2d(features, method: str = "pacmap", seed: int = 0) -> np.ndarray:
         with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": seeded on purpose
             warnings.filterwarnings("ignore", message=".*random_state.*")
             return umap.UMAP(n_components=2, n_neighbors=max(neighbours, 5), random_state=seed).fit_transform(x)
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """PaCMAP (through numba) leaves torch on one thread: every later training step in the process
+    (the demo's next recipe) then ran 1.6x slower. Put torch's thread count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
