@@ -21,7 +21,8 @@ def build_trainee(gather: bool = True):
     regs = [Uniformity(UniformityOptions(), weight=0.5, gather=gather),
             Magma(MagmaOptions(), weight=1.0, gather=gather, depth=method.encoder.depth)]
     trainee = Trainee(method, regs, [], num_classes=10).double()
-    trainee.probe.float()  # the probe casts its (detached) features to float32
+    trainee.probe.float()  # the probe (and its BatchNorm) read their detached features in float32
+    trainee.probe_norm.float()
     return trainee
 
 

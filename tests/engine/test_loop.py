@@ -322,12 +322,14 @@ def test_accumulation_matches_the_full_batch(tmp_path, tiny_config, image_depend
     a, b = records(tmp_path / "full"), records(tmp_path / "accum")
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
     assert a[-1]["lr"] > 0
+    # the online probe's BatchNorm normalises each micro-batch by its own statistics, as any
+    # BatchNorm under accumulation: the encoder's objective and weights are what must match
     for ra, rb in zip(a, b):
-        for key in ("loss", "rec", "probe/ce"):
+        for key in ("loss", "rec"):
             assert rb[key] == pytest.approx(ra[key], rel=2e-4), (ra["step"], key)
     wa = load_checkpoint(tmp_path / "full")["model"]
     wb = load_checkpoint(tmp_path / "accum")["model"]
-    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa if not k.startswith("probe"))
     print("max weight difference", diff)
     assert diff < 1e-3
 

@@ -322,7 +322,8 @@ def lr_advice(cfg: Config) -> str:
 
 
 # buffers added after the first release: a checkpoint without them starts them at their defaults
-OPTIONAL_BUFFERS = ("rec_ema", "gate_open")
+OPTIONAL_BUFFERS = ("rec_ema", "gate_open", "probe_norm.running_mean", "probe_norm.running_var",
+                    "probe_norm.num_batches_tracked")
 
 
 def to_device(images, device: torch.device):
