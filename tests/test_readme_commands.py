@@ -83,10 +83,11 @@ def _next_is_synopsis(text: str, number: int) -> bool:
 
 
 def readme_commands() -> list[tuple[int, str]]:
-    commands = [(n, c) for n, c in bash_lines() if c.split()[0] in ("mimreg", "torchrun")]
+    lines = bash_lines()
+    commands = [(n, c) for n, c in lines if c.split()[0] in ("mimreg", "torchrun")]
     # `make demo`/`make test` are the demo line and this suite; benchmarks run for minutes to hours
     # (device_check.sh --smoke runs in tests/test_device_check.py)
-    skipped = [c for _, c in bash_lines() if c.split()[0] not in ("mimreg", "torchrun", "make")
+    skipped = [c for _, c in lines if c.split()[0] not in ("mimreg", "torchrun", "make")
                and not c.startswith((".venv/bin/python benchmarks/", "bash benchmarks/"))]
     assert not skipped, f"README commands this test does not know how to run: {skipped}"
     return commands

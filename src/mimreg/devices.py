@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from mimreg.errors import ConfigError
@@ -20,3 +22,12 @@ def resolve_device(name: str | torch.device = "auto", key: str = "--device") -> 
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{key}: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def local_device(device: torch.device, distributed: bool) -> torch.device:
+    """Under torchrun on CUDA: this process's GPU (cuda:LOCAL_RANK), made current; else `device`."""
+    if not (distributed and device.type == "cuda"):
+        return device
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    return device

@@ -7,7 +7,6 @@ whose methods are the loop's parts: one epoch, one step, the epoch's end, a chec
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from mimreg import distributed as dist
 from mimreg.config import Config, config_to_dict
-from mimreg.devices import resolve_device
+from mimreg.devices import local_device, resolve_device
 from mimreg.engine.build import build_trainee
 from mimreg.engine.checkpoint import load_checkpoint, non_finite_entries, rng_state, save_checkpoint, set_rng_state
 from mimreg.engine.compiled_step import step_model
@@ -57,10 +56,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
     """
     device = resolve_device(cfg.train.device, key="train.device")
     dist.init_from_env(device.type)
-    if dist.is_distributed() and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    trainer = Trainer(cfg, device)
+    trainer = Trainer(cfg, local_device(device, dist.is_distributed()))
     folder = RunFolder(run_dir)
     found = folder.check_resumable(cfg, resume)
     main = dist.is_main_process()

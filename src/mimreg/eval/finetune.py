@@ -29,7 +29,7 @@ from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_sta
 from mimreg.engine.data import EpochBatches, collate_keep_size
 from mimreg.engine.schedule import lr_at
 from mimreg.errors import ConfigError, DataError, MimregError, NonFiniteLossError
-from mimreg.devices import resolve_device
+from mimreg.devices import local_device, resolve_device
 from mimreg.eval.evaluate import run_dir_of
 from mimreg.eval.finetune_config import FinetuneConfig, changed_settings, resolve_config
 from mimreg.eval.finetune_model import build_classifier, build_optimizer, freeze_all_but_last
@@ -146,12 +146,7 @@ def _loss_and_mixup(cfg: FinetuneConfig, num_classes: int):
 def _devices(device: str) -> tuple[torch.device, int]:
     dev = resolve_device(device)
     dist.init_from_env(dev.type)
-    if dist.is_distributed() and dev.type == "cuda":
-        import os
-
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-    return dev, dist.rank()
+    return local_device(dev, dist.is_distributed()), dist.rank()
 
 
 @torch.no_grad()
@@ -236,7 +231,6 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     model = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path).to(dev)
     probe = init_head_from_probe(model, train_plain, dev, cfg.seed) if cfg.head_init == "probe" and not resume else None
     freeze_all_but_last(model, cfg.blocks)
-    model = model.to(dev)
     optimizer = build_optimizer(model, cfg.weight_decay, cfg.layer_decay)
     record = _config_record(cfg, checkpoint, name, preset)
     progress = _resume(out, resume, record, model, optimizer, dev)
