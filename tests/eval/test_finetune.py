@@ -231,3 +231,13 @@ def test_a_probe_initialised_head_scores_as_the_probe_before_any_step(tiny_run):
     # the standardisation folded into the head: the classifier scores the train split as the probe did
     assert evaluate_classifier(model, train_plain, torch.device("cpu"))["top1"] == pytest.approx(probe["train_top1"])
     assert probe["train_top1"] > 90 and probe["lr"] > 0
+
+
+def test_resume_with_nothing_to_resume_still_starts_from_the_probe_head(tiny_run, tmp_path):
+    # `--resume` on a new folder starts afresh, so the LP-FT head must still come from the probe
+    # (it once stayed at MAE's near-zero head there: chance accuracy after any fine-tuning)
+    still = {**TINY, "epochs": 1, "head": "cls", "head_init": "probe", "lr": 1e-9, "mixup": 0, "cutmix": 0,
+             "randaug": "none", "reprob": 0}
+    result = finetune(tiny_run, still, device="cpu", out=tmp_path / "ft", resume=True, echo=quiet)
+    assert result["head_probe"]["train_top1"] > 90
+    assert result["top1"] > 80  # the probe's head, barely moved; a near-zero head scores ~10%

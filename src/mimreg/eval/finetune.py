@@ -229,7 +229,8 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     np.random.seed((cfg.seed + rank) % 2**32)
     train, test, train_plain, num_classes = _datasets(name, root, pre_cfg.img_size, cfg)
     model = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path).to(dev)
-    probe = init_head_from_probe(model, train_plain, dev, cfg.seed) if cfg.head_init == "probe" and not resume else None
+    starting = latest_checkpoint(out / "checkpoints") is None  # also under --resume with nothing to resume yet
+    probe = init_head_from_probe(model, train_plain, dev, cfg.seed) if cfg.head_init == "probe" and starting else None
     freeze_all_but_last(model, cfg.blocks)
     optimizer = build_optimizer(model, cfg.weight_decay, cfg.layer_decay)
     record = _config_record(cfg, checkpoint, name, preset)
