@@ -22,7 +22,7 @@ from mimreg.config import load_config
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
 from mimreg.eval.frozen import load_encoder
-from mimreg.eval.monitor import KnnMonitor
+from mimreg.engine.knn_monitor import KnnMonitor
 
 
 def main() -> int:

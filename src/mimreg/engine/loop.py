@@ -31,7 +31,7 @@ from mimreg.engine.schedule import (build_optimizer, learning_rate, lr_at, lr_hi
 from mimreg.engine.stopping import GracefulStop
 from mimreg.engine.strategy import Strategy
 from mimreg.errors import ConfigError, NonFiniteLossError, RunInterrupted
-from mimreg.eval.monitor import KnnMonitor
+from mimreg.engine.knn_monitor import KnnMonitor
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from mimreg.errors import MimregError
-from mimreg.eval._inputs import check_split
+from mimreg.feature_checks import check_split
 from mimreg.eval.heads import LinearHeads
 from mimreg.eval.splits import held_out_split
 

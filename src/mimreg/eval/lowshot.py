@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mimreg.errors import MimregError
-from mimreg.eval._inputs import check_split
+from mimreg.feature_checks import check_split
 from mimreg.eval.splits import fraction_counts, indices_by_class, take_per_class
 
 CENTERINGS = ("train_mean", "row")

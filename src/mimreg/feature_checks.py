@@ -1,4 +1,4 @@
-"""Input checks shared by the evaluations on precomputed features."""
+"""Checks of feature matrices and labels handed to the feature-level classifiers (k-NN, linear, low-shot)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mimreg.errors import ConfigError
-from mimreg.eval import monitor as monitor_module
-from mimreg.eval.monitor import KnnMonitor
+from mimreg.engine import knn_monitor as monitor_module
+from mimreg.engine.knn_monitor import KnnMonitor
 from mimreg.models import EncoderOutput, ViTEncoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -14,7 +14,7 @@ from mimreg.config import Config
 from mimreg.data import dataset_stats, eval_transform, load_dataset
 from mimreg.data.base import BadSample
 from mimreg.errors import ConfigError, DataError
-from mimreg.eval.knn import knn_classify
+from mimreg.neighbours import knn_classify
 
 # train.knn_every left unset (None): this many measurements over a run, the last after the last epoch
 AUTO_MEASUREMENTS = 2
