@@ -46,7 +46,7 @@ PROTOCOLS = ("linear", "knn", "erank")
 POOLS = ("cls", "mean")
 FINETUNE_RECIPES = "mae,u-mae,m-mae,mu-mae"
 FORMATS = {"pretrain min": ".1f", "final loss": ".3f", "ft min": ".1f", "ft top1": ".1f",
-           **{f"{m} {p}": ".1f" for m in ("lin", "kNN", "erank") for p in POOLS}}
+           **{f"{m} {p}": ".1f" for m in ("lin", "kNN", "erank", "magma") for p in POOLS}}
 EARLIER = "## Earlier table: linear = MAGMA protocol (SGD lr 0.1 on raw features, 100 epochs)"
 
 
@@ -71,6 +71,16 @@ def cached_evaluation(run_dir: Path, eval_train: int) -> dict | None:
             if record["protocol"] != "linear" or record["variant"] == "sweep":
                 found.setdefault(record["protocol"], {})[record["pool"]] = record["result"]
     return found if all(set(found.get(p, {})) >= set(POOLS) for p in PROTOCOLS) else None
+
+
+def magma_probe(run_dir: Path, checkpoint, eval_train: int) -> dict:
+    """MAGMA's linear protocol (SGD lr 0.1 on raw features) on both pools: the earlier default probe."""
+    found = {r["pool"]: r["result"] for r in load_results(run_dir) if r["protocol"] == "linear"
+             and r["variant"] == "magma" and r.get("options", {}).get("train") == eval_train}
+    if set(found) < set(POOLS):
+        found = evaluate(checkpoint, ("linear",), pools=POOLS, train_images=eval_train, linear_protocol="magma",
+                         out_dir=run_dir, echo=print)["results"]["linear"]
+    return {f"magma {pool}": found[pool]["top1"] for pool in POOLS}
 
 
 def finetune_settings(args) -> dict:
@@ -106,6 +116,8 @@ def main() -> int:
     parser.add_argument("--finetune-images", type=int, default=10000, help="... on this many training images")
     parser.add_argument("--finetune-test", type=int, help="score the fine-tuning on this many test images (all)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "cifar10_quality.md"))
+    parser.add_argument("--magma-probe", action="store_true",
+                        help="also MAGMA's linear protocol on the same checkpoints (the probe before the default changed)")
     args = parser.parse_args()
     epochs = {r: e for r, (_, e) in EPOCHS.items()}
     epochs.update({r: int(n) for r, n in (item.split("=") for item in args.epochs.split(",") if item)})
@@ -134,6 +146,8 @@ def main() -> int:
             row[f"lin {pool}"] = res["linear"][pool]["top1"]
             row[f"kNN {pool}"] = res["knn"][pool]["knn10_euclidean"]
             row[f"erank {pool}"] = res["erank"][pool]["effective_rank"]
+        if args.magma_probe:
+            row.update(magma_probe(run_dir, result.checkpoint, args.eval_train))
         if recipe in args.finetune_recipes.split(",") and args.finetune_epochs > 0:
             row.update(finetuned(run_dir, result.checkpoint, root, args))
         rows.append(row)
@@ -179,7 +193,9 @@ def write_results(out: Path, table: str, args) -> None:
         "lin = linear probe (the default `sweep`: features standardised with the training statistics, 21 heads "
         "over lr x weight decay trained in one pass, chosen on 10% of the training rows, refit on all), "
         "kNN = k=10 Euclidean, erank = effective rank of the centred test features; cls = cls token after the "
-        f"final norm, mean = mean of the patch tokens. {ft}\n\n"
+        f"final norm, mean = mean of the patch tokens. "
+        + ("magma = MAGMA's linear protocol (SGD lr 0.1 on raw features, 100 epochs; the default probe before "
+           "this table) on the same checkpoints. " if args.magma_probe else "") + f"{ft}\n\n"
         f"{table}\n\n`pretrain min` is the wall time of each pretraining on this 2-core machine.\n\n"
         f"{earlier}{notes}")
     print(f"wrote {out}")

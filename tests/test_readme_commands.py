@@ -197,8 +197,8 @@ def with_tiny_sizes(argv: list[str]) -> list[str]:
         if command == "demo":
             sets += ["--out", "runs/demo"] if "--out" not in argv else []
         return argv[:position] + sets + argv[position:]
-    if argv[1:3] == ["eval", "finetune"]:
-        return argv + TINY_FINETUNE
+    if argv[1:3] == ["eval", "finetune"]:  # a fine-tuning runs on its dataset's whole train split: 5% of it
+        return argv + TINY_FINETUNE + ([] if "--fraction" in argv else ["--fraction", "0.05"])
     if command == "analyze" or argv[2:3] in (["lowshot"], ["robustness"]):  # low-shot draws its shots from all
         return argv + TINY_EVAL[2:]
     if command == "eval":
