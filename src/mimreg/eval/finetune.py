@@ -190,9 +190,8 @@ def _config_record(cfg: FinetuneConfig, checkpoint, data: str, preset: str) -> d
 _NO_EFFECT = {"halt_after_steps": None, "ckpt_every_steps": 0, "keep_last": 2, "num_workers": 0}
 
 
-def _resume(out: Path, resume: bool, record: dict, model, optimizer, device) -> Progress:
-    """Load the latest checkpoint in `out` when resuming; refuse a second start or a changed config."""
-    found = latest_checkpoint(out / "checkpoints")
+def _resume(out: Path, found: Path | None, resume: bool, record: dict, model, optimizer, device) -> Progress:
+    """Load `found`, the latest checkpoint in `out`, when resuming; refuse a second start or a changed config."""
     if found is None:
         return Progress()
     if not resume:
@@ -229,12 +228,12 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     np.random.seed((cfg.seed + rank) % 2**32)
     train, test, train_plain, num_classes = _datasets(name, root, pre_cfg.img_size, cfg)
     model = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path).to(dev)
-    starting = latest_checkpoint(out / "checkpoints") is None  # also under --resume with nothing to resume yet
-    probe = init_head_from_probe(model, train_plain, dev, cfg.seed) if cfg.head_init == "probe" and starting else None
+    found = latest_checkpoint(out / "checkpoints")  # None also under --resume with nothing to resume yet
+    probe = init_head_from_probe(model, train_plain, dev, cfg.seed) if cfg.head_init == "probe" and found is None else None
     freeze_all_but_last(model, cfg.blocks)
     optimizer = build_optimizer(model, cfg.weight_decay, cfg.layer_decay)
     record = _config_record(cfg, checkpoint, name, preset)
-    progress = _resume(out, resume, record, model, optimizer, dev)
+    progress = _resume(out, found, resume, record, model, optimizer, dev)
     world = dist.world_size()
     batches = EpochBatches(len(train), cfg.batch_size, world, rank, cfg.seed)
     if batches.steps < 1:
