@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mimreg.config import load_config
 from mimreg.engine.build import build_trainee
-from mimreg.engine.schedule import build_optimizer
+from mimreg.engine.schedule import build_optimizer, param_groups
 
 # group -> (base recipe, its variants); "mae-x4" is MAE with MI-MAE's 4 masked views per image
 GROUPS = {
@@ -62,7 +62,7 @@ def make_step(recipe: str, args):
     if args.compile:
         for block in trainee.method.encoder.vit.blocks:
             block.compile()
-    optimizer = build_optimizer(trainee, cfg.optim)
+    optimizer = build_optimizer(param_groups(trainee, cfg.optim.weight_decay), cfg.optim)
     images = make_views(cfg, args)
 
     def step():

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import signal
 import sys
 import traceback
 from pathlib import Path
 
-from mimreg.cli_eval import add_checkpoint_args, add_eval_parser, add_results_parser
+from mimreg.cli_eval import add_checkpoint_args, add_eval_parser, add_results_parser, is_main_process, resume_command
 from mimreg.errors import MimregError, RunInterrupted
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given: what `resume_command` repeats
     try:
         return args.run(args) or 0
     except RunInterrupted as err:
         if is_main_process():
-            print(f"{err}; continue with:\n  {resume_command(args)}", file=sys.stderr)
+            out = Path(err.checkpoint).parent.parent if err.checkpoint else None
+            print(f"{err}; continue with:\n  {resume_command(argv, out)}", file=sys.stderr)
         return 128 + signal.Signals[err.signal_name].value
     except KeyboardInterrupt:
         if is_main_process():
-            print("interrupted; continue a pretraining run with `mimreg pretrain CONFIG --out DIR --resume`",
-                  file=sys.stderr)
+            print(f"interrupted; continue with:\n  {resume_command(argv, None)}", file=sys.stderr)
         return 130
     except Exception as err:  # one clear line unless --debug
         if args.debug:
@@ -35,13 +36,6 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(err, MimregError):
                 print("(run again with --debug for the traceback)", file=sys.stderr)
         return 2
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun launch (or a single process); readable after the group is gone."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def one_line(err: Exception) -> str:
@@ -54,16 +48,6 @@ def one_line(err: Exception) -> str:
     else:
         message = " ".join(lines) if lines else type(err).__name__
     return message if isinstance(err, MimregError) else f"{type(err).__name__}: {message}"
-
-
-def resume_command(args) -> str:
-    """The `mimreg pretrain` command line that continues the run `args` started."""
-    parts = ["mimreg", "pretrain", args.config]
-    for item in args.overrides:
-        if not item.startswith("train.halt_after_steps="):
-            parts += ["--set", item]
-    parts += ["--out", str(args.out_dir), "--resume"]
-    return shlex.join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +146,7 @@ def cmd_pretrain(args) -> int:
         return 0
     if result.halted:
         print(f"halted at step {result.steps} (train.halt_after_steps) with checkpoint {result.checkpoint}; "
-              f"continue with:\n  {resume_command(args)}")
+              f"continue with:\n  {resume_command(args.argv, args.out_dir)}")
     else:
         print(f"done: {result.steps} steps; checkpoint {result.checkpoint}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 POOLS = ["cls", "mean", "cls_prenorm"]
@@ -58,7 +59,7 @@ def add_finetune_parser(protocols) -> None:
     import dataclasses
     import typing
 
-    from mimreg.eval.finetune_config import HEAD_INITS, HEADS, PRESETS, FinetuneConfig
+    from mimreg.eval.finetune_config import HEAD_INITS, HEADS, PRECISIONS, PRESETS, STRATEGIES, FinetuneConfig
 
     text = ("fine-tune the encoder end to end (MAE's protocol: AdamW + layer decay, warm-up + cosine, drop path, "
             "RandAugment, random erasing, Mixup/CutMix, label smoothing)")
@@ -75,8 +76,35 @@ def add_finetune_parser(protocols) -> None:
             t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
         default = "from the preset" if f.default is None and f.name in PRESETS["small"] else f.default
         q.add_argument(f"--{f.name.replace('_', '-')}", type=_optional(kind), default=None,
-                       choices={"head": HEADS, "head_init": HEAD_INITS}.get(f.name), help=f"default: {default}")
+                       choices={"head": HEADS, "head_init": HEAD_INITS, "precision": PRECISIONS,
+                                                       "strategy": STRATEGIES}.get(f.name), help=f"default: {default}")
     q.set_defaults(run=cmd_finetune)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (or a single process); readable after the group is gone."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resume_command(argv: list[str], out: Path | None) -> str:
+    """The command line that continues the run `argv` started (pretraining or fine-tuning): the same,
+    without its halt, with the folder it trains in (`out`, where --out was not given) and --resume."""
+    parts, skip = ["mimreg"], False
+    for i, item in enumerate(argv):
+        if skip:
+            skip = False
+        elif item == "--halt-after-steps" or (item == "--set" and argv[i + 1:i + 2] and
+                                              argv[i + 1].startswith("train.halt_after_steps=")):
+            skip = True
+        elif not item.startswith("--halt-after-steps="):
+            parts.append(item)
+    if out is not None and "--out" not in argv and not any(a.startswith("--out=") for a in argv):
+        parts += ["--out", str(out)]
+    if "--resume" not in argv:
+        parts.append("--resume")
+    return shlex.join(parts)
 
 
 def cmd_finetune(args) -> int:
@@ -88,10 +116,12 @@ def cmd_finetune(args) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
     try:
-        finetune(args.checkpoint, overrides, data=args.data, data_root=args.data_root, device=args.device,
-                 out=args.out, resume=args.resume)
+        result = finetune(args.checkpoint, overrides, data=args.data, data_root=args.data_root, device=args.device,
+                          out=args.out, resume=args.resume)
     finally:
         distributed.shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
+    if result.get("halted") and is_main_process():
+        print(f"continue with:\n  {resume_command(args.argv, Path(result['out']))}", flush=True)
     return 0
 
 

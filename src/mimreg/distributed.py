@@ -84,6 +84,23 @@ def broadcast_from_main(value):
     return box[0]
 
 
+def decided_by_main(decide):
+    """`decide()` run on the main process alone, its result (or its error, raised) on every process:
+    for what the main process's files say, which another process may read before it is written."""
+    if not is_distributed():
+        return decide()
+    outcome = None
+    if is_main_process():
+        try:
+            outcome = ("value", decide())
+        except Exception as err:  # every process raises it
+            outcome = ("error", err)
+    kind, value = broadcast_from_main(outcome)
+    if kind == "error":
+        raise value
+    return value
+
+
 def gather_objects(value) -> list:
     """Every process's `value` (any picklable object), in rank order; [value] in one process."""
     if not is_distributed():

@@ -132,7 +132,7 @@ def submit(config: str, overrides: list[str], out_dir: str | Path, res: Resource
         config = str(Path(config).resolve())  # the job may start in another folder
     cfg = load_config(config, overrides)  # a bad key fails here, not in the queue
     out_dir = Path(out_dir).resolve()
-    RunFolder(out_dir).check_resumable(cfg, resume)
+    RunFolder(out_dir).checkpoint_to_resume(resume)  # the job itself checks what a resume may change
     folder = Path(log_dir) if log_dir else out_dir / "submitit"
     executor = build_executor(folder, res, cluster, name=f"mimreg-{cfg.recipe.replace('/', '-')}")
     return executor.submit(PretrainJob(str(config), list(overrides), str(out_dir)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,36 +21,70 @@ from mimreg.engine.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "tests" / "fault_runner.py"
-# u-mae (a regularizer, a monitor, the online probe, drop path) on 128 synthetic images: 3 epochs of
+
+
+def sets(*pairs: str) -> list[str]:
+    return [a for kv in pairs for a in ("--set", kv)]
+
+
+# u-mae (a regularizer, a monitor, the online probe, drop path) on synthetic images: 3 epochs of
 # 4 steps, a checkpoint every 3 steps and at each epoch's end (steps 3, 4, 6, 8, 9, 12)
-ARGS = ["pretrain", "u-mae", *[a for kv in (
-    "data.name=synthetic", "data.subset=128", "method.decoder_dim=32", "method.decoder_depth=1",
-    "method.decoder_heads=2", "optim.batch_size=32", "train.epochs=3", "train.device=cpu", "train.progress=false",
-    "train.log_every=1", "train.monitor_every=2", "train.ckpt_every_steps=3", "train.keep_last=3",
-    "model.drop_path=0.1") for a in ("--set", kv)]]
+PRETRAIN = ["pretrain", "u-mae", *sets(
+    "data.name=synthetic", "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2",
+    "train.epochs=3", "train.device=cpu", "train.progress=false", "train.log_every=1", "train.monitor_every=2",
+    "train.ckpt_every_steps=3", "train.keep_last=3", "model.drop_path=0.1")]
+# the same steps with accumulation, on epochs whose micro-batch count is not a multiple of it:
+# 14 micro-batches of 10 with accum 3 (12 used, 2 dropped), 9 with accum 2 (8 used, 1 dropped)
+SCENARIOS = {
+    "pretrain": (PRETRAIN + sets("data.subset=128", "optim.batch_size=32"), "done: 12 steps"),
+    "pretrain-accum3": (PRETRAIN + sets("data.subset=140", "optim.batch_size=10", "optim.accum_steps=3"),
+                        "done: 12 steps"),
+    "pretrain-accum2": (PRETRAIN + sets("data.subset=90", "optim.batch_size=10", "optim.accum_steps=2"),
+                        "done: 12 steps"),
+    # fine-tuning a tiny u-mae: 62 training images (1/8 of each class) in batches of 14, 3 epochs of 4 steps
+    "finetune": (["eval", "finetune", "--checkpoint", "{pretrained}", "--device", "cpu", "--epochs", "3",
+                  "--batch-size", "14", "--fraction", "0.125", "--test-images", "32", "--ckpt-every-steps", "3",
+                  "--keep-last", "3", "--warmup-epochs", "0.5", "--blr", "2e-3", "--drop-path", "0.1"],
+                 "fine-tuned: top-1"),
+}
 
 
-def run_mimreg(fault: str, out: Path, *extra: str, wait: bool = True, **env) -> subprocess.Popen | subprocess.CompletedProcess:
-    cmd = [sys.executable, str(RUNNER), fault, *ARGS, "--out", str(out), *extra]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **env}
-    if not wait:
-        return subprocess.Popen(cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=300)
+class Scenario:
+    """One command line that trains, run with faults injected (tests/fault_runner.py)."""
+
+    def __init__(self, name: str, pretrained: Path | None = None):
+        args, self.done = SCENARIOS[name]
+        self.args = [str(pretrained) if a == "{pretrained}" else a for a in args]
+
+    def run(self, fault: str, out: Path, *extra: str, wait: bool = True, **env):
+        cmd = [sys.executable, str(RUNNER), fault, *self.args, "--out", str(out), *extra]
+        environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **env}
+        if not wait:
+            return subprocess.Popen(cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=300)
 
 
 def without_time(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(path / "metrics.jsonl")]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=[
+    "pretrain", "finetune", "pretrain-accum3", pytest.param("pretrain-accum2", marks=pytest.mark.slow)])
+def scenario(request, tmp_path_factory) -> tuple[Scenario, Path]:
+    """A scenario and its uninterrupted run."""
+    pretrained = None
+    if request.param == "finetune":  # a private copy: fine-tuning writes its result into the run folder
+        pretrained = shutil.copytree(request.getfixturevalue("tiny_run_dir"), tmp_path_factory.mktemp("pre") / "run")
+    chosen = Scenario(request.param, pretrained)
     out = tmp_path_factory.mktemp("faults") / "reference"
-    proc = run_mimreg("none", out)
+    proc = chosen.run("none", out)
     assert proc.returncode == 0, proc.stderr
-    return out
+    return chosen, out
 
 
-def test_every_fault_is_resumed_to_the_uninterrupted_run(reference, tmp_path):
+def test_every_fault_is_resumed_to_the_uninterrupted_run(scenario, tmp_path):
+    chosen, reference = scenario
+    run_mimreg = chosen.run
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
 
@@ -104,7 +139,7 @@ def test_every_fault_is_resumed_to_the_uninterrupted_run(reference, tmp_path):
 
     proc = run_mimreg("none", run, "--resume")
     assert proc.returncode == 0, proc.stderr
-    assert "done: 12 steps" in proc.stdout
+    assert chosen.done in proc.stdout
 
     # every record, in order, equals the uninterrupted run's (time aside), and so do the weights
     got, want = without_time(run), without_time(reference)

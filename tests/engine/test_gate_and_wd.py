@@ -13,7 +13,7 @@ from mimreg.engine.build import build_trainee
 from mimreg.engine.checkpoint import list_checkpoints, load_checkpoint
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
-from mimreg.engine.schedule import build_optimizer, set_weight_decay, weight_decay_at
+from mimreg.engine.schedule import build_optimizer, param_groups, set_weight_decay, weight_decay_at
 from mimreg.engine.trainee import Trainee
 from mimreg.errors import ConfigError
 from mimreg.methods import MAE
@@ -56,13 +56,13 @@ def test_update_gates_opens_each_gate_once_when_the_ema_falls_below_it():
             assert float(trainee.rec_ema) == 1.0  # the first value starts the EMA
         elif n <= 40:
             assert float(trainee.rec_ema) == pytest.approx(0.98**n, rel=1e-5)
-        for key, ema in opened.items():
-            assert key not in opened_at, "a gate opens only once"
-            opened_at[key] = n
-            assert float(ema) == pytest.approx(0.98**n, rel=1e-5)
+        for event in opened:
+            assert event["kind"] == "gate" and event["regularizer"] not in opened_at, "a gate opens only once"
+            opened_at[event["regularizer"]] = n
+            assert event["rec_ema"] == pytest.approx(0.98**n, rel=1e-5)
         assert uni.weight_at(0) == (0.01 if n >= 6 else 0.0)
         assert magma.weight_at(0) == (2.0 if n >= 35 else 0.0)
-    assert opened_at == {"gate/uniformity": 6, "gate/magma": 35}
+    assert opened_at == {"uniformity": 6, "magma": 35}
     # the EMA went back above both thresholds: the gates stay open (one way)
     assert float(trainee.rec_ema) > 1.0
     assert bool(uni.gate_open) and bool(magma.gate_open)
@@ -91,12 +91,13 @@ def test_closed_gate_is_only_monitored_and_opens_inside_the_forward():
 
     opening = make_trainee(gated_uniformity(1e9)).train()
     result = opening(images, epoch=0, monitor=False, noise=torch.rand(4, 64))
-    assert set(result.terms) == {"rec", "gate/uniformity", "reg/uniformity"}
-    assert result.terms["gate/uniformity"].item() == pytest.approx(result.terms["rec"].item())
+    assert set(result.terms) == {"rec", "reg/uniformity"}
+    assert [e["regularizer"] for e in result.events] == ["uniformity"]
+    assert result.events[0]["rec_ema"] == pytest.approx(result.terms["rec"].item())
     expected = result.terms["rec"].item() + 0.01 * result.terms["reg/uniformity"].item()
     assert result.total.item() == pytest.approx(expected, rel=1e-6)
     later = opening(images, epoch=0, monitor=False, noise=torch.rand(4, 64))
-    assert "gate/uniformity" not in later.terms and "reg/uniformity" in later.terms
+    assert later.events == [] and "reg/uniformity" in later.terms
 
 
 def test_evaluation_mode_leaves_the_gate_alone():
@@ -224,14 +225,14 @@ def test_weight_decay_at_endpoints_and_midpoint():
 
 def test_set_weight_decay_changes_only_the_decay_group():
     trainee = make_trainee()
-    optimizer = build_optimizer(trainee, OptimConfig(weight_decay=0.04))
+    optimizer = build_optimizer(param_groups(trainee, 0.04), OptimConfig(weight_decay=0.04))
     set_weight_decay(optimizer, 0.3)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.3, 0.0]
 
 
 def test_weight_decay_schedule_starting_at_zero():
     trainee = make_trainee()
-    optimizer = build_optimizer(trainee, OptimConfig(weight_decay=0.0, weight_decay_end=0.4))
+    optimizer = build_optimizer(param_groups(trainee, 0.0), OptimConfig(weight_decay=0.0, weight_decay_end=0.4))
     set_weight_decay(optimizer, 0.2)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.0]
 

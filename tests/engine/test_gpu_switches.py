@@ -63,7 +63,8 @@ def one_process_group(monkeypatch):
 def test_batchnorm_is_synchronised_under_ddp(one_process_group, sync):
     cfg = simclr_config(f"train.sync_batchnorm={str(sync).lower()}", "train.device=cuda")
     device = torch.device("cuda:0")
-    trainee, model = Strategy(cfg.train, device).wrap(build_trainee(cfg).to(device))
+    trainee = build_trainee(cfg).to(device)
+    model = Strategy(cfg.train, device).wrap(trainee)  # converts the BatchNorm layers of `trainee` in place
     norms = [m for m in trainee.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms, "simclr's projector has BatchNorm layers"
     assert all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms) == sync

@@ -88,7 +88,7 @@ def test_frozen_parameters_are_left_out():
 
 def test_build_optimizer_and_set_lr():
     model = torch.nn.Linear(3, 4)
-    opt = build_optimizer(model, OptimConfig(weight_decay=0.1, betas=(0.8, 0.9)))
+    opt = build_optimizer(param_groups(model, 0.1), OptimConfig(weight_decay=0.1, betas=(0.8, 0.9)))
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     assert opt.param_groups[0]["betas"] == (0.8, 0.9)

@@ -126,14 +126,14 @@ def test_the_warm_up_follows_a_shortened_run_and_never_covers_it():
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(tiny_run, tmp_path):
     whole = finetune(tiny_run, TINY, device="cpu", out=tmp_path / "whole", echo=quiet)
-    # checkpoints at steps 2 and 4, stopped at 5: the resume starts mid-epoch, at step 1 of epoch 2
+    # checkpoints at steps 2, 3 (epoch end) and 4, halted at 5 with a checkpoint: the resume starts mid-epoch
     halted = finetune(tiny_run, {**TINY, "ckpt_every_steps": 2, "halt_after_steps": 5}, device="cpu",
                       out=tmp_path / "cut", echo=quiet)
-    assert halted["halted"] and latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "ckpt_00000004.pt"
+    assert halted["halted"] and latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "ckpt_00000005.pt"
     with pytest.raises(Exception, match="--resume"):
         finetune(tiny_run, TINY, device="cpu", out=tmp_path / "cut", echo=quiet)
-    with pytest.raises(ConfigError, match="blr"):
-        finetune(tiny_run, {**TINY, "blr": 1e-3}, device="cpu", out=tmp_path / "cut", resume=True, echo=quiet)
+    with pytest.raises(ConfigError, match=r"in \['finetune\.smoothing'\]"):
+        finetune(tiny_run, {**TINY, "smoothing": 0.2}, device="cpu", out=tmp_path / "cut", resume=True, echo=quiet)
     resumed = finetune(tiny_run, TINY, device="cpu", out=tmp_path / "cut", resume=True, echo=quiet)
     assert resumed["steps"] == whole["steps"] == 6
     assert resumed["curves"] == whole["curves"]
@@ -162,7 +162,8 @@ def test_a_short_fine_tuning_learns_the_task(tiny_run, tmp_path):
 
 def test_frozen_blocks_keep_their_pretrained_weights(tiny_run, tmp_path):
     finetune(tiny_run, {**TINY, "epochs": 1, "blocks": 1}, device="cpu", out=tmp_path / "ft", echo=quiet)
-    tuned = load_checkpoint(latest_checkpoint(tmp_path / "ft" / "checkpoints"))["model"]
+    tuned = {k.removeprefix("classifier."): v
+             for k, v in load_checkpoint(latest_checkpoint(tmp_path / "ft" / "checkpoints"))["model"].items()}
     encoder, _, _ = load_encoder(tiny_run)
     pretrained = encoder.vit.state_dict()
     for name, value in pretrained.items():

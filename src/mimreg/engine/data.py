@@ -23,12 +23,14 @@ from mimreg.errors import ConfigError, DataError
 
 class EpochBatches:
     """Index batches for one process: a seeded permutation per epoch, cut into `world` x `batch`
-    blocks per step, so that the blocks of one step, concatenated in rank order, are the global
-    batch. The tail that does not fill a step is dropped."""
+    blocks per micro-step, so that the blocks of one micro-step, concatenated in rank order, are the
+    global micro-batch. `steps` counts the micro-steps of an epoch, in whole cycles of `accum`: the
+    tail that does not fill a cycle is dropped, so no micro-batch's gradient spills into the next
+    epoch's first optimizer step."""
 
-    def __init__(self, size: int, batch: int, world: int, rank: int, seed: int):
+    def __init__(self, size: int, batch: int, world: int, rank: int, seed: int, accum: int = 1):
         self.size, self.batch, self.world, self.rank, self.seed = size, batch, world, rank, seed
-        self.steps = size // (batch * world)
+        self.steps = size // (batch * world) // accum * accum
 
     def for_epoch(self, epoch: int, start: int = 0) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -170,7 +172,7 @@ def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device
     mean, std = dataset_stats(cfg.data.name)
     labels = np.asarray(raw.labels)
     num_classes = int(raw.num_classes) if (labels >= 0).any() else 0
-    batches = EpochBatches(len(raw), cfg.optim.batch_size, world, rank, cfg.train.seed)
+    batches = EpochBatches(len(raw), cfg.optim.batch_size, world, rank, cfg.train.seed, cfg.optim.accum_steps)
     if cfg.data.decode_on_device:
         paths = sample_paths(raw)
         if paths is None:

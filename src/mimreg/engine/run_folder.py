@@ -14,16 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from mimreg.config import Config, config_from_stored, config_text, config_to_dict
-from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint
+from mimreg.engine.checkpoint import latest_checkpoint
 from mimreg.engine.metrics import read_metrics
-from mimreg.errors import ConfigError, MimregError
+from mimreg.errors import MimregError
 from mimreg.io import atomic_write, write_json_atomic
-
-# settings that may change between a run and its resumption
-RESUMABLE_KEYS = ("train.halt_after_steps", "train.progress", "train.device", "train.strategy",
-                  "train.grad_checkpointing")
-
 
 class RunFolder:
     """A pretraining run's folder. `open()` locks it for this process (a second run on the same
@@ -69,31 +63,19 @@ class RunFolder:
         return stale
 
     # ------------------------------------------------------------ config
-    def check_resumable(self, cfg: Config, resume: bool) -> Path | None:
-        """The checkpoint to resume from (None: start fresh); refuses a folder that holds a run
-        when not resuming, and a config that differs from the run's own."""
+    def checkpoint_to_resume(self, resume: bool) -> Path | None:
+        """The latest checkpoint (None: start fresh); refuses a folder that holds a run when not
+        resuming. What a resume may change is engine/resume_rules.py's to say."""
         found = latest_checkpoint(self.checkpoints)
         if found is not None and not resume:
             raise MimregError(f"run folder {self.path} already holds checkpoints ({found.name}); pass --resume "
                               "to continue that run, or --out NEW_FOLDER to start a new one")
-        if found is None:
-            return None
-        saved = load_checkpoint(found).get("config")
-        if saved is None and (self.path / "config.yaml").is_file():
-            saved = yaml.safe_load((self.path / "config.yaml").read_text())
-        if saved is None:
-            raise MimregError(f"checkpoint {found} has no config and {self.path} no config.yaml: it was not "
-                              "written by mimreg pretrain; start a new run with --out NEW_FOLDER")
-        changed = changed_keys(config_to_dict(config_from_stored(saved)), config_to_dict(cfg))
-        changed = [key for key in changed if key not in RESUMABLE_KEYS]
-        if changed:
-            raise ConfigError(f"--resume with a config that differs from the run's own in {changed}; "
-                              "resume with the same config, or start a new run with --out NEW_FOLDER")
         return found
 
-    def write_config(self, cfg: Config, notes: list[str] = ()) -> None:
-        """config.yaml, headed by `notes` as comment lines (e.g. the lr in force and its key)."""
-        text = config_text(cfg, notes)
+    def write_config(self, record: dict, notes: list[str] = ()) -> None:
+        """config.yaml: the run's config `record`, headed by `notes` as comment lines (e.g. the lr in force)."""
+        header = "".join(f"# {line}\n" for note in notes for line in note.splitlines())
+        text = header + yaml.safe_dump(record, sort_keys=False)
         atomic_write(self.path / "config.yaml", lambda handle: handle.write(text), binary=False)
 
     # ------------------------------------------------------------ metrics and summary
@@ -118,12 +100,3 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.path / "summary.json", summary)
 
-
-def changed_keys(a, b, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]

@@ -17,6 +17,7 @@ In a single process there is nothing to replicate or shard: both strategies trai
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -44,32 +45,41 @@ def set_grad_checkpointing(trainee: nn.Module, enable: bool = True) -> int:
 
 
 class Strategy:
-    """`wrap` the trainee for training; `model_state` / `optimizer_state` gather a checkpoint's
-    state (complete on the main process); `load_model` / `load_optimizer` put one back."""
+    """`wrap` the trainee for training (and `no_sync` its gradient averaging between the micro-steps
+    of an accumulation cycle); `model_state` / `optimizer_state` gather a checkpoint's state
+    (complete on the main process); `load_model` / `load_optimizer` put one back."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         if cfg.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy: unknown value {cfg.strategy!r}; choose one of {list(STRATEGIES)}")
         self.sharded = cfg.strategy == "fsdp" and dist.is_distributed()
         self.cfg, self.device = cfg, device
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
         if self.sharded:
             refuse_unsharded_options(cfg, device)
 
-    def wrap(self, trainee: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """(the trainee, possibly with SyncBatchNorm; the module to call: the trainee itself in one
-        process and under FSDP, whose sharding lives on the modules, or its DDP wrapper)."""
+    def wrap(self, trainee: nn.Module) -> nn.Module:
+        """The module to call: `trainee` itself in one process and under FSDP (whose sharding lives on
+        the modules), else its DDP wrapper. BatchNorm layers become SyncBatchNorm in place."""
         if self.cfg.grad_checkpointing and not set_grad_checkpointing(trainee):
             raise ConfigError("train.grad_checkpointing: this model has no transformer blocks to checkpoint")
         if not dist.is_distributed():
-            return trainee, trainee
+            return trainee
         if self.cfg.sync_batchnorm:
-            trainee, note = dist.sync_batchnorm(trainee, self.device)
+            converted, note = dist.sync_batchnorm(trainee, self.device)
+            assert converted is trainee  # torch converts the BatchNorm children in place
             if note and dist.is_main_process():
                 print(note, flush=True)
         if self.sharded:
-            return shard(trainee), trainee
+            return shard(trainee)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return trainee, nn.parallel.DistributedDataParallel(trainee, device_ids=ids)
+        self.ddp = nn.parallel.DistributedDataParallel(trainee, device_ids=ids)
+        return self.ddp
+
+    def no_sync(self):
+        """Within an accumulation cycle: DDP keeps each process's gradients until the last micro-step
+        (FSDP reduce-scatters at every micro-step and accumulates sharded)."""
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------ gathering
     def model_state(self, trainee: nn.Module) -> dict:
@@ -95,15 +105,15 @@ class Strategy:
                                  for group in by_name["param_groups"]]}
 
     # ------------------------------------------------------------ loading
-    def load_model(self, trainee: nn.Module, state: dict, path: Path, optional: tuple[str, ...]) -> None:
+    def load_model(self, trainee: nn.Module, state: dict, path: Path) -> None:
         """Load a full state dict (every process reads the whole checkpoint and keeps its shards)."""
         if not self.sharded:
-            load_matching_state(trainee, state, path, optional)
+            load_matching_state(trainee, state, path)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, strict=False)
-        load_matching_state(trainee, state, path, optional,
+        load_matching_state(trainee, state, path,
                             load=lambda full: set_model_state_dict(trainee, full, options=options))
 
     def load_optimizer(self, trainee: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

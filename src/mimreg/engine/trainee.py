@@ -6,27 +6,15 @@ same for every method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mimreg.distributed import all_reduce_mean
+from mimreg.engine.task import StepResult
 from mimreg.errors import ConfigError
 from mimreg.methods import Method
 from mimreg.regularizers import Regularizer
-
-
-@dataclass
-class StepResult:
-    """total: the scalar to back-propagate (the objective plus the online probe's and regularizers'
-    own training losses). objective: what trains the encoder (method losses + weighted
-    regularizers). terms: name -> detached scalar for logging."""
-
-    total: torch.Tensor
-    objective: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def keep_in_graph(total: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -72,11 +60,12 @@ class Trainee(nn.Module):
         total = torch.stack([loss.float() for loss in out.losses.values()]).sum()
         objective = total.detach()
         terms = {name: loss.detach() for name, loss in out.losses.items()}
+        events = []
         if self.training and any(r.gate_rec_loss is not None for r in self.regularizers):
             if "rec" not in out.losses:
                 raise ConfigError(f"gate_rec_loss needs a reconstruction loss `rec`; method {self.method.name!r} "
                                   f"has {sorted(out.losses)}: remove gate_rec_loss or use mae/simmim")
-            terms.update(self.update_gates(out.losses["rec"]))
+            events = self.update_gates(out.losses["rec"])
         for reg in self.regularizers:
             weight = reg.weight_at(epoch)
             if weight != 0:
@@ -104,20 +93,22 @@ class Trainee(nn.Module):
             ce, acc = self.probe_loss(out.features[self.probe_feature], labels)
             total = total + ce
             terms["probe/ce"], terms["probe/acc"] = ce.detach(), acc
-        return StepResult(total=total, objective=objective, terms=terms)
+        return StepResult(total=total, objective=objective, terms=terms, events=events)
 
     @torch.no_grad()
-    def update_gates(self, rec: torch.Tensor, decay: float = 0.98) -> dict[str, torch.Tensor]:
+    def update_gates(self, rec: torch.Tensor, decay: float = 0.98) -> list[dict]:
         """Track an EMA of the reconstruction loss (the same on every process) and open, for good,
-        each gated regularizer whose threshold it falls below; returns `gate/<name>` for those."""
+        each gated regularizer whose threshold it falls below; returns a `gate` record for each.
+        Comparing the EMA with a threshold is a host sync per step, for gated runs only."""
         value = all_reduce_mean(rec.detach().float())
         ema = value if self.rec_ema < 0 else decay * self.rec_ema + (1 - decay) * value
         self.rec_ema.copy_(ema)
-        opened = {}
+        opened = []
         for reg in self.regularizers:
             if reg.gate_rec_loss is not None and not bool(reg.gate_open) and float(ema) < reg.gate_rec_loss:
                 reg.gate_open.fill_(True)
-                opened[f"gate/{reg.name}"] = ema.clone()
+                opened.append({"kind": "gate", "regularizer": reg.name, "rec_ema": float(ema),
+                               "message": f"{reg.name} switched on (reconstruction EMA below its gate)"})
         return opened
 
     def probe_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,10 +120,10 @@ class Trainee(nn.Module):
                                          eps=norm.eps))
         if len(logits) != len(labels):  # multi-view methods stack their views along the batch
             labels = labels.repeat(len(logits) // len(labels))
-        known = labels >= 0
-        if not bool(known.any()):
-            # keep every parameter in the graph (DDP) while adding nothing
-            return logits.sum() * 0.0, torch.zeros((), device=logits.device)
-        ce = F.cross_entropy(logits[known], labels[known])
-        acc = (logits[known].argmax(dim=1) == labels[known]).float().mean() * 100
+        # no data-dependent branch or shape (no host sync, one compiled graph): unknown labels weigh 0,
+        # and a batch without labels gives 0 while keeping every parameter in the graph (DDP)
+        known = (labels >= 0).float()
+        count = known.sum().clamp(min=1)
+        ce = (F.cross_entropy(logits, labels.clamp(min=0), reduction="none") * known).sum() / count
+        acc = ((logits.argmax(dim=1) == labels).float() * known).sum() / count * 100
         return ce, acc.detach()

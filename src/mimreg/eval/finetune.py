@@ -1,17 +1,16 @@
-"""`mimreg eval finetune`: end-to-end fine-tuning of a pretrained encoder, MAE's protocol.
+"""`mimreg eval finetune`: end-to-end fine-tuning of a pretrained encoder, MAE's protocol, as a task
+of the training engine (engine/loop.py): the same loop, accumulation, precision, distribution,
+checkpoints, signal handling, run-folder lock, non-finite refusal and resume rules as pretraining.
 
 Built from timm's pieces: VisionTransformer + layer-decay parameter groups, RandAugment and random
 erasing (create_transform), Mixup/CutMix with label smoothing and the soft-target loss. Warm-up then
-cosine lr per step, AdamW. Runs on CPU or GPU, one process or several under torchrun (DDP), and
-resumes exactly from its checkpoints (model, optimizer, step, every process's RNG states, the
-running epoch loss and the curves so far).
+cosine lr per step, AdamW.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,24 @@ import torch
 from PIL import Image
 from timm.data import Mixup, RandomResizedCropAndInterpolation, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
-from torchvision import transforms as T
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch import nn
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
 
 from mimreg import distributed as dist
+from mimreg.config import OptimConfig, TrainConfig
 from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
-from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mimreg.engine.data import EpochBatches, collate_keep_size
-from mimreg.engine.schedule import lr_at
-from mimreg.errors import ConfigError, DataError, MimregError, NonFiniteLossError
-from mimreg.devices import local_device, resolve_device
+from mimreg.engine.data import EpochBatches, PretrainData
+from mimreg.engine.loop import join_processes, run_task
+from mimreg.engine.metrics import read_metrics
+from mimreg.engine.run_folder import RunFolder
+from mimreg.engine.schedule import learning_rate
+from mimreg.engine.task import StepResult, seed_process
+from mimreg.errors import ConfigError, DataError
 from mimreg.eval.evaluate import run_dir_of
 from mimreg.eval.finetune_config import FinetuneConfig, changed_settings, resolve_config
-from mimreg.eval.finetune_model import build_classifier, build_optimizer, freeze_all_but_last
+from mimreg.eval.finetune_model import build_classifier, freeze_all_but_last, layer_decay_groups
 from mimreg.eval.frozen import load_encoder
 from mimreg.eval.linear import sweep_probe
 from mimreg.eval.results import result_stem, save_result
@@ -80,16 +83,6 @@ def train_transform(img_size: int, randaug: str, reprob: float, mean, std, crop_
     if reprob > 0:
         steps.append(RandomErasing(reprob, mode="pixel", max_count=1, device="cpu"))
     return T.Compose(steps)
-
-
-@dataclass
-class Progress:
-    """What a checkpoint must carry beyond model and optimizer for an exact resume."""
-
-    step: int = 0
-    loss_sum: float = 0.0  # of the current epoch, over its steps so far
-    loss_steps: int = 0
-    curves: list[dict] = field(default_factory=list)
 
 
 def _datasets(name: str, root, img_size: int, cfg: FinetuneConfig):
@@ -143,12 +136,6 @@ def _loss_and_mixup(cfg: FinetuneConfig, num_classes: int):
     return torch.nn.CrossEntropyLoss(), None
 
 
-def _devices(device: str) -> tuple[torch.device, int]:
-    dev = resolve_device(device)
-    dist.init_from_env(dev.type)
-    return local_device(dev, dist.is_distributed()), dist.rank()
-
-
 @torch.no_grad()
 def evaluate_classifier(model: torch.nn.Module, test: TransformedDataset, device: torch.device,
                         batch_size: int = 256) -> dict:
@@ -171,169 +158,137 @@ def evaluate_classifier(model: torch.nn.Module, test: TransformedDataset, device
     return {"top1": float(100 * counts[0] / counts[2]), "top5": float(100 * counts[1] / counts[2])}
 
 
-def _gathered_rng() -> list[dict]:
-    """Every process's RNG states, in rank order (drop path and Mixup draw differently per process)."""
-    state = rng_state()
-    if not dist.is_distributed():
-        return [state]
-    states: list = [None] * dist.world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
 
 
-def _config_record(cfg: FinetuneConfig, checkpoint, data: str, preset: str) -> dict:
-    return {"finetune": dataclasses.asdict(cfg), "pretrained": str(Path(checkpoint).resolve()), "data": data,
-            "preset": preset, "processes": dist.world_size()}
+class FinetuneModule(nn.Module):
+    """The classifier and its training loss, Mixup/CutMix mixing the batch first when on."""
+
+    def __init__(self, classifier: nn.Module, criterion: nn.Module, mixup: Mixup | None):
+        super().__init__()
+        self.classifier, self.criterion, self.mixup = classifier, criterion, mixup
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, *, epoch: int = 0, monitor: bool = False,
+                generator: torch.Generator | None = None) -> StepResult:
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        loss = self.criterion(self.classifier(images), targets)
+        return StepResult(total=loss, objective=loss.detach())
 
 
-# settings that change no number of the result, so a resume may change them
-_NO_EFFECT = {"halt_after_steps": None, "ckpt_every_steps": 0, "keep_last": 2, "num_workers": 0}
+def engine_settings(cfg: FinetuneConfig, device: str) -> tuple[OptimConfig, TrainConfig]:
+    """The engine's optimisation and training settings of a fine-tuning (AdamW with torch's default
+    betas, as MAE's main_finetune.py)."""
+    optim = OptimConfig(batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, blr=cfg.blr, lr=cfg.lr,
+                        min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
+                        warmup_epochs=cfg.warmup_epochs, clip_grad=cfg.clip_grad)
+    train = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, device=device, precision=cfg.precision,
+                        strategy=cfg.strategy, ckpt_every_steps=cfg.ckpt_every_steps, keep_last=cfg.keep_last,
+                        halt_after_steps=cfg.halt_after_steps, online_probe=False, knn_every=0)
+    return optim, train
 
 
-def _resume(out: Path, found: Path | None, resume: bool, record: dict, model, optimizer, device) -> Progress:
-    """Load `found`, the latest checkpoint in `out`, when resuming; refuse a second start or a changed config."""
-    if found is None:
-        return Progress()
-    if not resume:
-        raise MimregError(f"fine-tuning folder {out} already holds checkpoints ({found.name}); pass --resume to "
-                          "continue it, or --out NEW_FOLDER to start again")
-    state = load_checkpoint(found, map_location=device)
-    before, now = dict(state["config"]), dict(record)
-    before["finetune"] = {**before["finetune"], **_NO_EFFECT}
-    now["finetune"] = {**now["finetune"], **_NO_EFFECT}
-    if before != now:
-        changed = sorted(k for k in now["finetune"] if now["finetune"][k] != before["finetune"].get(k))
-        raise ConfigError(f"--resume with settings that differ from the checkpoint's ({changed or 'data/checkpoint'}); "
-                          "resume with the same settings, or start a new fine-tuning with --out")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"][min(dist.rank(), len(state["rng"]) - 1)])
-    return Progress(**state["progress"])
+class FinetuneTask:
+    """A `Task` (engine/task.py): fine-tune `encoder` on `data_name` with `cfg`, on `device`."""
+
+    kind = "finetune"
+
+    def __init__(self, cfg: FinetuneConfig, encoder, data_name: str, root, img_size: int, device: torch.device,
+                 record: dict, start_from_probe: bool, device_name: str):
+        self.cfg, self.device, self.record, self.data_name = cfg, device, record, data_name
+        self.optim, self.train = engine_settings(cfg, device_name)
+        self.num_workers = cfg.num_workers
+        seed_process(cfg.seed)
+        train, self.test, train_plain, num_classes = _datasets(data_name, root, img_size, cfg)
+        classifier = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path).to(device)
+        self.head_probe = init_head_from_probe(classifier, train_plain, device, cfg.seed) if start_from_probe else None
+        freeze_all_but_last(classifier, cfg.blocks)
+        self.module = FinetuneModule(classifier, *_loss_and_mixup(cfg, num_classes))
+        batches = EpochBatches(len(train), cfg.batch_size, dist.world_size(), dist.rank(), cfg.seed, cfg.accum_steps)
+        if batches.steps < 1:
+            raise ConfigError(f"{len(train)} training images give no step at batch {cfg.batch_size} x accum "
+                              f"{cfg.accum_steps} x {dist.world_size()} processes; lower --batch-size")
+        self.data = PretrainData(train, batches, num_classes, len(train))
+
+    @staticmethod
+    def stored_record(saved: dict) -> dict:
+        return saved
+
+    def parameter_groups(self, module: nn.Module) -> list[dict]:
+        return layer_decay_groups(module.classifier, self.cfg.weight_decay, self.cfg.layer_decay)
+
+    def clipped_parameters(self):
+        return [p for p in self.module.classifier.parameters() if p.requires_grad]
+
+    def on_step_end(self, progress: float) -> None:
+        pass
+
+    def step_facts(self, epoch: int) -> dict:
+        return {}
+
+    def evaluate(self, epochs_done: int, last: bool) -> dict | None:
+        if epochs_done % self.cfg.eval_every and not last:
+            return None
+        return {"kind": "eval", **evaluate_classifier(self.module.classifier, self.test, self.device)}
+
+    def start_facts(self, world: int) -> tuple[dict, str]:
+        lr = learning_rate(self.optim, world)
+        return ({"config": "finetune", "lr": lr, "pretrained": self.record["pretrained"]},
+                f"fine-tuning {self.record['pretrained']} on {self.data_name}: {self.data.num_images} images, lr {lr:g}")
+
+    def config_notes(self, world: int) -> list[str]:
+        return [f"fine-tuning; lr {learning_rate(self.optim, world):g}"]
+
+
+def curves_of(records: list[dict]) -> list[dict]:
+    """Per epoch: train loss, lr at its last step, and top-1 / top-5 where it was evaluated."""
+    lr_at = {r["step"]: r["lr"] for r in records if r.get("kind") == "train"}
+    evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
+    curves = []
+    for r in (r for r in records if r.get("kind") == "epoch"):
+        point = {"epoch": r["epoch"] + 1, "step": r["step"], "train_loss": r["loss"], "lr": lr_at[r["step"]]}
+        if r["step"] in evals:
+            point.update(top1=evals[r["step"]]["top1"], top5=evals[r["step"]]["top5"])
+        curves.append(point)
+    return curves
 
 
 def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=None, device="auto", out=None,
              resume=False, echo=print) -> dict:
     """Fine-tune the encoder of `checkpoint` (a run folder or ckpt file) on `data` (default: the
-    pretraining dataset); write RUN/evals/finetune_<data>_<head>[_<changed settings>].json."""
+    pretraining dataset) into `out`; write RUN/evals/finetune_<data>_<head>[_<changed settings>].json."""
     began = time.time()
-    dev, rank = _devices(device)
-    echo = echo if dist.is_main_process() else (lambda *args: None)
     encoder, pre_cfg, meta = load_encoder(checkpoint)
     cfg, preset = resolve_config(encoder.arch, encoder.depth, overrides or {})
     name = data or pre_cfg.data.name
     root = data_root if data is not None or data_root is not None else pre_cfg.data.root
     options = {k: v for k, v in changed_settings(cfg, preset).items() if k != "head"}
     out = Path(out) if out else run_dir_of(checkpoint) / "finetune" / result_stem("finetune", None, name, cfg.head, options)
-    torch.manual_seed(cfg.seed + rank)
-    np.random.seed((cfg.seed + rank) % 2**32)
-    train, test, train_plain, num_classes = _datasets(name, root, pre_cfg.img_size, cfg)
-    model = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path).to(dev)
-    found = latest_checkpoint(out / "checkpoints")  # None also under --resume with nothing to resume yet
-    probe = init_head_from_probe(model, train_plain, dev, cfg.seed) if cfg.head_init == "probe" and found is None else None
-    freeze_all_but_last(model, cfg.blocks)
-    optimizer = build_optimizer(model, cfg.weight_decay, cfg.layer_decay)
-    record = _config_record(cfg, checkpoint, name, preset)
-    progress = _resume(out, found, resume, record, model, optimizer, dev)
-    world = dist.world_size()
-    batches = EpochBatches(len(train), cfg.batch_size, world, rank, cfg.seed)
-    if batches.steps < 1:
-        raise ConfigError(f"{len(train)} training images give no step at batch {cfg.batch_size} x {world} processes; "
-                          "lower --batch-size")
-    trainer = _Trainer(cfg, model, optimizer, train, test, batches, num_classes, dev, out, record, echo)
-    halted = trainer.run(progress)
-    if halted:
-        echo(f"halted at step {progress.step} (--halt-after-steps); continue with --resume --out {out}")
-        return {"halted": True, "step": progress.step, "out": str(out)}
-    evals = [c for c in progress.curves if "top1" in c]
+    dev = join_processes(device, key="--device")
+    echo = echo if dist.is_main_process() else (lambda *args: None)
+    record = {"finetune": dataclasses.asdict(cfg), "pretrained": str(Path(checkpoint).resolve()), "data": name,
+              "preset": preset}
+    # the head starts from the probe only in a new fine-tuning (the main process's folder says)
+    fresh = dist.decided_by_main(lambda: RunFolder(out).checkpoint_to_resume(resume)) is None
+    task = FinetuneTask(cfg, encoder, name, root, pre_cfg.img_size, dev, record,
+                        start_from_probe=cfg.head_init == "probe" and fresh, device_name=str(device))
+    run = run_task(task, out, resume, dev)
+    if run.halted:
+        echo(f"halted at step {run.steps} (--halt-after-steps) with checkpoint {run.checkpoint}")
+        return {"halted": True, "step": run.steps, "out": str(out)}
+    curves = curves_of(read_metrics(out / "metrics.jsonl"))
+    evals = [c for c in curves if "top1" in c]
     result = {"top1": evals[-1]["top1"], "top5": evals[-1]["top5"], "best_top1": max(c["top1"] for c in evals),
-              "train_loss": progress.curves[-1]["train_loss"], "epochs": cfg.epochs, "steps": progress.step,
-              "lr": trainer.base_lr, "processes": world, "num_classes": num_classes, "finetune_images": len(train),
-              "config": record, "curves": progress.curves, "out": str(out),
-              "minutes": (time.time() - began) / 60, **({"head_probe": probe} if probe else {})}  # of this call (a resumed run: since the resume)
-    meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": len(train), "test_images": len(test)}
+              "train_loss": curves[-1]["train_loss"], "epochs": cfg.epochs, "steps": run.steps,
+              "lr": learning_rate(task.optim, dist.world_size()), "processes": dist.world_size(),
+              "num_classes": task.data.num_classes, "finetune_images": task.data.num_images, "config": record,
+              "curves": curves, "out": str(out), "minutes": (time.time() - began) / 60,  # of this call
+              **({"head_probe": task.head_probe} if task.head_probe else {})}
+    meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": task.data.num_images,
+            "test_images": len(task.test)}
+    echo(f"fine-tuned: top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} after {cfg.epochs} epochs")
     path = save_result(run_dir_of(checkpoint), meta, protocol="finetune", variant=None, pool=cfg.head, options=options,
                        result=result) if dist.is_main_process() else None
-    echo(f"fine-tuned: top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} after {cfg.epochs} epochs"
-         + (f"; wrote {path}" if path else ""))
+    if path:
+        echo(f"wrote {path}")
     return {**result, "file": str(path) if path else None}
-
-
-class _Trainer:
-    """One epoch, one step, the test evaluation and the checkpoint of a fine-tuning."""
-
-    def __init__(self, cfg, model, optimizer, train, test, batches, num_classes, device, out, record, echo):
-        self.cfg, self.optimizer, self.train, self.test = cfg, optimizer, train, test
-        self.batches, self.device, self.out, self.record, self.echo = batches, device, out, record, echo
-        self.model = model
-        self.net = model
-        if dist.is_distributed():
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.criterion, self.mixup = _loss_and_mixup(cfg, num_classes)
-        world = dist.world_size()
-        self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size * world / 256
-        self.total_steps = cfg.epochs * batches.steps
-        self.warmup_steps = int(round(cfg.warmup_epochs * batches.steps))
-
-    def run(self, progress: Progress) -> bool:
-        """Train to the last epoch from `progress`; True when halted by halt_after_steps."""
-        self.net.train()
-        for epoch in range(progress.step // self.batches.steps, self.cfg.epochs):
-            if self._epoch(epoch, progress):
-                return True
-            mean_loss = dist.all_reduce_mean(torch.tensor(progress.loss_sum / max(progress.loss_steps, 1))).item()
-            point = {"epoch": epoch + 1, "step": progress.step, "train_loss": mean_loss,
-                     "lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)}
-            if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
-                point.update(evaluate_classifier(self.net, self.test, self.device))
-            progress.curves.append(point)
-            progress.loss_sum, progress.loss_steps = 0.0, 0
-            self.echo(f"finetune epoch {epoch + 1}/{self.cfg.epochs} step {progress.step}: "
-                      + ", ".join(f"{k} {v:.4g}" for k, v in point.items() if k not in ("epoch", "step")))
-            self._checkpoint(progress, epoch + 1)
-        return False
-
-    def _epoch(self, epoch: int, progress: Progress) -> bool:
-        first = progress.step - epoch * self.batches.steps
-        self.train.set_epoch(epoch)
-        # the loader's worker seeds come from this generator, not the global RNG that drop path draws from
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        loader = DataLoader(self.train, batch_sampler=self.batches.for_epoch(epoch, first), collate_fn=collate_keep_size,
-                            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda", generator=generator)
-        for batch in loader:
-            progress.loss_sum += self._step(batch, progress.step)
-            progress.loss_steps += 1
-            progress.step += 1
-            if self.cfg.ckpt_every_steps and progress.step % self.cfg.ckpt_every_steps == 0:
-                self._checkpoint(progress, epoch)
-            if self.cfg.halt_after_steps is not None and progress.step >= self.cfg.halt_after_steps:
-                return True
-        return False
-
-    def _step(self, batch, step: int) -> float:
-        images, labels = batch.images.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True)
-        targets = labels
-        if self.mixup is not None:
-            images, targets = self.mixup(images, labels)
-        lr = lr_at(step, base_lr=self.base_lr, min_lr=self.cfg.min_lr, warmup_steps=self.warmup_steps,
-                   total_steps=self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        loss = self.criterion(self.net(images), targets)
-        if not bool(dist.all_reduce_min(torch.isfinite(loss.detach()).float())):
-            raise NonFiniteLossError(f"non-finite fine-tuning loss at step {step}; the last checkpoint in "
-                                     f"{self.out} is kept. Lower --blr or set --clip-grad")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.clip_grad)
-        self.optimizer.step()
-        return float(loss.detach())
-
-    def _checkpoint(self, progress: Progress, epoch: int) -> None:
-        states = _gathered_rng()  # a collective: every process takes part
-        if dist.is_main_process():
-            payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": states,
-                       "step": progress.step, "epoch": epoch, "progress": dataclasses.asdict(progress),
-                       "config": self.record}
-            save_checkpoint(self.out / "checkpoints", progress.step, payload, self.cfg.keep_last)

@@ -14,12 +14,17 @@ from mimreg.errors import ConfigError
 
 HEADS = ("gap", "cls")
 HEAD_INITS = ("zero", "probe")
+PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
 class FinetuneConfig:
     epochs: int | None = None
-    batch_size: int | None = None  # per process; effective = batch_size x processes
+    batch_size: int | None = None  # per process and micro-step; effective = batch_size x accum_steps x processes
+    accum_steps: int = 1  # micro-steps per optimizer step (gradient accumulation)
+    precision: str = "fp32"  # bf16 / fp16 (CUDA only) autocast, as train.precision
+    strategy: str = "ddp"  # under torchrun: ddp or fsdp, as train.strategy
     blr: float | None = None  # lr = blr x effective batch / 256, unless lr is set
     lr: float | None = None
     min_lr: float = 1e-6
@@ -97,8 +102,8 @@ def warmup_in_epochs(value, epochs: int) -> float:
 
 
 def validate(cfg: FinetuneConfig, depth: int) -> None:
-    at_least_one = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
-                    "keep_last": cfg.keep_last}
+    at_least_one = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps,
+                    "eval_every": cfg.eval_every, "keep_last": cfg.keep_last}
     for key, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"fine-tuning {key} must be >= 1, got {value}")
@@ -120,6 +125,9 @@ def validate(cfg: FinetuneConfig, depth: int) -> None:
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ConfigError(f"Mixup/CutMix mixes a batch with its flip and needs an even batch_size, got "
                           f"{cfg.batch_size}; change it or pass --mixup 0 --cutmix 0")
+    if cfg.precision not in PRECISIONS or cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"fine-tuning precision must be one of {PRECISIONS} and strategy one of {STRATEGIES}, "
+                          f"got {cfg.precision!r} and {cfg.strategy!r}")
     if cfg.head_init not in HEAD_INITS:
         raise ConfigError(f"fine-tuning head_init must be one of {HEAD_INITS}, got {cfg.head_init!r}")
     if cfg.head not in HEADS:
@@ -136,5 +144,5 @@ def changed_settings(cfg: FinetuneConfig, preset: str) -> dict:
     """The settings that differ from the preset and the dataclass defaults (names the result file)."""
     defaults = {**{f.name: f.default for f in dataclasses.fields(FinetuneConfig)}, **PRESETS[preset]}
     defaults["warmup_epochs"] = warmup_in_epochs(defaults["warmup_epochs"], cfg.epochs)
-    skip = {"num_workers", "ckpt_every_steps", "keep_last", "halt_after_steps", "eval_every"}  # change no numbers
+    skip = {"num_workers", "ckpt_every_steps", "keep_last", "halt_after_steps", "eval_every", "strategy"}  # change no numbers
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip and v != defaults[k]}

@@ -68,7 +68,3 @@ def layer_decay_groups(model: VisionTransformer, weight_decay: float, layer_deca
     return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
                                     no_weight_decay_list=model.no_weight_decay())
 
-
-def build_optimizer(model: VisionTransformer, weight_decay: float, layer_decay: float) -> torch.optim.AdamW:
-    """AdamW with MAE's fine-tuning betas (torch's defaults); fused: the per-parameter loop is slow on CPU."""
-    return torch.optim.AdamW(layer_decay_groups(model, weight_decay, layer_decay), lr=0.0, fused=True)
