@@ -16,6 +16,7 @@ from mimreg.cli import main
 from mimreg.config import load_config
 from mimreg.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, non_finite_entries
 from mimreg.engine.loop import _agree_finite_and_stop, lr_advice, pretrain
+from mimreg.engine.metrics import read_metrics
 from mimreg.engine.stopping import GracefulStop
 from mimreg.engine.task import StepResult
 from mimreg.errors import ConfigError, MimregError, NonFiniteLossError
@@ -32,8 +33,8 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 # ---------------------------------------------------------------- resume
 def test_resume_without_config_yaml_is_checked_against_the_checkpoint(tiny_run):
     (tiny_run / "config.yaml").unlink()
-    changed = load_config("digits/u-mae", ["optim.lr=0.002"])
-    with pytest.raises(ConfigError, match=r"optim\.lr"):
+    changed = load_config("digits/u-mae", ["optim.weight_decay=0.1"])
+    with pytest.raises(ConfigError, match=r"optim\.weight_decay"):
         pretrain(changed, tiny_run, resume=True)
     assert not (tiny_run / "config.yaml").exists()
 
@@ -41,6 +42,54 @@ def test_resume_without_config_yaml_is_checked_against_the_checkpoint(tiny_run):
 def test_resume_of_a_folder_without_checkpoint_says_it_starts_from_scratch(tmp_path, tiny_config, capsys):
     pretrain(tiny_config("mae", "data.subset=64"), tmp_path / "new", resume=True)
     assert f"--resume: no checkpoint in {tmp_path / 'new' / 'checkpoints'}; starting from scratch" in capsys.readouterr().out
+
+
+def test_a_diverged_run_continues_with_a_lower_lr_and_says_so(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    sets = ("data.subset=128", "train.epochs=3", "train.ckpt_every_steps=1", "monitor=[]")
+    with pytest.raises(NonFiniteLossError, match=r"a lower optim\.lr \(now 1e\+06\) \(a --resume may change it\)"):
+        pretrain(tiny_config("mae", *sets, "optim.lr=1e6"), run)
+    # the kept checkpoints are finite but already far off after steps at lr 1e6: go back to step 1
+    # (the warm-up's first step has lr 0) and continue from there with a lower lr
+    for path in list_checkpoints(run / "checkpoints")[1:]:
+        path.unlink()
+    kept = load_checkpoint(run)["step"]
+    assert kept == 1
+    capsys.readouterr()
+    result = pretrain(tiny_config("mae", *sets, "optim.lr=1e-3"), run, resume=True)
+    assert result.steps == 12 and not result.halted
+    assert f"--resume changes optim.lr: 1000000.0 -> 0.001 from step {kept} on" in capsys.readouterr().out
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r for r in records if r["kind"] == "resume"] == [
+        {"kind": "resume", "step": kept, "world": 1, "changed": {"optim.lr": [1e6, 1e-3]}, "time": pytest.approx(0, abs=60)}]
+    assert all(r["lr"] <= 1e-3 for r in records if r["kind"] == "train" and r["step"] > kept)
+
+
+def forged_world(run: Path, world: int) -> None:
+    """Make the latest checkpoint of `run` look written by `world` processes (as torchrun would)."""
+    path = latest_checkpoint(run / "checkpoints")
+    state = load_checkpoint(path)
+    state["world"], state["rng_ranks"] = world, state["rng_ranks"] * world
+    torch.save(state, path)
+
+
+def test_a_change_of_world_size_on_resume_is_refused_unless_the_global_batch_is_kept(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    sets = ("data.subset=128", "optim.batch_size=16", "train.epochs=2", "monitor=[]")
+    pretrain(tiny_config("mae", *sets, "train.halt_after_steps=3"), run)
+    forged_world(run, 2)  # a 2-process run of 2 x 16 images per step, resumed in one process
+    with pytest.raises(ConfigError, match=r"written by 2 process\(es\) and this run has 1: the global batch "
+                                          r"\(optim\.batch_size x optim\.accum_steps x processes\) would change "
+                                          r"from 32 to 16.*or keep it with --set optim\.accum_steps=2"):
+        pretrain(tiny_config("mae", *sets), run, resume=True)
+    with pytest.raises(ConfigError, match=r"from 32 to 48"):
+        pretrain(tiny_config("mae", *sets, "optim.accum_steps=3"), run, resume=True)
+    capsys.readouterr()
+    result = pretrain(tiny_config("mae", *sets, "optim.accum_steps=2"), run, resume=True)
+    assert result.steps == 8  # 128 images / 32 per step x 2 epochs, as the 2-process run would
+    resumed = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "resume"]
+    assert resumed[0]["world"] == 1 and resumed[0]["changed"] == {"optim.accum_steps": [1, 2]}
+    assert "--resume changes optim.accum_steps: 1 -> 2" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- full disk
