@@ -45,6 +45,12 @@ def test_mixed_precision_steps_are_finite_and_weights_stay_fp32(tmp_path, tiny_c
     assert bool(state["scaler"]) == (precision == "fp16")
 
 
+def simclr_config(*sets: str):
+    """SimCLR (a BatchNorm projector) on tiny synthetic images."""
+    return load_config("digits/simclr", ["data.name=synthetic", "data.subset=32", "optim.batch_size=16",
+                                         "train.progress=false", *sets])
+
+
 @pytest.fixture
 def one_process_group(monkeypatch):
     """A real NCCL group of one process, reported as distributed (the code paths of torchrun)."""

@@ -22,6 +22,7 @@ from mimreg.data.arrays import ArrayDataset
 from mimreg.data.base import BadSample, ConcatRawDataset, RawDataset, SubsetDataset
 from mimreg.data.files import ImageFileDataset, sample_paths
 from mimreg.errors import DataError
+from mimreg.io import atomic_write
 
 CACHE_VERSION = 1
 _TO_CHW = {"HWC": (0, 3, 1, 2), "CHW": None, "CWH": (0, 1, 3, 2)}
@@ -143,12 +144,8 @@ def _as_arrays(samples) -> list:
 
 
 def _write_atomically(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
+        atomic_write(path, lambda handle: torch.save(payload, handle))
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise DataError(f"cannot write the decoded-image cache {path} ({exc}); set data.cache_dir to a "
                         "writable folder") from exc

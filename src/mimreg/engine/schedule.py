@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from mimreg.config import OptimConfig
@@ -46,15 +47,18 @@ def lr_at(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, tokens and 1-D parameters (MAE / timm convention)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(".bias") or any(k in name for k in ("token", "pos_embed", "prototypes")):
-            no_decay.append(param)
-        else:
-            decay.append(param)
+    """timm's `param_groups_weight_decay`: no weight decay on 1-D parameters and biases, nor on the
+    names every submodule lists in its `no_weight_decay()` (timm's ViT: cls token and positions; MAE's
+    decoder and SimMIM: the mask token; MSN: the prototypes). Frozen parameters are left out."""
+    skip = {f"{prefix}.{name}" if prefix else name
+            for prefix, module in model.named_modules() if callable(getattr(module, "no_weight_decay", None))
+            for name in module.no_weight_decay()}
+    # asked with a decay of 1 and sorted by the decay it got: timm releases differ in which groups they
+    # return (empty ones, a zero decay putting everything in one group), and a decay schedule that
+    # starts at 0 (MSN's) must still find the decayed parameters
+    groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=skip)
+    decay = [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+    no_decay = [p for g in groups if g["weight_decay"] == 0 for p in g["params"]]
     return [{"params": decay, "weight_decay": weight_decay, "decay": True},
             {"params": no_decay, "weight_decay": 0.0, "decay": False}]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mimreg.analysis import effective_rank, singular_values
+from mimreg.spectra import effective_rank, singular_values
 from mimreg.errors import MimregError
 from mimreg.devices import resolve_device
 from mimreg.eval.frozen import Split, embed_split, load_encoder

@@ -3,7 +3,6 @@ new head, and timm's layer-wise lr-decay parameter groups."""
 
 from __future__ import annotations
 
-import torch
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import param_groups_layer_decay
 from torch import nn

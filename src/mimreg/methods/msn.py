@@ -111,6 +111,9 @@ class MSN(Method):
         self.target_head = copy.deepcopy(self.head).requires_grad_(False)
         self.register_buffer("tau", torch.tensor(o.momentum, dtype=torch.float64))
 
+    def no_weight_decay(self) -> set[str]:
+        return {"prototypes"}  # as the official code: no decay on the prototypes
+
     def feature_names(self) -> set[str]:
         return {"cls", "mean", *(f"block.{i}" for i in range(self.encoder.depth))}
 

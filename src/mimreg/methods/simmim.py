@@ -81,6 +81,9 @@ class SimMIM(Method):
         nn.init.normal_(self.mask_token, std=0.02)
         self.decoder = nn.Linear(encoder.embed_dim, encoder.patch_size**2 * 3)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
     def feature_names(self) -> set[str]:
         return super().feature_names() | {"visible_tokens", "visible_patch_embed"}
 

@@ -26,6 +26,9 @@ class MAEDecoder(nn.Module):
         self.grad_checkpointing = False
         init_mae_weights(self)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in backward (timm's switch, for the decoder)."""
         self.grad_checkpointing = enable
