@@ -104,3 +104,25 @@ def test_slurm_executor_without_slurm_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun
     with pytest.raises(MimregError, match="srun.*--executor local"):
         build_executor(tmp_path / "logs", Resources(), "slurm", "mimreg-x")
+
+
+def test_a_fine_tuning_is_submitted_and_runs_as_the_command_would(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "ft"
+    settings = ["epochs=1", "batch_size=16", "fraction=0.125", "test_images=32", "warmup_epochs=0.5"]
+    with pytest.raises(MimregError, match="unknown fine-tuning setting"):
+        submit("finetune", ["epochz=1"], out, Resources(), cluster="local", finetune=str(tiny_run))
+    res = Resources(gpus_per_node=0, tasks_per_node=1, cpus_per_task=1, timeout_min=10)
+    job = submit("finetune", settings, out, res, cluster="local", finetune=str(tiny_run))
+    try:
+        result = job.results()[0]
+    finally:
+        job.cancel(check=False)
+    assert result["steps"] == 3 and not result["halted"] and 0 <= result["top1"] <= 100
+    assert result["checkpoint"].endswith("ckpt_00000003.pt")
+    start = next(r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "start")
+    assert start["config"] == "finetune" and start["pretrained"] == str(tiny_run.resolve())
+    assert list((tiny_run / "evals").glob("finetune_*.json"))  # the result, as `mimreg eval finetune` writes it
+    with pytest.raises(MimregError, match="already holds checkpoints.*--resume"):
+        submit("finetune", settings, out, res, cluster="local", finetune=str(tiny_run))

@@ -66,9 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the same as --set imports+=MODULE)")
     p.set_defaults(run=cmd_pretrain)
 
-    p = sub.add_parser("submit", help="pretrain on a SLURM cluster through submitit (pip install 'mimreg[slurm]')")
-    p.add_argument("config", help="recipe name or .yaml file, as for pretrain")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = sub.add_parser("submit", help="pretrain or fine-tune on a SLURM cluster through submitit "
+                                      "(pip install 'mimreg[slurm]')")
+    p.add_argument("config", help="recipe name or .yaml file, as for pretrain; or `finetune` with --checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides; with finetune: fine-tuning settings (epochs=100, layer_decay=0.65, ...)")
+    p.add_argument("--checkpoint", help="finetune: the pretrained run folder or ckpt_*.pt")
+    p.add_argument("--data", help="finetune: dataset name (default: the one it was pretrained on)")
+    p.add_argument("--data-root", help="finetune: dataset folder")
     p.add_argument("--out", required=True, help="run folder (on a file system every node sees)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (requeued jobs always resume)")
     p.add_argument("--nodes", type=int, default=1)
@@ -160,8 +165,11 @@ def cmd_submit(args) -> int:
                     partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
                     signal_delay_s=args.signal_delay, max_requeues=args.max_requeues)
     cluster = None if args.executor == "auto" else args.executor
+    if (args.config == "finetune") != (args.checkpoint is not None):
+        raise MimregError("mimreg submit finetune needs --checkpoint RUN (the encoder to fine-tune), and "
+                          "--checkpoint goes with finetune only")
     job = submit(args.config, args.overrides, args.out, res, resume=args.resume, cluster=cluster,
-                 log_dir=args.log_dir)
+                 log_dir=args.log_dir, finetune=args.checkpoint, data=args.data, data_root=args.data_root)
     print(f"submitted job {job.job_id}: {args.out} (logs in {job.paths.folder})", flush=True)
     if args.wait or type(job).__name__ == "LocalJob":
         result = job.results()[0]  # rank 0's; raises the job's own error

@@ -1,18 +1,19 @@
-"""`mimreg submit`: pretraining on a SLURM cluster through submitit (the extra `mimreg[slurm]`).
+"""`mimreg submit`: pretraining or fine-tuning on a SLURM cluster through submitit (the extra `mimreg[slurm]`).
 
 One task per GPU. Each task exports the torch.distributed environment submitit reads from SLURM
 (MASTER_ADDR: the first node; MASTER_PORT: from the job id; RANK, WORLD_SIZE, LOCAL_RANK) and runs
-`pretrain` with `--resume`: a job requeued for any reason continues from the run's last checkpoint.
+`pretrain` (or `eval finetune`) with `--resume`: a job requeued for any reason continues from the run's last checkpoint.
 
 Time limit: SLURM sends submitit's signal (USR2) `signal_delay_s` before it. Every task turns it into
 the loop's graceful stop (finish the step, agree on it, write a checkpoint); rank 0 then hands over to
-submitit, which calls `PretrainJob.checkpoint` (the same job: it resumes) and requeues the job.
+submitit, which calls `TrainJob.checkpoint` (the same job: it resumes) and requeues the job.
 SIGTERM (preemption, scancel) stops the same way with a checkpoint and ends the task; a job that
 SLURM requeues then resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,28 +30,31 @@ def require_submitit():
 
 
 @dataclass
-class PretrainJob:
-    """What each task of the job runs (pickled by submitit): `mimreg pretrain CONFIG --set ... --out
-    OUT --resume`."""
+class TrainJob:
+    """What each task of the job runs (pickled by submitit), always resuming: `mimreg pretrain CONFIG
+    --set ... --out OUT --resume`, or with `finetune` = the pretrained checkpoint, `mimreg eval
+    finetune --checkpoint CKPT --out OUT --resume` with `settings` (fine-tuning field -> value)."""
 
     config: str
     overrides: list[str]
     out_dir: str
+    finetune: str | None = None
+    settings: dict = field(default_factory=dict)
+    data: str | None = None
+    data_root: str | None = None
     _requeue_signal: object = field(default=None, init=False, repr=False, compare=False)
     _submitit_handler: object = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self) -> dict:
         submitit = require_submitit()
-        # SLURM gives each task the node's GPUs; the loop picks cuda:LOCAL_RANK among them
+        # SLURM gives each task the node's GPUs; the engine picks cuda:LOCAL_RANK among them
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         from mimreg import distributed
-        from mimreg.config import load_config
-        from mimreg.engine.loop import pretrain
 
         self._requeue_signal = submitit.JobEnvironment._usr_sig()
         self._submitit_handler = signal.signal(self._requeue_signal, self._stop_then_requeue)
         try:
-            result = pretrain(load_config(self.config, self.overrides), self.out_dir, resume=True)
+            result = self.train()
         except RunInterrupted as err:
             distributed.shutdown()  # every process stopped at the same step
             if err.signal_name == signal.Signals(self._requeue_signal).name:
@@ -61,8 +65,23 @@ class PretrainJob:
         main = distributed.is_main_process()
         distributed.shutdown()
         if main:
-            print(f"done: {result.steps} steps; checkpoint {result.checkpoint}", flush=True)
-        return {"steps": result.steps, "halted": result.halted, "checkpoint": str(result.checkpoint)}
+            print(f"done: {result['steps']} steps; checkpoint {result['checkpoint']}", flush=True)
+        return result
+
+    def train(self) -> dict:
+        if self.finetune is None:
+            from mimreg.config import load_config
+            from mimreg.engine.loop import pretrain
+
+            run = pretrain(load_config(self.config, self.overrides), self.out_dir, resume=True)
+            return {"steps": run.steps, "halted": run.halted, "checkpoint": str(run.checkpoint)}
+        from mimreg.engine.checkpoint import latest_checkpoint
+        from mimreg.eval.finetune import finetune
+
+        result = finetune(self.finetune, self.settings, data=self.data, data_root=self.data_root, out=self.out_dir,
+                          resume=True)
+        return {"steps": result.get("steps", result.get("step")), "halted": bool(result.get("halted")),
+                "checkpoint": str(latest_checkpoint(Path(self.out_dir) / "checkpoints")), "top1": result.get("top1")}
 
     def _stop_then_requeue(self, signum, frame) -> None:
         from mimreg.engine.stopping import GracefulStop
@@ -77,7 +96,7 @@ class PretrainJob:
         """Called by submitit on rank 0 before it requeues: the job to run next, this one (it resumes)."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(PretrainJob(self.config, list(self.overrides), self.out_dir))
+        return DelayedSubmission(dataclasses.replace(self, overrides=list(self.overrides), settings=dict(self.settings)))
 
 
 @dataclass
@@ -119,20 +138,51 @@ def build_executor(folder: Path, res: Resources, cluster: str | None, name: str)
 
 
 def submit(config: str, overrides: list[str], out_dir: str | Path, res: Resources, *, resume: bool = False,
-           cluster: str | None = None, log_dir: str | Path | None = None):
-    """Check the config and the run folder here, then submit; returns the submitit job.
+           cluster: str | None = None, log_dir: str | Path | None = None, finetune: str | None = None,
+           data: str | None = None, data_root: str | None = None):
+    """Check the settings and the run folder here, then submit; returns the submitit job.
 
-    A folder that holds checkpoints is refused unless `resume` (as `mimreg pretrain` does); the
-    job itself always resumes, so that its requeues continue the run.
+    `config` is a pretraining recipe or YAML file, with `overrides` (KEY=VALUE); or `finetune` names
+    the pretrained checkpoint to fine-tune, with `overrides` setting fine-tuning fields. A folder that
+    holds checkpoints is refused unless `resume` (as the commands themselves do); the job itself
+    always resumes, so that its requeues continue the run.
     """
-    from mimreg.config import load_config
     from mimreg.engine.run_folder import RunFolder
+
+    out_dir = Path(out_dir).resolve()
+    if finetune is None:
+        job, name = _pretrain_job(config, overrides, out_dir)
+    else:
+        job, name = _finetune_job(finetune, overrides, out_dir, data, data_root)
+    RunFolder(out_dir).checkpoint_to_resume(resume)  # the job checks what a resume may change
+    folder = Path(log_dir) if log_dir else out_dir / "submitit"
+    executor = build_executor(folder, res, cluster, name=name)
+    return executor.submit(job)
+
+
+def _pretrain_job(config: str, overrides: list[str], out_dir: Path) -> tuple[TrainJob, str]:
+    from mimreg.config import load_config
 
     if Path(config).suffix in (".yaml", ".yml"):
         config = str(Path(config).resolve())  # the job may start in another folder
     cfg = load_config(config, overrides)  # a bad key fails here, not in the queue
-    out_dir = Path(out_dir).resolve()
-    RunFolder(out_dir).checkpoint_to_resume(resume)  # the job itself checks what a resume may change
-    folder = Path(log_dir) if log_dir else out_dir / "submitit"
-    executor = build_executor(folder, res, cluster, name=f"mimreg-{cfg.recipe.replace('/', '-')}")
-    return executor.submit(PretrainJob(str(config), list(overrides), str(out_dir)))
+    return TrainJob(str(config), list(overrides), str(out_dir)), f"mimreg-{cfg.recipe.replace('/', '-')}"
+
+
+def _finetune_job(checkpoint: str, overrides: list[str], out_dir: Path, data, data_root) -> tuple[TrainJob, str]:
+    import yaml
+
+    from mimreg.eval.finetune_config import resolve_config
+    from mimreg.eval.frozen import load_encoder
+
+    settings = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MimregError(f"--set {item!r}: give KEY=VALUE, a fine-tuning setting such as epochs=100")
+        settings[key.strip()] = yaml.safe_load(value)
+    encoder, _, _ = load_encoder(checkpoint)
+    resolve_config(encoder.arch, encoder.depth, settings)  # a bad setting fails here, not in the queue
+    job = TrainJob("finetune", list(overrides), str(out_dir), finetune=str(Path(checkpoint).resolve()),
+                   settings=settings, data=data, data_root=data_root)
+    return job, "mimreg-finetune"
