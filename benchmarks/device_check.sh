@@ -6,6 +6,8 @@
 #   vs_peers_tiny32.json / .txt  the same at ViT-Tiny/4 32 px batch 1024, with mimreg-compile (inductor)
 #   data_pipeline.json / .txt    the device data path's img/s against the loader path
 #   mst.json / .txt              the MST at n=4096 on CUDA against scipy and the distance matrix
+#   finetune.json / .txt         `mimreg eval finetune` in bf16 on every GPU (2 processes where there
+#                                are 2), uninterrupted and halted + resumed: losses, equality, seconds
 #   pretrain.json / .txt         `mimreg pretrain` of ViT-Tiny/4 MAE on 50,000 synthetic CIFAR-sized
 #                                images through the device path for ~3 minutes (img/s end to end,
 #                                epochs per minute, peak GPU memory)
@@ -46,6 +48,7 @@ if [ "$SMOKE" = 1 ]; then
     TINY=(--preset tiny32 --arch vit_micro --batch 8 --impls mimreg,lightly,reference)
     DATA=(--device cpu --batch 16 --rounds 1 --cases mae)
     MST=(--device cpu --sizes 64 --dims 16 --repeats 1)
+    FINETUNE=(--device cpu --precision fp32 --processes 1 --epochs 2)
     PRETRAIN=(--device cpu --seconds 2 --train-images 256 --test-images 64 --batch 32
               --set model.arch=vit_micro --set train.precision=fp32 --set monitor=[] --set train.knn_every=0
               --set train.online_probe=false)
@@ -56,6 +59,7 @@ else
     TINY=(--preset tiny32 --batch 1024 --impls mimreg,mimreg-compile,lightly,reference)
     DATA=(--device cuda --batch 256 --rounds 3 --threads 4 --cases "mae,simclr (2 views)")  # the loader side is PIL
     MST=(--device cuda --sizes 4096 --dims 256 --repeats 3 --scipy-repeats 2)
+    FINETUNE=(--device cuda --precision bf16)  # 2 processes where there are 2 GPUs
     PRETRAIN=(--device cuda --seconds "${PRETRAIN_SECONDS:-140}" --batch 1024 --set train.precision=bf16
               --set train.log_every=20)  # a logged step reads its losses (a host sync)
 fi
@@ -67,6 +71,7 @@ SECTIONS=(
     vs_peers_tiny32 240 benchmarks/vs_peers.py "${TINY[@]}" "${PEER_COMMON[@]}" --json "$OUT/vs_peers_tiny32.json" "${S[@]}"
     data_pipeline 90 benchmarks/data_pipeline.py "${DATA[@]}" --json "$OUT/data_pipeline.json" "${S[@]}"
     mst 60 benchmarks/mst.py "${MST[@]}" --json "$OUT/mst.json" "${S[@]}"
+    finetune 150 benchmarks/finetune_check.py "${FINETUNE[@]}" --work "$OUT/finetune_work" --json "$OUT/finetune.json" "${S[@]}"
     pretrain 300 benchmarks/pretrain_throughput.py "${PRETRAIN[@]}" --work "$OUT/pretrain_work" --json "$OUT/pretrain.json"
 )
 MODE=()
@@ -74,6 +79,7 @@ MODE=()
 "$PY" benchmarks/run_sections.py --out "$OUT" "${MODE[@]}" -- "${SECTIONS[@]}"
 CODE=$?
 rm -rf "$OUT/pretrain_work/data"  # the generated images (150 MB at full size)
+[ "$SMOKE" = 1 ] || rm -rf "$OUT/finetune_work"  # its checkpoints are not results
 # the run's checkpoints are not results (the smoke test looks at them in its temporary folder)
 [ "$SMOKE" = 1 ] || rm -rf "$OUT/pretrain_work/run/checkpoints"
 exit $CODE

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("cuda_tests", "vs_peers_base224", "vs_peers_tiny32", "data_pipeline", "mst", "pretrain")
+SECTIONS = ("cuda_tests", "vs_peers_base224", "vs_peers_tiny32", "data_pipeline", "mst", "finetune", "pretrain")
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,11 @@ def test_data_mst_and_pretrain_sections_have_their_numbers(smoke):
     assert run["steps"] >= 1 and run["img_per_s_end_to_end"] > 0 and run["epochs_per_minute"] > 0
     assert run["images_per_epoch"] == 256
     assert (smoke / "pretrain_work" / "run" / "checkpoints").is_dir()  # the stop wrote a checkpoint
+
+
+def test_fine_tuning_resumes_to_the_uninterrupted_run(smoke):
+    report = read(smoke, "finetune.json")
+    assert {name: c["exit_code"] for name, c in report["commands"].items()} == {
+        "pretrain": 0, "whole": 0, "halted": 0, "resumed": 0}
+    assert report["epochs"] == 2 and report["resumed_losses"] == report["epoch_losses"]
+    assert report["resumed_losses_max_rel_diff"] == 0.0 and report["resumed_weights_equal"] is True

@@ -1,7 +1,8 @@
 """Run by tests/engine/test_fsdp.py under torchrun (2 processes, gloo): tiny pretraining runs in one
 process group, each in OUT/<name>: the same run under DDP and under FSDP (with and without
 activation checkpointing), an FSDP run halted mid-epoch and resumed, a DDP run resumed under FSDP,
-and BYOL (EMA target, BatchNorm projector) under DDP and FSDP."""
+BYOL (EMA target, BatchNorm projector) under DDP and FSDP, and DDP runs accumulating 2 and 3
+micro-batches over epochs that are no whole number of cycles, halted mid-epoch and resumed."""
 
 import sys
 from pathlib import Path
@@ -38,6 +39,11 @@ def main(out: Path) -> None:
         pretrain(tiny_config("mu-mae", *fsdp), out / "ddp_then_fsdp", resume=True)
         for strategy in ("ddp", "fsdp"):
             pretrain(load_config("digits/byol", [*BYOL, f"train.strategy={strategy}"]), out / f"byol_{strategy}")
+        for accum in (2, 3):  # epochs of 7 micro-batches: 1 left over from whole cycles of 2 or 3
+            sets = (*MU_MAE, "data.subset=56", f"optim.accum_steps={accum}", "train.epochs=2")
+            pretrain(tiny_config("mu-mae", *sets), out / f"accum{accum}")
+            pretrain(tiny_config("mu-mae", *sets, "train.halt_after_steps=1"), out / f"accum{accum}_resumed")
+            pretrain(tiny_config("mu-mae", *sets), out / f"accum{accum}_resumed", resume=True)
     dist.shutdown()
 
 

@@ -94,6 +94,20 @@ def test_ddp_checkpoint_resumes_under_fsdp(runs):
     assert_states_close(final_state(runs / "ddp_then_fsdp")["model"], final_state(runs / "ddp")["model"], atol=1e-5)
 
 
+@pytest.mark.parametrize("accum", [2, 3])
+def test_accumulation_under_two_processes_resumes_to_the_uninterrupted_run(runs, accum):
+    """7 micro-batches per epoch: 3 (accum 2) or 2 (accum 3) optimizer steps, the rest dropped before
+    the epoch's checkpoint; halted after step 1 and resumed, every record and weight as uninterrupted."""
+    whole, resumed = runs / f"accum{accum}", runs / f"accum{accum}_resumed"
+    steps = 7 // accum
+    start = next(r for r in read_metrics(whole / "metrics.jsonl") if r["kind"] == "start")
+    assert (start["world"], start["steps_per_epoch"], start["total_steps"]) == (2, steps, 2 * steps)
+    assert_same_records(logged(resumed), logged(whole), rel=1e-6)
+    last = f"ckpt_{2 * steps:08d}.pt"
+    assert_states_close(load_checkpoint(resumed / "checkpoints" / last)["model"],
+                        load_checkpoint(whole / "checkpoints" / last)["model"], atol=1e-6)
+
+
 # ---------------------------------------------------------------- activation checkpointing
 def step_with_counts(trainee, images, checkpointed: bool):
     """Loss, gradients, block calls (after forward, after backward) and bytes saved for backward of

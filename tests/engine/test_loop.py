@@ -12,7 +12,7 @@ import torch
 from mimreg.config import config_to_dict, load_config
 from mimreg.engine import loop
 from mimreg.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from mimreg.engine.loop import pretrain
+from mimreg.engine.loop import Trainer, pretrain
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.schedule import lr_at
 from mimreg.errors import ConfigError, DataError, MimregError, NonFiniteLossError
@@ -341,6 +341,35 @@ def test_accumulation_halves_the_optimizer_steps(tmp_path, tiny_config):
     assert start["steps_per_epoch"] == 2 and result.steps == 2  # 4 batches of 32, 2 per optimizer step
     assert start["lr"] == pytest.approx(1e-3 * 32 * 2 / 256)
     assert [r["step"] for r in records(tmp_path / "run")] == [1, 2]
+
+
+def test_an_epoch_is_a_whole_number_of_accumulation_cycles(tmp_path, tiny_config, monkeypatch):
+    """14 micro-batches of 10 with accum 3: 4 optimizer steps of 3 micro-batches each, the last 2 of
+    the epoch never run (before: they ran after the epoch's checkpoint and their gradients went into
+    the next epoch's first step). The lr is set once per optimizer step."""
+    from mimreg.engine.data import EpochBatches
+
+    batches = EpochBatches(140, 10, 1, 0, seed=0, accum=3)
+    assert batches.steps == 12 and len(batches.for_epoch(0)) == 12
+    assert EpochBatches(140, 10, 1, 0, seed=0).steps == 14
+    calls = {"forward": [], "lr": 0}
+    forward_backward, set_schedule = Trainer.forward_backward, Trainer.set_schedule
+
+    def counted_forward(self, batch, epoch, micro, writer):
+        calls["forward"].append((self.step, micro))
+        return forward_backward(self, batch, epoch, micro, writer)
+
+    def counted_schedule(self):
+        calls["lr"] += 1
+        return set_schedule(self)
+
+    monkeypatch.setattr(Trainer, "forward_backward", counted_forward)
+    monkeypatch.setattr(Trainer, "set_schedule", counted_schedule)
+    result = pretrain(tiny_config("mae", "data.subset=140", "optim.batch_size=10", "optim.accum_steps=3",
+                                  "train.epochs=2", "monitor=[]"), tmp_path / "run")
+    assert result.steps == 8
+    assert calls["forward"] == [(step, micro) for step in range(8) for micro in range(3)]
+    assert calls["lr"] == 8
 
 
 def test_too_few_images_for_one_step(tmp_path, tiny_config):
