@@ -75,7 +75,8 @@ class Setting:
 # ---------------------------------------------------------------- mimreg
 def mimreg_step(s: Setting, compile_mode: str | None):
     """The Trainer's own step on a fixed batch: (step function, trainee)."""
-    from mimreg.engine.loop import Trainer
+    from mimreg.engine.loop import Trainer, _agree_finite_and_stop
+    from mimreg.engine.pretrain_task import PretrainTask
     from mimreg.engine.stopping import GracefulStop
 
     sets = ["data.name=synthetic", f"data.img_size={s.img_size}", "data.pipeline=loader", f"model.arch={s.arch}",
@@ -87,7 +88,8 @@ def mimreg_step(s: Setting, compile_mode: str | None):
     if compile_mode:
         sets.append(f"train.compile_mode={compile_mode}")
     torch.manual_seed(0)
-    trainer = Trainer(load_config("cifar10/mae", sets), torch.device(s.device))
+    device = torch.device(s.device)
+    trainer = Trainer(PretrainTask(load_config("cifar10/mae", sets), device), device)
     for group in trainer.optimizer.param_groups:
         group["lr"] = 1.5e-4
     images = torch.randn(s.batch, 3, s.img_size, s.img_size, device=s.device)
@@ -95,11 +97,11 @@ def mimreg_step(s: Setting, compile_mode: str | None):
     stop, writer = GracefulStop(), SimpleNamespace(write=lambda record: None)  # a step's records are dropped
 
     def step():
-        trainer.forward_backward(batch, 0, 0, stop, writer)
+        _agree_finite_and_stop([trainer.forward_backward(batch, 0, 0, writer)], 0, stop, "")  # the step's sync
         trainer.optimizer_step()
 
     def loss():
-        return trainer.trainee(images, epoch=0).total
+        return trainer.module(images, epoch=0).total
 
     return step, loss
 

@@ -15,7 +15,7 @@ import yaml
 from mimreg.cli import main
 from mimreg.config import load_config
 from mimreg.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, non_finite_entries
-from mimreg.engine.loop import _agree_finite_and_stop, lr_advice, pretrain
+from mimreg.engine.loop import LoggedValues, _agree_finite_and_stop, lr_advice, pretrain
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.stopping import GracefulStop
 from mimreg.engine.task import StepResult
@@ -142,11 +142,11 @@ def test_an_overflowing_sum_of_finite_terms_names_them():
     result = StepResult(total=big * 2, objective=big * 2, terms={"rec": big, "reg/x": big})
     cfg = load_config("mae")
     with pytest.raises(NonFiniteLossError, match=r"overflowed \(rec=3e\+38, reg/x=3e\+38\)"):
-        _agree_finite_and_stop([result], 7, GracefulStop(), lr_advice(cfg.optim))
+        _agree_finite_and_stop([LoggedValues.of(result)], 7, GracefulStop(), lr_advice(cfg.optim))
     nan = StepResult(total=torch.tensor(float("nan")), objective=torch.tensor(1.0),
                      terms={"rec": torch.tensor(1.0), "reg/a": torch.tensor(float("inf")), "reg/b": torch.tensor(float("nan"))})
     with pytest.raises(NonFiniteLossError, match=r"\['reg/a', 'reg/b'\]"):
-        _agree_finite_and_stop([nan], 7, GracefulStop(), lr_advice(cfg.optim))
+        _agree_finite_and_stop([LoggedValues.of(nan)], 7, GracefulStop(), lr_advice(cfg.optim))
 
 
 # ---------------------------------------------------------------- damaged, foreign and unsafe checkpoints

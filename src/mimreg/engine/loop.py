@@ -13,6 +13,7 @@ its running means every `train.log_every` steps, the progress bar the loss at mo
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +221,7 @@ class Trainer:
                 if micro < self.accum:
                     continue
                 stop_agreed = _agree_finite_and_stop(results, self.step, stop, lr_advice(self.optim))
-                objective, micro, results = results[-1].objective, 0, []
+                objective, micro, results = results[-1].values[1], 0, []
                 self.optimizer_step()
                 if bar is not None:
                     bar.update(1)
@@ -252,8 +253,10 @@ class Trainer:
                                                              total_steps=self.schedule_steps))
         return lr
 
-    def forward_backward(self, batch, epoch: int, micro: int, writer: MetricsWriter) -> StepResult:
-        """One micro-step: forward and backward; DDP averages the gradients on the cycle's last one."""
+    def forward_backward(self, batch, epoch: int, micro: int, writer: MetricsWriter) -> LoggedValues:
+        """One micro-step: forward and backward; DDP averages the gradients on the cycle's last one.
+        Returns a copy of its values: CUDA graphs (compile_mode reduce-overhead) overwrite the step's
+        outputs at the next micro-step, before the cycle's finiteness check reads them."""
         images = to_device(batch.images, self.device)
         labels = batch.labels.to(self.device, non_blocking=True)
         monitor = self.step % self.train.monitor_every == 0 and micro == 0
@@ -271,7 +274,7 @@ class Trainer:
         terms = {"loss": result.objective, **result.terms}
         self.interval.add(terms)
         self.epoch_means.add(terms)
-        return result
+        return LoggedValues.of(result)
 
     def optimizer_step(self) -> None:
         if self.optim.clip_grad is not None:
@@ -353,21 +356,34 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _agree_finite_and_stop(results: list[StepResult], step: int, stop: GracefulStop, advice: str) -> bool:
+@dataclass
+class LoggedValues:
+    """A micro-step's total, objective and terms, copied into one vector (names: the terms')."""
+
+    names: list[str]
+    values: torch.Tensor  # (2 + len(names),): total, objective, the terms
+
+    @classmethod
+    def of(cls, result: StepResult) -> "LoggedValues":
+        parts = [result.total, result.objective, *result.terms.values()]
+        return cls(list(result.terms), torch.stack([v.detach().float().reshape(()) for v in parts]))
+
+
+def _agree_finite_and_stop(results: list[LoggedValues], step: int, stop: GracefulStop, advice: str) -> bool:
     """Raise NonFiniteLossError naming every non-finite term of the step's micro-steps (before the
     optimizer applies their gradients); return whether any process was asked to stop. One collective
     (the step's one host sync) for both, so every process stops together."""
-    values = [v for r in results for v in (r.total, r.objective, *r.terms.values())]
-    finite = torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values])).all().float()
+    finite = torch.stack([torch.isfinite(r.values).all() for r in results]).all().float()
     flags = torch.stack([finite, torch.tensor(0.0 if stop.requested else 1.0, device=finite.device)])
     finite_everywhere, none_stopping = dist.all_reduce_min(flags).tolist()
     if finite_everywhere:
         return not none_stopping
-    bad = sorted({name for r in results for name, v in r.terms.items() if not bool(torch.isfinite(v).all())})
+    terms = [dict(zip(r.names, r.values[2:].tolist())) for r in results]
+    bad = sorted({name for t in terms for name, v in t.items() if not math.isfinite(v)})
     if not bad and bool(finite):
         bad = ["(on another process)"]
     elif not bad:
-        shown = ", ".join(f"{k}={float(v):.3g}" for r in results for k, v in r.terms.items())
+        shown = ", ".join(f"{k}={v:.3g}" for t in terms for k, v in t.items())
         bad = [f"the sum of finite terms overflowed ({shown})"]
     raise NonFiniteLossError(f"non-finite loss at step {step} in term(s) {bad}; the last good checkpoint "
                              f"is kept. {advice}")

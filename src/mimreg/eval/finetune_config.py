@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mimreg.engine.resume_rules import NO_EFFECT  # settings that change no number of the result
 from mimreg.errors import ConfigError
 
 HEADS = ("gap", "cls")
@@ -144,5 +145,4 @@ def changed_settings(cfg: FinetuneConfig, preset: str) -> dict:
     """The settings that differ from the preset and the dataclass defaults (names the result file)."""
     defaults = {**{f.name: f.default for f in dataclasses.fields(FinetuneConfig)}, **PRESETS[preset]}
     defaults["warmup_epochs"] = warmup_in_epochs(defaults["warmup_epochs"], cfg.epochs)
-    skip = {"num_workers", "ckpt_every_steps", "keep_last", "halt_after_steps", "eval_every", "strategy"}  # change no numbers
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip and v != defaults[k]}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NO_EFFECT and v != defaults[k]}
