@@ -24,7 +24,6 @@ from PIL import Image
 import mimreg.slurm
 from mimreg.cli import build_parser, main
 from mimreg.config import load_config
-from mimreg.engine.loop import pretrain
 from mimreg.regularizers import REGULARIZERS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -160,6 +159,7 @@ PLACEHOLDERS = {"PATH": "{images}", "N": "1", "RUN": "runs/mu", "RECIPE": "mae",
                 "MINUTES": "10", "DIR": "runs/submitted", "KEY=VALUE": "train.log_every=1", "T": "1",
                 "M": "8", "A": "lab", "Q": "normal", "C": "cpu", "DATA": "{images}"}
 PATHS = {"~/data/cifar10": "{cifar}", "/shared/cifar10": "{cifar}", "/shared/runs/mu": "runs/shared-mu-L{line}",
+         "/shared/runs/mu-ft": "runs/shared-mu-ft-L{line}",
          "...": "{cifar}"}
 
 
@@ -191,6 +191,11 @@ def with_tiny_sizes(argv: list[str]) -> list[str]:
         return (argv[:start + 1]
                 + with_tiny_sizes(["mimreg", *argv[start + 1:]])[1:])
     command = argv[1]
+    if argv[1:3] == ["submit", "finetune"]:  # its --set keys are fine-tuning settings: the tiny ones last win
+        flags = dict(zip(TINY_FINETUNE[::2], TINY_FINETUNE[1::2]))
+        return argv + [x for flag, value in flags.items()
+                       for x in ("--set", f"{flag.removeprefix('--').replace('-', '_')}={value}")] + [
+            "--set", "fraction=0.05"]
     if command in ("pretrain", "submit", "demo"):
         position = 3 if command != "demo" else 2  # after `mimreg pretrain CONFIG`
         sets = [x for s in (TINY_DEMO if command == "demo" else TINY_PRETRAIN) for x in ("--set", s)]
@@ -208,15 +213,14 @@ def with_tiny_sizes(argv: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- running them
 class RunAtOnce:
-    """A submitit executor stand-in: `submit(job)` runs the job's pretraining here, now (what each
-    task runs, without submitit's transport and environment)."""
+    """A submitit executor stand-in: `submit(job)` runs the job's training here, now (what each task
+    runs, without submitit's transport and environment)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
 
     def submit(self, job):
-        result = pretrain(load_config(job.config, job.overrides), job.out_dir, resume=True)
-        return FinishedJob(self.folder, {"steps": result.steps, "checkpoint": str(result.checkpoint)})
+        return FinishedJob(self.folder, job.train())
 
 
 class FinishedJob:

@@ -124,14 +124,13 @@ def non_finite_entries(state: dict, prefix: str = "") -> list[str]:
     return bad
 
 
-def load_matching_state(module: torch.nn.Module, state: dict, path: Path, optional: tuple[str, ...] = (),
+def load_matching_state(module: torch.nn.Module, state: dict, path: Path,
                         load: Callable[[dict], object] | None = None) -> None:
     """`module.load_state_dict(state)` (or `load(state)`, e.g. a sharded module's loader), or a
     MimregError naming what does not match (keys missing or unexpected, tensors of other shapes: a
-    checkpoint of another model). Keys ending in `optional` may be missing (buffers added after a
-    checkpoint's release keep their defaults)."""
+    checkpoint of another model)."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(optional)]
+    missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                   if k in state and tuple(state[k].shape) != tuple(v.shape)]
