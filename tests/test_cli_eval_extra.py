@@ -178,3 +178,23 @@ def test_eval_finetune_under_torchrun_splits_the_batches_over_two_processes(tiny
     assert result["processes"] == 2 and result["lr"] == pytest.approx(1e-3 * 16 * 2 / 256)
     assert result["steps"] == 2 * (result["finetune_images"] // 32) == 8  # global batches of 2 x 16
     assert [c["epoch"] for c in result["curves"]] == [1, 2] and 0 <= result["top1"] <= 100
+
+
+@pytest.mark.slow
+def test_eval_finetune_under_fsdp_halted_and_resumed_follows_the_ddp_run(tiny_run, torchrun, tmp_path):
+    """The engine's strategies, halt and resume hold for fine-tuning too: 2 processes under FSDP,
+    halted mid-epoch 2 and resumed, give the curves of the same fine-tuning under DDP."""
+    common = ["-m", "mimreg.cli", "eval", "finetune", "--checkpoint", str(tiny_run), "--epochs", "2", "--batch-size",
+              "16", "--fraction", "0.25", "--test-images", "32", "--device", "cpu", "--drop-path", "0"]
+    torchrun([*common, "--out", str(tmp_path / "ddp")], tmp_path)
+    ddp = json.loads(next((tiny_run / "evals").glob("finetune_*.json")).read_text())["result"]["curves"]
+    fsdp = [*common, "--strategy", "fsdp", "--out", str(tmp_path / "fsdp")]
+    halted = torchrun([*fsdp, "--halt-after-steps", "6"], tmp_path)
+    assert "halted at step 6" in halted.stdout and "--resume" in halted.stdout
+    torchrun([*fsdp, "--resume"], tmp_path)
+    # the strategy changes no number, so the result has the same name: the FSDP run's replaces the DDP run's
+    curves = json.loads(next((tiny_run / "evals").glob("finetune_*.json")).read_text())["result"]["curves"]
+    assert [c["step"] for c in curves] == [c["step"] for c in ddp] == [4, 8]
+    for a, b in zip(curves, ddp):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["top1"] == pytest.approx(b["top1"], abs=3.2)  # one of 32 test images may flip

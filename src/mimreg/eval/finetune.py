@@ -161,14 +161,18 @@ def evaluate_classifier(model: torch.nn.Module, test: TransformedDataset, device
 
 
 class FinetuneModule(nn.Module):
-    """The classifier and its training loss, Mixup/CutMix mixing the batch first when on."""
+    """The classifier and its training loss, Mixup/CutMix mixing the batch first when on. Called
+    without labels it returns the logits: evaluations go through this module too, as FSDP gathers
+    the root's parameters only in the root's own forward."""
 
     def __init__(self, classifier: nn.Module, criterion: nn.Module, mixup: Mixup | None):
         super().__init__()
         self.classifier, self.criterion, self.mixup = classifier, criterion, mixup
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, *, epoch: int = 0, monitor: bool = False,
-                generator: torch.Generator | None = None) -> StepResult:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, epoch: int = 0,
+                monitor: bool = False, generator: torch.Generator | None = None) -> StepResult | torch.Tensor:
+        if labels is None:
+            return self.classifier(images)
         targets = labels
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
@@ -229,7 +233,7 @@ class FinetuneTask:
     def evaluate(self, epochs_done: int, last: bool) -> dict | None:
         if epochs_done % self.cfg.eval_every and not last:
             return None
-        return {"kind": "eval", **evaluate_classifier(self.module.classifier, self.test, self.device)}
+        return {"kind": "eval", **evaluate_classifier(self.module, self.test, self.device)}
 
     def start_facts(self, world: int) -> tuple[dict, str]:
         lr = learning_rate(self.optim, world)
