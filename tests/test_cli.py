@@ -154,6 +154,22 @@ def test_eval_linear(tiny_run, capsys):
     assert "linear top1" in out and "cls" in out
 
 
+def test_eval_on_a_full_disk_prints_its_result_then_one_line_naming_the_file(tiny_run, capsys, monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", no_space)
+    code, out, err = run_cli(capsys, "eval", "linear", "--checkpoint", tiny_run, "--epochs", "5")
+    target = tiny_run / "evals" / "linear-sweep_synthetic_cls_epochs5.json"
+    assert code == 2 and err.startswith(f"error: no space left on ") and f" writing {target} " in err
+    assert len(err.strip().splitlines()) == 1 and not target.exists()
+    header, rule, row = out.strip().splitlines()  # the result, printed before the write failed
+    assert "linear top1" in header and row.split("|")[1].strip() == "cls"
+    assert 50 < float(row.split("|")[2]) <= 100
+
+
 def test_eval_knn_with_both_pools(tiny_run, capsys):
     code, out, err = run_cli(capsys, "eval", "knn", "--checkpoint", tiny_run / "checkpoints" / "ckpt_00000016.pt",
                              "--pool", "cls", "--pool", "mean", "--test-images", "100")

@@ -118,10 +118,11 @@ def cmd_eval(args) -> int:
 
 def cmd_results(args) -> int:
     from mimreg.eval.results import results_table
+    from mimreg.io import atomic_write
 
     table = results_table(args.runs, args.format)
     print(table)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table if table.endswith("\n") else table + "\n")
+        text = table if table.endswith("\n") else table + "\n"
+        atomic_write(args.out, lambda handle: handle.write(text), binary=False)
     return 0

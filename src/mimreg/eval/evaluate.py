@@ -70,22 +70,19 @@ def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=No
                                          train_images=train_images, test_images=test_images, device=dev,
                                          need_train=any(p != "erank" for p in protocols))
     out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
-    results: dict[str, dict] = {}
+    results = {protocol: {pool: _one(protocol, pool, train, test, linear_protocol=linear_protocol,
+                                     linear_epochs=linear_epochs, device=dev) for pool in pools}
+               for protocol in protocols}
+    rows = [{"pool": pool, **summary_row(results, pool)} for pool in pools]
+    echo(format_table(rows, list(rows[0])))  # before writing: a write that fails (disk full) loses no result
     files = []
     for protocol in protocols:
         variant = linear_protocol if protocol == "linear" else None
         options = {"train": train_images if protocol != "erank" else None, "test": test_images}
         if protocol == "linear" and linear_epochs != DEFAULT_LINEAR_EPOCHS:
             options["epochs"] = linear_epochs
-        results[protocol] = {}
-        for pool in pools:
-            result = _one(protocol, pool, train, test, linear_protocol=linear_protocol, linear_epochs=linear_epochs,
-                          device=dev)
-            results[protocol][pool] = result
-            files.append(save_result(out_dir, meta, protocol=protocol, variant=variant, pool=pool,
-                                     options=options, result=result))
-    rows = [{"pool": pool, **summary_row(results, pool)} for pool in pools]
-    echo(format_table(rows, list(rows[0])))
+        files += [save_result(out_dir, meta, protocol=protocol, variant=variant, pool=pool, options=options,
+                              result=result) for pool, result in results[protocol].items()]
     return {**{k: v for k, v in meta.items() if k != "latest"}, "results": results, "files": [str(f) for f in files]}
 
 
@@ -126,8 +123,8 @@ def robustness(checkpoint, *, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), train_mask_rati
     result = {"cosine_similarity": similarity, "train_mask_ratio": train_mask_ratio, "lowshot_masked_train": lowshot}
     meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": len(train.labels),
             "test_images": len(clean.labels)}
-    path = save_result(out_dir, meta, protocol="robustness", variant=None, pool=pool,
-                       options={"train": train_images, "test": test_images}, result=result)
     echo(format_table([{"mask ratio": r, "cosine": v["mean"]} for r, v in similarity.items()], ["mask ratio", "cosine"]))
     echo(format_table([{"split": k, "top1": v["mean"]} for k, v in lowshot.items()], ["split", "top1"]))
+    path = save_result(out_dir, meta, protocol="robustness", variant=None, pool=pool,
+                       options={"train": train_images, "test": test_images}, result=result)
     return {**{k: v for k, v in meta.items() if k != "latest"}, **result, "file": str(path)}
