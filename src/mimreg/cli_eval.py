@@ -30,6 +30,8 @@ def add_eval_parser(sub) -> None:
         q = protocols.add_parser(name, help=text.replace("%", "%%"), description=text)
         add_checkpoint_args(q)
         q.add_argument("--train-images", type=int, help="embed a random subset of the training split")
+        q.add_argument("--skip-bad-images", action="store_true",
+                       help="leave out image files that do not decode (with a warning) instead of stopping")
         if name == "robustness":
             q.add_argument("--pool", choices=POOLS, default="cls", help="feature (default cls)")
         else:
@@ -107,7 +109,7 @@ def cmd_eval(args) -> int:
     from mimreg.eval.evaluate import evaluate, robustness
 
     common = dict(data=args.data, data_root=args.data_root, train_images=args.train_images,
-                  test_images=args.test_images, device=args.device)
+                  test_images=args.test_images, device=args.device, skip_bad_images=args.skip_bad_images)
     if args.protocol == "robustness":
         robustness(args.checkpoint, pool=args.pool, **common)
         return 0

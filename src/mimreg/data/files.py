@@ -113,7 +113,8 @@ class ImageFileDataset(RawDataset):
                 return BadSample(path)
             raise DataError(
                 f"Image file {path} could not be decoded ({type(exc).__name__}: {exc}). "
-                "Delete or replace the file, or set data.skip_bad_images: true to skip it."
+                "Delete or replace the file, or skip such files: set data.skip_bad_images: true to "
+                "pretrain, pass --skip-bad-images to mimreg eval linear/knn/erank/lowshot/robustness."
             ) from exc
         return image, int(self.labels[index])
 
