@@ -21,6 +21,27 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder")
     p.add_argument("--test-images", type=int, help="embed a random subset of the test split")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N")
+    add_import_args(p)
+
+
+def add_import_args(p: argparse.ArgumentParser) -> None:
+    """A checkpoint's config may name modules to import (its own methods or regularizers); importing
+    runs their code, so they are imported only when the user passes or trusts them."""
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module (or .py file) the run was trained with; repeatable")
+    p.add_argument("--trust-imports", action="store_true",
+                   help="import every module the checkpoint's config names (runs their code)")
+
+
+def import_consented(args, checkpoints) -> None:
+    """Import the modules passed with --import, and with --trust-imports those `checkpoints` name."""
+    from mimreg.engine.checkpoint import stored_imports
+    from mimreg.plugins import absolute_import_paths, import_user_modules
+
+    import_user_modules(absolute_import_paths(args.imports))
+    if args.trust_imports:
+        for checkpoint in checkpoints:
+            import_user_modules(stored_imports(checkpoint))
 
 
 def add_eval_parser(sub) -> None:
@@ -89,6 +110,7 @@ def cmd_finetune(args) -> int:
     from mimreg.eval.finetune_config import FinetuneConfig
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    import_consented(args, [args.checkpoint])
     try:
         finetune(args.checkpoint, overrides, data=args.data, data_root=args.data_root, device=args.device,
                  out=args.out, resume=args.resume)
@@ -108,6 +130,7 @@ def add_results_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from mimreg.eval.evaluate import evaluate, robustness
 
+    import_consented(args, [args.checkpoint])
     common = dict(data=args.data, data_root=args.data_root, train_images=args.train_images,
                   test_images=args.test_images, device=args.device, skip_bad_images=args.skip_bad_images)
     if args.protocol == "robustness":

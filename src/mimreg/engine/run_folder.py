@@ -19,6 +19,7 @@ from mimreg.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import ConfigError, MimregError
 from mimreg.io import atomic_write, write_json_atomic
+from mimreg.plugins import refuse_unconsented
 
 # settings that may change between a run and its resumption
 RESUMABLE_KEYS = ("train.halt_after_steps", "train.progress", "train.device", "train.strategy",
@@ -84,6 +85,9 @@ class RunFolder:
         if saved is None:
             raise MimregError(f"checkpoint {found} has no config and {self.path} no config.yaml: it was not "
                               "written by mimreg pretrain; start a new run with --out NEW_FOLDER")
+        # the modules of the run's own config are imported by now; the checkpoint may not add others
+        refuse_unconsented(saved.get("imports") or [], f"checkpoint {found}", "resume with --import MODULE for "
+                           f"each module you trust, or with the run's own {self.path / 'config.yaml'}")
         changed = changed_keys(config_to_dict(config_from_stored(saved)), config_to_dict(cfg))
         changed = [key for key in changed if key not in RESUMABLE_KEYS]
         if changed:
