@@ -204,7 +204,9 @@ def cmd_analyze(args) -> int:
 def cmd_report(args) -> int:
     from mimreg.analysis.report import write_report
 
-    import_consented(args, args.runs)
+    from mimreg.engine.checkpoint import latest_checkpoint
+
+    import_consented(args, [run for run in args.runs if latest_checkpoint(Path(run) / "checkpoints")])
     path = write_report(args.runs, args.out, title=args.title, analyze_missing=not args.no_analyze)
     print(f"report: {path}")
     return 0

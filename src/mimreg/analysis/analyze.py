@@ -84,7 +84,7 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     timer = Timer()
     payload = {**model.meta, "checkpoint": str(checkpoint), "data": name, "pictures": {}}
     payload.update(timer("features", lambda: feature_numbers(model, name, root, test_images)))
-    evaluations = read_evaluations(run_dir)
+    evaluations = read_evaluations(run_dir, model.cfg.data.name)
     payload["linear_top1"] = linear_top1(evaluations)
     pictures_of = picture_makers(model, name, root, device, folder, payload, run_dir)
     for picture in pictures:
