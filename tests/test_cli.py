@@ -177,7 +177,8 @@ def test_eval_skips_images_that_do_not_decode_when_asked(tiny_run, tmp_path, cap
         for name in ("a", "b"):
             (tmp_path / split / name).mkdir(parents=True)
             for j in range(count):
-                Image.new("RGB", (32, 32), (j * 50, 100 if name == "a" else 0, 30)).save(tmp_path / split / name / f"{j}.png")
+                colour = (j * 50, 100 if name == "a" else 0, 30)
+                Image.new("RGB", (32, 32), colour).save(tmp_path / split / name / f"{j}.png")
     bad = tmp_path / "test" / "b" / "broken.png"
     bad.write_bytes(b"not a png")
     argv = ["eval", "erank", "--checkpoint", tiny_run, "--data", "imagefolder", "--data-root", tmp_path]

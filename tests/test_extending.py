@@ -133,14 +133,16 @@ def asking_checkpoint(tiny_run, tmp_path, monkeypatch):
 def test_a_checkpoint_imports_its_modules_only_with_consent(asking_checkpoint, tiny_run, tmp_path, capsys):
     path, marker = asking_checkpoint
     for argv in (["eval", "erank", "--checkpoint", path], ["export", "--checkpoint", path, "--out", tmp_path / "e.pth"],
-                 ["analyze", "--checkpoint", path, "--pictures", "spectrum"], ["report", tiny_run, "--out", tmp_path / "r.html"]):
+                 ["analyze", "--checkpoint", path, "--pictures", "spectrum"],
+                 ["report", tiny_run, "--out", tmp_path / "r.html"]):
         assert main([str(a) for a in argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"error: checkpoint {path} asks to import ['marker_plugin'] (importing runs their code), which "
                        "mimreg does not do without your consent; pass --import MODULE for each module you trust, or "
                        "--trust-imports to import every module it names (in Python: import them before loading)")
         assert not marker.exists() and "marker_plugin" not in sys.modules
-    assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "e.pth"), "--import", "marker_plugin"]) == 0
+    export = ["export", "--checkpoint", str(path), "--out", str(tmp_path / "e.pth")]
+    assert main([*export, "--import", "marker_plugin"]) == 0
     assert marker.read_text() == "ran" and (tmp_path / "e.pth").is_file()
     marker.unlink()
     sys.modules.pop("marker_plugin")

@@ -46,7 +46,8 @@ def full_disk(monkeypatch):
 
 def test_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, full_disk):
     target = tmp_path / "out" / "x.json"
-    with pytest.raises(MimregError, match=rf"^no space left on .* writing {re.escape(str(target))} .*run the command again"):
+    expected = rf"^no space left on .* writing {re.escape(str(target))} .*run the command again"
+    with pytest.raises(MimregError, match=expected):
         write_json_atomic(target, {"a": 1})
     assert not target.exists() and list(target.parent.iterdir()) == []
 

@@ -63,7 +63,9 @@ def write_failure_message(path: str | Path, err: OSError) -> str:
     if err.errno in FULL_DISK_ERRNOS:
         return disk_full_message(path, err, advice="free some space and run the command again")
     reason = err.strerror or str(err) or type(err).__name__
-    return f"cannot write {path}: {reason}; make its folder writable or choose another place"
+    refused = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return f"cannot write {path}: {reason}; " + ("make its folder writable or choose another place" if refused
+                                                 else "check the disk and the folder, then run the command again")
 
 
 def disk_full_message(path: str | Path, err: BaseException,
