@@ -203,7 +203,6 @@ def cmd_analyze(args) -> int:
 
 def cmd_report(args) -> int:
     from mimreg.analysis.report import write_report
-
     from mimreg.engine.checkpoint import latest_checkpoint
 
     import_consented(args, [run for run in args.runs if latest_checkpoint(Path(run) / "checkpoints")])
