@@ -154,6 +154,43 @@ def test_eval_linear(tiny_run, capsys):
     assert "linear top1" in out and "cls" in out
 
 
+def test_eval_on_a_full_disk_prints_its_result_then_one_line_naming_the_file(tiny_run, capsys, monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", no_space)
+    code, out, err = run_cli(capsys, "eval", "linear", "--checkpoint", tiny_run, "--epochs", "5")
+    target = tiny_run / "evals" / "linear-sweep_synthetic_cls_epochs5.json"
+    assert code == 2 and err.startswith(f"error: no space left on ") and f" writing {target} " in err
+    assert len(err.strip().splitlines()) == 1 and not target.exists()
+    header, rule, row = out.strip().splitlines()  # the result, printed before the write failed
+    assert "linear top1" in header and row.split("|")[1].strip() == "cls"
+    assert 50 < float(row.split("|")[2]) <= 100
+
+
+def test_eval_skips_images_that_do_not_decode_when_asked(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for j in range(count):
+                colour = (j * 50, 100 if name == "a" else 0, 30)
+                Image.new("RGB", (32, 32), colour).save(tmp_path / split / name / f"{j}.png")
+    bad = tmp_path / "test" / "b" / "broken.png"
+    bad.write_bytes(b"not a png")
+    argv = ["eval", "erank", "--checkpoint", tiny_run, "--data", "imagefolder", "--data-root", tmp_path]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and f"{bad} could not be decoded" in err and "pass --skip-bad-images to mimreg eval" in err
+    code, out, err = run_cli(capsys, *argv, "--skip-bad-images")
+    assert code == 0, err
+    assert f"warning: left out 1 test image(s) of imagefolder that do not decode, e.g. {bad}" in err
+    report = json.loads((tiny_run / "evals" / "erank_imagefolder_cls.json").read_text())
+    assert report["test_images"] == 4 and report["result"]["dim"] == 128
+
+
 def test_eval_knn_with_both_pools(tiny_run, capsys):
     code, out, err = run_cli(capsys, "eval", "knn", "--checkpoint", tiny_run / "checkpoints" / "ckpt_00000016.pt",
                              "--pool", "cls", "--pool", "mean", "--test-images", "100")

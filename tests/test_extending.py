@@ -108,3 +108,51 @@ def test_import_mimreg_is_cheap_and_exports_the_api():
     assert {"load_config", "pretrain", "load_encoder", "evaluate", "register_method"} <= set(dir(mimreg))
     with pytest.raises(AttributeError):
         mimreg.no_such_name  # noqa: B018
+
+
+@pytest.fixture
+def asking_checkpoint(tiny_run, tmp_path, monkeypatch):
+    """tiny_run's latest checkpoint with `imports: [marker_plugin]` in its config, and that module in
+    the current folder: importing it writes imported.txt."""
+    import torch
+
+    from mimreg.engine.checkpoint import latest_checkpoint
+
+    folder = tmp_path / "here"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    (folder / "marker_plugin.py").write_text("from pathlib import Path\nPath('imported.txt').write_text('ran')\n")
+    path = latest_checkpoint(tiny_run / "checkpoints")
+    state = torch.load(path, weights_only=True)
+    state["config"]["imports"] = ["marker_plugin"]
+    torch.save(state, path)
+    yield path, folder / "imported.txt"
+    sys.modules.pop("marker_plugin", None)
+
+
+def test_a_checkpoint_imports_its_modules_only_with_consent(asking_checkpoint, tiny_run, tmp_path, capsys):
+    path, marker = asking_checkpoint
+    for argv in (["eval", "erank", "--checkpoint", path], ["export", "--checkpoint", path, "--out", tmp_path / "e.pth"],
+                 ["analyze", "--checkpoint", path, "--pictures", "spectrum"],
+                 ["report", tiny_run, "--out", tmp_path / "r.html"]):
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: checkpoint {path} asks to import ['marker_plugin'] (importing runs their code), which "
+                       "mimreg does not do without your consent; pass --import MODULE for each module you trust, or "
+                       "--trust-imports to import every module it names (in Python: import them before loading)")
+        assert not marker.exists() and "marker_plugin" not in sys.modules
+    export = ["export", "--checkpoint", str(path), "--out", str(tmp_path / "e.pth")]
+    assert main([*export, "--import", "marker_plugin"]) == 0
+    assert marker.read_text() == "ran" and (tmp_path / "e.pth").is_file()
+    marker.unlink()
+    sys.modules.pop("marker_plugin")
+    assert main(["eval", "erank", "--checkpoint", str(path), "--trust-imports"]) == 0
+    assert marker.read_text() == "ran" and (tiny_run / "evals" / "erank_synthetic_cls.json").is_file()
+
+
+def test_a_resume_imports_only_what_the_users_config_names(asking_checkpoint, tiny_run, capsys):
+    path, marker = asking_checkpoint
+    config = tiny_run / "config.yaml"
+    code = main(["pretrain", str(config), "--out", str(tiny_run), "--resume"])
+    assert not marker.exists() and code == 2
+    assert f"error: checkpoint {path} asks to import ['marker_plugin']" in capsys.readouterr().err

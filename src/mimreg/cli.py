@@ -8,7 +8,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from mimreg.cli_eval import add_checkpoint_args, add_eval_parser, add_results_parser, is_main_process, resume_command
+from mimreg.cli_eval import (add_checkpoint_args, add_eval_parser, add_import_args, add_results_parser,
+                             import_consented, is_main_process, resume_command)
 from mimreg.errors import MimregError, RunInterrupted
 
 
@@ -112,12 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     p.add_argument("--title", help="page title (default: the run names)")
     p.add_argument("--no-analyze", action="store_true", help="do not analyse runs that have no analysis.json yet")
+    add_import_args(p)
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("export", help="export the encoder for timm")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--format", default="timm", choices=["timm"])
     p.add_argument("--out", required=True, help="output .pth file")
+    add_import_args(p)
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("recipes", help="list recipes, presets and regularizers")
@@ -182,6 +185,7 @@ def cmd_analyze(args) -> int:
 
     from mimreg.analysis.analyze import PICTURES
 
+    import_consented(args, [args.checkpoint])
     pictures = split_list(args.pictures) if args.pictures else PICTURES
     embeddings = split_list(args.embeddings) if args.embeddings else None
     analyze(args.checkpoint, data=args.data, data_root=args.data_root, test_images=args.test_images,
@@ -191,7 +195,9 @@ def cmd_analyze(args) -> int:
 
 def cmd_report(args) -> int:
     from mimreg.analysis.report import write_report
+    from mimreg.engine.checkpoint import latest_checkpoint
 
+    import_consented(args, [run for run in args.runs if latest_checkpoint(Path(run) / "checkpoints")])
     path = write_report(args.runs, args.out, title=args.title, analyze_missing=not args.no_analyze)
     print(f"report: {path}")
     return 0
@@ -204,6 +210,7 @@ def split_list(text: str) -> list[str]:
 def cmd_export(args) -> int:
     from mimreg.commands import export_timm
 
+    import_consented(args, [args.checkpoint])
     info = export_timm(args.checkpoint, args.out)
     print(f"wrote {args.out}; load it with:\n  {info['usage']}")
     return 0

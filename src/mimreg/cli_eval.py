@@ -22,6 +22,27 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder")
     p.add_argument("--test-images", type=int, help="embed a random subset of the test split")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N")
+    add_import_args(p)
+
+
+def add_import_args(p: argparse.ArgumentParser) -> None:
+    """A checkpoint's config may name modules to import (its own methods or regularizers); importing
+    runs their code, so they are imported only when the user passes or trusts them."""
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module (or .py file) the run was trained with; repeatable")
+    p.add_argument("--trust-imports", action="store_true",
+                   help="import every module the checkpoint's config names (runs their code)")
+
+
+def import_consented(args, checkpoints) -> None:
+    """Import the modules passed with --import, and with --trust-imports those `checkpoints` name."""
+    from mimreg.engine.checkpoint import stored_imports
+    from mimreg.plugins import absolute_import_paths, import_user_modules
+
+    import_user_modules(absolute_import_paths(args.imports))
+    if args.trust_imports:
+        for checkpoint in checkpoints:
+            import_user_modules(stored_imports(checkpoint))
 
 
 def add_eval_parser(sub) -> None:
@@ -31,6 +52,8 @@ def add_eval_parser(sub) -> None:
         q = protocols.add_parser(name, help=text.replace("%", "%%"), description=text)
         add_checkpoint_args(q)
         q.add_argument("--train-images", type=int, help="embed a random subset of the training split")
+        q.add_argument("--skip-bad-images", action="store_true",
+                       help="leave out image files that do not decode (with a warning) instead of stopping")
         if name == "robustness":
             q.add_argument("--pool", choices=POOLS, default="cls", help="feature (default cls)")
         else:
@@ -68,6 +91,8 @@ def add_finetune_parser(protocols) -> None:
     add_checkpoint_args(q)
     q.add_argument("--out", help="fine-tuning folder for its checkpoints (default RUN/finetune/<result name>)")
     q.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out from its last checkpoint")
+    q.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out image files that do not decode (with a warning) instead of stopping")
     hints = typing.get_type_hints(FinetuneConfig)
     for f in dataclasses.fields(FinetuneConfig):
         if f.name == "test_images":
@@ -115,9 +140,10 @@ def cmd_finetune(args) -> int:
     from mimreg.eval.finetune_config import FinetuneConfig
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    import_consented(args, [args.checkpoint])
     try:
         result = finetune(args.checkpoint, overrides, data=args.data, data_root=args.data_root, device=args.device,
-                          out=args.out, resume=args.resume)
+                          out=args.out, resume=args.resume, skip_bad_images=args.skip_bad_images)
     finally:
         distributed.shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
     if result.get("halted") and is_main_process():
@@ -136,8 +162,9 @@ def add_results_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from mimreg.eval.evaluate import evaluate, robustness
 
+    import_consented(args, [args.checkpoint])
     common = dict(data=args.data, data_root=args.data_root, train_images=args.train_images,
-                  test_images=args.test_images, device=args.device)
+                  test_images=args.test_images, device=args.device, skip_bad_images=args.skip_bad_images)
     if args.protocol == "robustness":
         robustness(args.checkpoint, pool=args.pool, **common)
         return 0
@@ -148,10 +175,11 @@ def cmd_eval(args) -> int:
 
 def cmd_results(args) -> int:
     from mimreg.eval.results import results_table
+    from mimreg.io import atomic_write
 
     table = results_table(args.runs, args.format)
     print(table)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table if table.endswith("\n") else table + "\n")
+        text = table if table.endswith("\n") else table + "\n"
+        atomic_write(args.out, lambda handle: handle.write(text), binary=False)
     return 0

@@ -1,5 +1,10 @@
 """User modules named in a config's `imports:` (or `mimreg pretrain --import`): imported before
-method and regularizer names are resolved, so that their `@register` calls take effect."""
+method and regularizer names are resolved, so that their `@register` calls take effect.
+
+Importing a module runs its code, so the modules a stored config names (a checkpoint shared with
+you) are imported only with the user's consent: `refuse_unconsented` lets a stored config through
+only when every module it names is already imported (by --import, --trust-imports, the user's own
+config, or their Python code)."""
 
 from __future__ import annotations
 
@@ -64,3 +69,26 @@ def _import_file(path: Path) -> None:
     except BaseException:
         del sys.modules[name]
         raise
+
+
+CONSENT = ("pass --import MODULE for each module you trust, or --trust-imports to import every module it names "
+           "(in Python: import them before loading)")
+
+
+def is_imported(name: str) -> bool:
+    """True when importing `name` (a module name or .py file) would run no code: it is loaded already."""
+    if not is_file_path(name):
+        return name in sys.modules
+    path = Path(name).expanduser()
+    loaded = sys.modules.get(path.stem)
+    return loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve()
+
+
+def refuse_unconsented(names: list, source: str, consent: str = CONSENT) -> None:
+    """A ConfigError naming the modules of `names` (a stored config's `imports:`) not yet imported."""
+    if not isinstance(names, list):
+        raise ConfigError(f"{source}: imports must be a list of module names, got {type(names).__name__}")
+    missing = [str(n) for n in names if not is_imported(str(n))]
+    if missing:
+        raise ConfigError(f"{source} asks to import {missing} (importing runs their code), which mimreg does "
+                          f"not do without your consent; {consent}")

@@ -93,3 +93,42 @@ def test_cli_writes_the_page_and_refuses_a_folder_that_is_no_run(study, tmp_path
     assert out.read_text().count("<img ") == 7  # one run: its pictures, nothing side by side
     assert main(["report", str(tmp_path), "--out", str(out)]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+def test_the_page_shows_the_config_the_checkpoint_trained_with(tiny_run, tmp_path, capsys):
+    import yaml
+
+    config = tiny_run / "config.yaml"
+    original = config.read_text()
+    edited = yaml.safe_load(original)
+    edited["model"]["arch"], edited["method"]["mask_ratio"] = "vit_nope", 7.5
+    config.write_text(yaml.safe_dump(edited))
+    run = read_run(tiny_run)
+    assert run.config["model"]["arch"] == "vit_micro" and run.config["method"]["mask_ratio"] == 0.75
+    [warning] = run.warnings
+    assert warning == (f"{config} differs from the config ckpt_00000024.pt trained with in "
+                       "['method.mask_ratio', 'model.arch']; shown: the checkpoint's")
+    assert f"warning: {warning}" in capsys.readouterr().err
+    out = tmp_path / "r.html"
+    assert main(["report", str(tiny_run), "--out", str(out), "--no-analyze"]) == 0
+    text = out.read_text()
+    assert "vit_micro/4" in text and "vit_nope" not in text.replace(warning, "") and "shown: the checkpoint" in text
+    config.write_text(original)
+    assert read_run(tiny_run).warnings == []  # config.yaml as pretraining wrote it agrees
+
+
+def test_a_config_yaml_with_a_yaml_error_is_named_in_one_line(tiny_run, tmp_path, capsys):
+    import shutil
+
+    config = tiny_run / "config.yaml"
+    config.write_text("model: {arch: vit_micro\nmethod: [\n")
+    run = read_run(tiny_run)  # the checkpoint's config stands in
+    assert run.config["model"]["arch"] == "vit_micro"
+    assert run.warnings[0].startswith(f"{config} is not valid YAML (") and run.warnings[0].endswith(
+        "; shown: the config stored in " + str(tiny_run / "checkpoints" / "ckpt_00000024.pt"))
+    shutil.rmtree(tiny_run / "checkpoints")
+    capsys.readouterr()
+    assert main(["report", str(tiny_run), "--out", str(tmp_path / "r.html"), "--no-analyze"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config} is not valid YAML (") and len(err.strip().splitlines()) == 1
+    assert "the run has no checkpoint whose config could stand in; fix the file" in err

@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from mimreg.data import load_dataset
+from mimreg.data.files import sample_paths
 from mimreg.errors import DataError
 
 
@@ -55,6 +58,22 @@ def test_flat_class_folders_are_train_only(tmp_path, write_image):
     with pytest.raises(DataError) as info:
         load_dataset("imagefolder", "test", tmp_path)
     assert str(tmp_path / "train") in str(info.value) and str(tmp_path / "test") in str(info.value)
+
+
+def test_link_loops_are_not_followed_and_each_file_counts_once(tmp_path, make_split_tree, capsys):
+    make_split_tree(tmp_path, "train", {"cat": 3, "dog": 2})
+    cat = tmp_path / "train" / "cat"
+    (cat / "loop").symlink_to(cat, target_is_directory=True)  # cat/loop/loop/... without end
+    (cat / "dogs").symlink_to(tmp_path / "train" / "dog", target_is_directory=True)  # a second way to dog
+    (cat / "again.png").symlink_to(cat / "0.png")
+    (tmp_path / "train" / "dog" / "cat.png").symlink_to(cat / "1.png")  # a cat image linked into dog
+    train = load_dataset("imagefolder", "train", tmp_path)
+    assert len(train) == 5
+    np.testing.assert_array_equal(train.labels, [0, 0, 0, 1, 1])
+    assert sorted(Path(p).name for p in sample_paths(train)) == ["0.png", "0.png", "1.png", "1.png", "2.png"]
+    err = capsys.readouterr().err
+    assert "links to folders already listed were not followed" in err
+    assert "links to image files already counted were left out" in err
 
 
 def test_loose_images_are_unlabelled(tmp_path, write_image):

@@ -56,7 +56,8 @@ def test_markdown_table_has_runs_as_rows_and_differences_to_the_first(two_runs):
     first = [c.strip() for c in lines[2].strip("|").split("|")]
     second = [c.strip() for c in lines[3].strip("|").split("|")]
     assert first[1:] == ["digits/mae", "22", "50.0", "52.0", "70.0", "60.0"]
-    assert second[1:] == ["digits/u-mae", "30", "47.0 (-3.0)", "52.0 (+0.0)", "-", "65.5 (+5.5)"]
+    # the second run's kNN was measured at step 22, before its linear probe at step 30
+    assert second[1:] == ["digits/u-mae", "30", "47.0 (-3.0) [step 22]", "52.0 (+0.0) [step 22]", "-", "65.5 (+5.5)"]
 
 
 def test_csv_and_json_carry_values_and_differences(two_runs):
@@ -92,3 +93,21 @@ def test_bad_inputs_name_the_problem(tmp_path):
     (tmp_path / "evals" / "knn_x_cls.json").write_text("{not json")
     with pytest.raises(MimregError, match="knn_x_cls.json"):
         results_table([tmp_path])
+
+
+def test_values_measured_at_different_steps_each_carry_their_step(tmp_path):
+    # evaluated during training: linear at step 31 (then the latest checkpoint), kNN at step 108
+    save_linear(tmp_path, 61.0, step=31)
+    save_result(tmp_path, meta(step=108), protocol="knn", variant=None, pool="cls", options={},
+                result={"knn10_euclidean": 55.0})
+    lines = results_table([tmp_path]).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in lines[2].strip("|").split("|"))))
+    assert row["step"] == "108" and row["knn10_euclidean cls digits"] == "55.0"
+    assert row["linear-sweep cls digits"] == "61.0 [step 31]"
+    [csv_row] = list(csv.DictReader(io.StringIO(results_table([tmp_path], "csv"))))
+    assert (csv_row["linear-sweep cls digits"], csv_row["linear-sweep cls digits step"]) == ("61", "31")
+    assert csv_row["knn10_euclidean cls digits step"] == "108"
+    [run] = json.loads(results_table([tmp_path], "json"))["runs"]
+    assert run["step"] == 108
+    assert run["steps"] == {"knn10_euclidean cls digits": 108, "linear-sweep cls digits": 31}

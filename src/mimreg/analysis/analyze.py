@@ -22,6 +22,7 @@ from mimreg.engine.metrics import read_metrics
 from mimreg.devices import resolve_device
 from mimreg.errors import MimregError
 from mimreg.eval import format_table, write_json
+from mimreg.io import atomic_write
 from mimreg.methods import Method
 
 PICTURES = ("reconstructions", "attention", "pca", "embeddings", "curves", "spectrum")
@@ -83,7 +84,7 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     timer = Timer()
     payload = {**model.meta, "checkpoint": str(checkpoint), "data": name, "pictures": {}}
     payload.update(timer("features", lambda: feature_numbers(model, name, root, test_images)))
-    evaluations = read_evaluations(run_dir)
+    evaluations = read_evaluations(run_dir, model.cfg.data.name)
     payload["linear_top1"] = linear_top1(evaluations)
     pictures_of = picture_makers(model, name, root, device, folder, payload, run_dir)
     for picture in pictures:
@@ -97,8 +98,8 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
         else:
             payload["pictures"][picture] = str(timer(picture, pictures_of[picture]))
     payload["seconds"] = timer.seconds
+    report_to(echo, payload, skipped)  # before writing: a write that fails (disk full) loses no number
     write_json(run_dir / "analysis.json", {k: v for k, v in payload.items() if not k.startswith("_")})
-    report_to(echo, payload, skipped)
     return payload
 
 
@@ -134,11 +135,11 @@ def picture_makers(model: TrainedModel, name, root, device, folder: Path, payloa
     def embedding(method: str) -> Path:
         coords = embed_2d(features, method, seed=0)
         # kept for the report's side-by-side panels of several runs
-        np.savez(folder / f"{method}.npz", coords=coords, labels=labels.numpy(), class_names=np.array(class_names))
+        atomic_write(folder / f"{method}.npz", lambda handle: np.savez(
+            handle, coords=coords, labels=labels.numpy(), class_names=np.array(class_names)))
         title = embedding_title(method, payload["davies_bouldin"]["cls"], payload["linear_top1"], recipe)
         return plot_embedding(coords, labels, class_names, folder / f"{method}.png", title)
 
-    folder.mkdir(parents=True, exist_ok=True)
     return {
         "reconstructions": lambda: plot_reconstructions(model.method, shown, folder / "reconstructions.png",
                                                         title=f"{recipe}: reconstructions (test images)"),

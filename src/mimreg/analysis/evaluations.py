@@ -16,12 +16,12 @@ CONTEXT_KEYS = {"checkpoint", "data", "recipe", "step", "epoch", "protocol", "tr
 DEFAULT_VARIANTS = {"linear": "sweep"}
 
 
-def read_evaluations(run_dir: str | Path) -> dict[str, dict]:
+def read_evaluations(run_dir: str | Path, own_data: str | None = None) -> dict[str, dict]:
     """label -> {"results": {pool: result}, "data": ...}: "linear", "knn", ... for the default
-    variant on the run's own dataset; "linear-mae", "knn imagefolder", "linear epochs50" otherwise."""
+    variant on the run's own dataset (`own_data`, default: config.yaml's data.name); "linear-mae",
+    "knn imagefolder", "linear epochs50" otherwise."""
     run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    own_data = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("name") if config.is_file() else None
+    own_data = own_data or _config_data_name(run_dir / "config.yaml")
     found: dict[str, dict] = {}
     for record in load_results(run_dir):
         protocol, variant = record["protocol"], record.get("variant")
@@ -32,6 +32,15 @@ def read_evaluations(run_dir: str | Path) -> dict[str, dict]:
         entry = found.setdefault(label, {"data": record.get("data"), "step": record.get("step"), "results": {}})
         entry["results"][record["pool"]] = record["result"]
     return found
+
+
+def _config_data_name(config: Path) -> str | None:
+    try:
+        raw = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except yaml.YAMLError:
+        return None  # the caller reports the file (or stands in the checkpoint's config)
+    data = raw.get("data") if isinstance(raw, dict) else None
+    return data.get("name") if isinstance(data, dict) else None
 
 
 def flat_metrics(payload: dict) -> dict[str, float]:

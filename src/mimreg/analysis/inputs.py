@@ -11,7 +11,7 @@ import torch
 from mimreg.config import Config, config_from_dict
 from mimreg.data import BadSample, dataset_stats, eval_transform, load_dataset
 from mimreg.engine.build import build_method
-from mimreg.engine.checkpoint import load_checkpoint
+from mimreg.engine.checkpoint import config_of, load_checkpoint, resolve_checkpoint
 from mimreg.errors import DataError
 from mimreg.methods import Method
 from mimreg.models import ViTEncoder
@@ -30,8 +30,9 @@ class TrainedModel:
 
 def load_trained(checkpoint: str | Path) -> TrainedModel:
     """The method of a checkpoint (a ckpt_*.pt file or a run folder), with its trained weights."""
-    state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(state["config"])
+    path = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(path)
+    cfg = config_from_dict(config_of(state, path))
     method = build_method(cfg)
     weights = {k[len("method."):]: v for k, v in state["model"].items() if k.startswith("method.")}
     method.load_state_dict(weights)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ import yaml
 from mimreg.analysis.curves import curve_keys, plot_run_curves
 from mimreg.analysis.embedding import TITLES, embedding_title, plot_embedding_panels
 from mimreg.analysis.evaluations import flat_metrics, linear_top1, read_evaluations
+from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint
 from mimreg.engine.metrics import read_metrics
+from mimreg.engine.run_folder import RESUMABLE_KEYS, changed_keys
 from mimreg.errors import MimregError
 from mimreg.eval.report import format_value
 from mimreg.io import atomic_write
@@ -50,6 +53,7 @@ class RunView:
     records: list[dict]
     evaluations: dict[str, dict]
     analysis: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # where config.yaml and the checkpoint disagree
 
     @property
     def recipe(self) -> str:
@@ -94,8 +98,43 @@ def read_run(path: str | Path) -> RunView:
         raise MimregError(f"{path} is not a run folder (no config.yaml); pass the --out folder of `mimreg pretrain`")
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
     analysis = json.loads((path / "analysis.json").read_text()) if (path / "analysis.json").is_file() else {}
-    return RunView(path, path.name, yaml.safe_load((path / "config.yaml").read_text()) or {}, summary,
-                   read_metrics(path / "metrics.jsonl"), read_evaluations(path), analysis)
+    config, warnings = run_config(path)
+    own_data = (config.get("data") or {}).get("name")
+    return RunView(path, path.name, config, summary, read_metrics(path / "metrics.jsonl"),
+                   read_evaluations(path, own_data), analysis, warnings)
+
+
+def run_config(path: Path) -> tuple[dict, list[str]]:
+    """The config the run trained with, and warnings: its latest checkpoint's config (config.yaml is a
+    copy that a hand may have edited), each disagreement of config.yaml named. Without a checkpoint,
+    config.yaml, whose YAML error is then a one-line error naming it."""
+    written, problem = read_config_yaml(path / "config.yaml")
+    found = latest_checkpoint(path / "checkpoints")
+    if found is None:
+        if problem:
+            raise MimregError(f"{problem}, and the run has no checkpoint whose config could stand in; fix the file")
+        return written, []
+    stored = config_of(load_checkpoint(found), found)
+    if problem:
+        warnings = [f"{problem}; shown: the config stored in {found}"]
+    else:
+        changed = [k for k in changed_keys(written, stored) if k not in RESUMABLE_KEYS]
+        warnings = [f"{path / 'config.yaml'} differs from the config {found.name} trained with in {changed}; "
+                    "shown: the checkpoint's"] if changed else []
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return stored, warnings
+
+
+def read_config_yaml(path: Path) -> tuple[dict, str | None]:
+    """The mapping of a config.yaml, or ({}, the problem in one line)."""
+    try:
+        written = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        return {}, f"{path} is not valid YAML ({' '.join(str(err).split())})"
+    if written is not None and not isinstance(written, dict):
+        return {}, f"{path} holds a {type(written).__name__}, not a mapping of config keys"
+    return written or {}, None
 
 
 def write_report(run_dirs, out, *, title: str | None = None, analyze_missing: bool = True, echo=print) -> Path:
@@ -108,13 +147,13 @@ def write_report(run_dirs, out, *, title: str | None = None, analyze_missing: bo
     if len(set(names)) < len(names):  # two runs/<x>/mae folders: tell them apart by their parents
         for r in runs:
             r.name = f"{r.path.parent.name}/{r.path.name}"
-    for i, run in enumerate(runs):
+    for run in runs:
         if not run.analysis and analyze_missing:
             from mimreg.analysis.analyze import analyze
 
             echo(f"analysing {run.path} (no analysis.json yet)")
             analyze(run.path, echo=lambda text: None)
-            runs[i] = read_run(run.path)
+            run.analysis = json.loads((run.path / "analysis.json").read_text())
     title = title or f"mimreg report: {', '.join(r.name for r in runs)}"
     with tempfile.TemporaryDirectory() as scratch:
         shared = study_pictures(runs, Path(scratch))
@@ -253,8 +292,9 @@ def run_section(i: int, run: RunView) -> str:
                for key, label in PICTURE_ORDER if key in pictures and Path(pictures[key]).is_file()]
     if not figures:
         figures = [f'<p class="note">No pictures: <code>mimreg analyze --checkpoint {esc(run.path)}</code>.</p>']
+    notes = "".join(f'<p class="note">{esc(w)}</p>' for w in run.warnings)
     return (f'<section class="run" id="run-{i}"><h2>{esc(run.name)}</h2>'
-            f'<p class="description">{esc(description)}</p><dl class="facts">{facts}</dl>'
+            f'<p class="description">{esc(description)}</p>{notes}<dl class="facts">{facts}</dl>'
             f"<h3>Evaluations</h3>{evaluation_table(run)}"
             f'<h3>Pictures</h3><div class="grid">{"".join(figures)}</div></section>')
 

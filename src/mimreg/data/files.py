@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,16 +21,54 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def walk_once(folder: Path):
+    """os.walk following links, in sorted order, without dot-folders, listing each real folder once:
+    a link to a folder already listed (a link loop, or a second way in) is not entered again."""
+    visited, skipped = set(), []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            skipped.append(dirpath)
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, dirnames, sorted(filenames)
+    if skipped:
+        print(f"warning: {folder}: {len(skipped)} links to folders already listed were not followed "
+              f"(e.g. {skipped[0]}, a link loop or a second link to one folder)", file=sys.stderr)
+
+
 def list_image_files(folder: Path, recursive: bool = True) -> list[str]:
-    """Paths of the image files in `folder` (and below it when `recursive`), sorted."""
+    """Paths of the image files in `folder` (and below it when `recursive`, each real folder once), sorted."""
     if not recursive:
         with os.scandir(folder) as entries:
             return sorted(e.path for e in entries if e.is_file() and is_image_file(e.name))
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
-    return sorted(found)
+    return sorted(os.path.join(dirpath, f) for dirpath, _, filenames in walk_once(folder)
+                  for f in filenames if is_image_file(f))
+
+
+def count_once(listing: dict[Path, list[str]]) -> dict[Path, list[str]]:
+    """The image files of each folder with every real file kept once (a warning says how many links
+    were left out). A file found both where it lives and through a link keeps the path where it
+    lives (so a link from one class folder into another does not relabel its images); otherwise the
+    first folder's path."""
+    def through_link(folder: Path, path: str) -> bool:
+        return os.path.realpath(path) != os.path.join(os.path.realpath(folder), os.path.relpath(path, folder))
+
+    seen, kept = set(), {folder: [] for folder in listing}
+    for linked in (False, True):
+        for folder, paths in listing.items():
+            for path in paths:
+                real = os.path.realpath(path)
+                if through_link(folder, path) == linked and real not in seen:
+                    seen.add(real)
+                    kept[folder].append(path)
+    dropped = sum(map(len, listing.values())) - len(seen)
+    if dropped:
+        print(f"warning: {dropped} links to image files already counted were left out (each file is "
+              f"counted once), e.g. in {next(f for f in listing if len(kept[f]) < len(listing[f]))}", file=sys.stderr)
+    return {folder: sorted(paths) for folder, paths in kept.items()}
 
 
 # Pillow's modes for 16-bit grayscale (a 16-bit PNG opens as I;16; "I" is 32-bit, which older
@@ -74,7 +113,8 @@ class ImageFileDataset(RawDataset):
                 return BadSample(path)
             raise DataError(
                 f"Image file {path} could not be decoded ({type(exc).__name__}: {exc}). "
-                "Delete or replace the file, or set data.skip_bad_images: true to skip it."
+                "Delete or replace the file, or skip such files: set data.skip_bad_images: true to "
+                "pretrain, pass --skip-bad-images to mimreg eval linear/knn/erank/lowshot/robustness/finetune."
             ) from exc
         return image, int(self.labels[index])
 

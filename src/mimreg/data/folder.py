@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mimreg.data.base import UNLABELED, RawDataset
-from mimreg.data.files import ImageFileDataset, list_image_files
+from mimreg.data.files import ImageFileDataset, count_once, list_image_files
 from mimreg.errors import DataError
 
 TEST_FOLDER_NAMES = ("test", "val")
@@ -29,7 +29,7 @@ def scan_image_tree(folder: Path, skip_bad_images: bool,
     """
     names = class_folders(folder)
     if not names:
-        paths = list_image_files(folder, recursive=False)
+        paths = count_once({folder: list_image_files(folder, recursive=False)})[folder]
         if not paths:
             raise DataError(
                 f"No images found in {folder}. Put images in {folder}/<class>/ "
@@ -51,8 +51,9 @@ def scan_image_tree(folder: Path, skip_bad_images: bool,
             f"Use the same class folder names in train and test (train classes: {classes})."
         )
     paths, labels = [], []
+    listing = count_once({folder / name: list_image_files(folder / name) for name in names})
     for name in names:
-        found = list_image_files(folder / name)
+        found = listing[folder / name]
         paths.extend(found)
         labels.extend([classes.index(name)] * len(found))
     if not paths:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mimreg.data.files import is_image_file
+from mimreg.data.files import is_image_file, walk_once
 from mimreg.errors import ConfigError, DataError
 
 
@@ -16,9 +16,8 @@ def sample_image_files(folder: Path, per_folder: int = 4, max_folders: int = 16)
     sorted, so the sample spans several classes) without listing the whole tree."""
     picked: list[str] = []
     folders = 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        images = sorted(f for f in filenames if is_image_file(f))[:per_folder]
+    for dirpath, _, filenames in walk_once(folder):
+        images = [f for f in filenames if is_image_file(f)][:per_folder]
         if images:
             picked += [os.path.join(dirpath, f) for f in images]
             folders += 1

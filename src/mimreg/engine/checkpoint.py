@@ -13,6 +13,7 @@ import torch
 
 from mimreg.errors import MimregError
 from mimreg.io import atomic_write, disk_full_message
+from mimreg.plugins import CONSENT, refuse_unconsented
 
 CKPT_PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 
@@ -144,9 +145,18 @@ def load_matching_state(module: torch.nn.Module, state: dict, path: Path,
         load(state)
 
 
-def config_of(state: dict, path: Path) -> dict:
-    """The run config stored in a checkpoint, or a MimregError saying it has none."""
+def config_of(state: dict, path: Path, consent: str = CONSENT) -> dict:
+    """The run config stored in a checkpoint, or a MimregError saying it has none; a ConfigError
+    when it names modules to import that the user has not imported (`consent`: how to)."""
     if not isinstance(state.get("config"), dict) or "model" not in state:
         raise MimregError(f"checkpoint {path} holds no run config: it was not written by mimreg pretrain "
                           "(or by a release before configs were stored); re-export it from its run")
+    refuse_unconsented(state["config"].get("imports") or [], f"checkpoint {path}", consent)
     return state["config"]
+
+
+def stored_imports(checkpoint: str | Path) -> list[str]:
+    """The modules a checkpoint's config asks to import (for --trust-imports)."""
+    state = load_checkpoint(checkpoint)
+    imports = state.get("config", {}).get("imports") if isinstance(state.get("config"), dict) else None
+    return [str(n) for n in imports] if isinstance(imports, list) else []

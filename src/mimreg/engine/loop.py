@@ -37,6 +37,7 @@ from mimreg.engine.stopping import GracefulStop
 from mimreg.engine.strategy import Strategy
 from mimreg.engine.task import StepResult, Task
 from mimreg.errors import ConfigError, NonFiniteLossError, RunInterrupted
+from mimreg.plugins import refuse_unconsented
 
 
 @dataclass
@@ -99,6 +100,9 @@ def _resume_changes(task: Task, state: dict, path: Path) -> dict:
     if not isinstance(saved, dict):
         raise ConfigError(f"checkpoint {path} holds no run config: it was not written by mimreg; start a new run "
                           "with --out NEW_FOLDER")
+    # the modules the user's own config names are imported by now; the checkpoint may not add others
+    refuse_unconsented(saved.get("imports") or [], f"checkpoint {path}", "resume with --import MODULE for "
+                       f"each module you trust, or with the run's own {path.parent.parent / 'config.yaml'}")
     return resume_changes(task.stored_record(saved), task.record, saved_world=int(state["world"]),
                           world=dist.world_size())
 

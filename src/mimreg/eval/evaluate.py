@@ -29,13 +29,15 @@ def run_dir_of(checkpoint: str | Path) -> Path:
 
 
 def embed_train_test(checkpoint, *, data=None, data_root=None, pools=("cls",), train_images=None,
-                     test_images=None, device="auto", need_train=True) -> tuple[dict, Split | None, Split]:
+                     test_images=None, device="auto", need_train=True,
+                     skip_bad_images=False) -> tuple[dict, Split | None, Split]:
     """Meta (checkpoint, step, epoch, recipe, latest, data, image counts) and the features of the
     eval-transformed train (when needed) and test splits."""
     encoder, cfg, meta = load_encoder(checkpoint)
     name = data or cfg.data.name
     root = data_root if data is not None or data_root is not None else cfg.data.root
-    common = dict(img_size=cfg.img_size, pools=tuple(pools), device=resolve_device(device), seed=cfg.train.seed)
+    common = dict(img_size=cfg.img_size, pools=tuple(pools), device=resolve_device(device), seed=cfg.train.seed,
+                  skip_bad_images=skip_bad_images)
     train = embed_split(encoder, name, "train", root, max_images=train_images, **common) if need_train else None
     test = embed_split(encoder, name, "test", root, max_images=test_images, **common)
     meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": len(train.labels) if train else 0,
@@ -59,7 +61,7 @@ def _one(protocol: str, pool: str, train: Split | None, test: Split, *, linear_p
 
 def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=None, pools=("cls",),
              train_images=None, test_images=None, linear_protocol="sweep", linear_epochs=DEFAULT_LINEAR_EPOCHS,
-             device="auto", out_dir=None, echo=print) -> dict:
+             device="auto", out_dir=None, skip_bad_images=False, echo=print) -> dict:
     """Run the protocols on frozen features; write RUN/evals/<protocol>[-variant]_<data>_<pool>[...].json
     each. Returns meta, results (protocol -> pool -> result) and the files written."""
     unknown = set(protocols) - set(PROTOCOLS)
@@ -68,24 +70,22 @@ def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=No
     dev = resolve_device(device)
     meta, train, test = embed_train_test(checkpoint, data=data, data_root=data_root, pools=pools,
                                          train_images=train_images, test_images=test_images, device=dev,
-                                         need_train=any(p != "erank" for p in protocols))
+                                         need_train=any(p != "erank" for p in protocols),
+                                         skip_bad_images=skip_bad_images)
     out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
-    results: dict[str, dict] = {}
+    results = {protocol: {pool: _one(protocol, pool, train, test, linear_protocol=linear_protocol,
+                                     linear_epochs=linear_epochs, device=dev) for pool in pools}
+               for protocol in protocols}
+    rows = [{"pool": pool, **summary_row(results, pool)} for pool in pools]
+    echo(format_table(rows, list(rows[0])))  # before writing: a write that fails (disk full) loses no result
     files = []
     for protocol in protocols:
         variant = linear_protocol if protocol == "linear" else None
         options = {"train": train_images if protocol != "erank" else None, "test": test_images}
         if protocol == "linear" and linear_epochs != DEFAULT_LINEAR_EPOCHS:
             options["epochs"] = linear_epochs
-        results[protocol] = {}
-        for pool in pools:
-            result = _one(protocol, pool, train, test, linear_protocol=linear_protocol, linear_epochs=linear_epochs,
-                          device=dev)
-            results[protocol][pool] = result
-            files.append(save_result(out_dir, meta, protocol=protocol, variant=variant, pool=pool,
-                                     options=options, result=result))
-    rows = [{"pool": pool, **summary_row(results, pool)} for pool in pools]
-    echo(format_table(rows, list(rows[0])))
+        files += [save_result(out_dir, meta, protocol=protocol, variant=variant, pool=pool, options=options,
+                              result=result) for pool, result in results[protocol].items()]
     return {**{k: v for k, v in meta.items() if k != "latest"}, "results": results, "files": [str(f) for f in files]}
 
 
@@ -107,13 +107,15 @@ def summary_row(results: dict, pool: str) -> dict:
 
 
 def robustness(checkpoint, *, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), train_mask_ratio=0.7, data=None, data_root=None,
-               pool="cls", train_images=None, test_images=None, device="auto", out_dir=None, echo=print) -> dict:
+               pool="cls", train_images=None, test_images=None, device="auto", out_dir=None, skip_bad_images=False,
+               echo=print) -> dict:
     """MSN's masking robustness: cosine similarity of the features of masked and unmasked test
     images per mask ratio, and low-shot accuracy with masked training / unmasked test images."""
     encoder, cfg, meta = load_encoder(checkpoint)
     name = data or cfg.data.name
     root = data_root if data is not None or data_root is not None else cfg.data.root
-    common = dict(img_size=cfg.img_size, pools=(pool,), device=resolve_device(device), seed=cfg.train.seed)
+    common = dict(img_size=cfg.img_size, pools=(pool,), device=resolve_device(device), seed=cfg.train.seed,
+                  skip_bad_images=skip_bad_images)
     clean = embed_split(encoder, name, "test", root, max_images=test_images, **common)
     similarity = {}
     for ratio in ratios:
@@ -126,8 +128,8 @@ def robustness(checkpoint, *, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), train_mask_rati
     result = {"cosine_similarity": similarity, "train_mask_ratio": train_mask_ratio, "lowshot_masked_train": lowshot}
     meta = {**meta, "checkpoint": str(checkpoint), "data": name, "train_images": len(train.labels),
             "test_images": len(clean.labels)}
-    path = save_result(out_dir, meta, protocol="robustness", variant=None, pool=pool,
-                       options={"train": train_images, "test": test_images}, result=result)
     echo(format_table([{"mask ratio": r, "cosine": v["mean"]} for r, v in similarity.items()], ["mask ratio", "cosine"]))
     echo(format_table([{"split": k, "top1": v["mean"]} for k, v in lowshot.items()], ["split", "top1"]))
+    path = save_result(out_dir, meta, protocol="robustness", variant=None, pool=pool,
+                       options={"train": train_images, "test": test_images}, result=result)
     return {**{k: v for k, v in meta.items() if k != "latest"}, **result, "file": str(path)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,11 @@ def pooled_features(encoder: ViTEncoder, images: torch.Tensor, keep_ids: torch.T
 def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *, img_size: int,
                 pools: tuple[str, ...] = ("cls", "mean"), max_images: int | None = None, seed: int = 0,
                 batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
-                mask_ratio: float = 0.0) -> Split:
+                mask_ratio: float = 0.0, skip_bad_images: bool = False) -> Split:
     """Features of eval-transformed images, unmasked or with `mask_ratio` of their patches dropped
-    at random (seeded); a random subset when max_images is set."""
-    raw = load_dataset(name, split, root)
+    at random (seeded); a random subset when max_images is set. Files that do not decode are an
+    error, or left out with a warning when skip_bad_images."""
+    raw = load_dataset(name, split, root, skip_bad_images=skip_bad_images)
     if max_images is not None and max_images < len(raw):
         chosen = np.random.default_rng(seed).choice(len(raw), max_images, replace=False)
         raw = raw.subset(np.sort(chosen).tolist())
@@ -87,9 +89,10 @@ def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *,
                         collate_fn=collate_skipping_bad)
     encoder = encoder.to(device)
     chunks: dict[str, list[torch.Tensor]] = {p: [] for p in pools}
-    labels = []
+    labels, bad_files = [], []
     generator = torch.Generator(device=device).manual_seed(seed)
     for batch in loader:
+        bad_files += batch.bad_files
         if batch.images is None:
             continue
         keep = None
@@ -99,4 +102,9 @@ def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *,
         for pool, features in pooled_features(encoder, batch.images.to(device), keep, pools).items():
             chunks[pool].append(features.float().cpu())
         labels.append(batch.labels)
+    if bad_files:
+        print(f"warning: left out {len(bad_files)} {split} image(s) of {name} that do not decode, "
+              f"e.g. {bad_files[0]}", file=sys.stderr)
+    if not labels:
+        raise MimregError(f"no {split} image of {name} decodes; check data.root")
     return Split({p: torch.cat(c) for p, c in chunks.items()}, torch.cat(labels))

@@ -107,7 +107,8 @@ def column_name(record: dict, metric: str) -> str:
 
 
 def comparison(run_dirs: list[str | Path]) -> tuple[list[str], list[dict]]:
-    """Columns (sorted) and one row per run: {"run", "recipe", "step", column: value}."""
+    """Columns (sorted) and one row per run: {"run", "recipe", "step" (the newest evaluated),
+    column: value, "steps": {column: the step of the checkpoint that value was measured on}}."""
     if not run_dirs:
         raise MimregError("pass at least one run folder")
     rows, columns = [], set()
@@ -115,14 +116,22 @@ def comparison(run_dirs: list[str | Path]) -> tuple[list[str], list[dict]]:
         records = load_results(run_dir)
         steps = [r["step"] for r in records if r.get("step") is not None]
         recipes = [r["recipe"] for r in records if r.get("recipe")]
-        row = {"run": str(run_dir), "recipe": recipes[0] if recipes else None, "step": max(steps) if steps else None}
+        row = {"run": str(run_dir), "recipe": recipes[0] if recipes else None, "step": max(steps) if steps else None,
+               "steps": {}}
         for record in records:
             for metric, value in record["headline"].items():
                 name = column_name(record, metric)
                 row[name] = value
+                row["steps"][name] = record.get("step")
                 columns.add(name)
         rows.append(row)
     return sorted(columns), rows
+
+
+def stale_step(row: dict, column: str) -> int | None:
+    """The step of a value measured on an older checkpoint than the row's newest evaluation, else None."""
+    step = row["steps"].get(column)
+    return step if step is not None and row["step"] is not None and step < row["step"] else None
 
 
 def _difference(row: dict, first: dict, column: str) -> float | None:
@@ -133,7 +142,9 @@ def _difference(row: dict, first: dict, column: str) -> float | None:
 
 def results_table(run_dirs: list[str | Path], fmt: str = "markdown") -> str:
     """Every evaluation of every run as one table (rows runs, columns metric/pool/dataset[/options]),
-    each value of a later run followed by its difference to the first run."""
+    each value of a later run followed by its difference to the first run. A run's "step" is its
+    newest evaluated checkpoint; every value carries its own step (csv: a "COLUMN step" column,
+    json: "steps"), and in markdown a value of an older checkpoint is marked "[step N]"."""
     if fmt not in FORMATS:
         raise MimregError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     columns, rows = comparison(run_dirs)
@@ -144,22 +155,31 @@ def results_table(run_dirs: list[str | Path], fmt: str = "markdown") -> str:
     if fmt == "json":
         return json.dumps({"columns": columns, "baseline": first["run"], "runs": [
             {"run": r["run"], "recipe": r["recipe"], "step": r["step"], "values": {c: r.get(c) for c in columns},
-             "difference": d} for r, d in zip(rows, diffs)]}, indent=2)
+             "steps": {c: r["steps"].get(c) for c in columns}, "difference": d} for r, d in zip(rows, diffs)]},
+            indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["run", "recipe", "step"] + [h for c in columns for h in (c, f"{c} diff")])
+        writer.writerow(["run", "recipe", "step"] + [h for c in columns for h in (c, f"{c} diff", f"{c} step")])
         for row, diff in zip(rows, diffs):
-            writer.writerow([row["run"], row["recipe"], row["step"]]
-                            + [_csv(v) for c in columns for v in (row.get(c), diff[c])])
+            writer.writerow([row["run"], row["recipe"], row["step"]] + [
+                v for c in columns for v in (_csv(row.get(c)), _csv(diff[c]), _int(row["steps"].get(c)))])
         return buffer.getvalue()
     cells = [{"run": r["run"], "recipe": r["recipe"], "step": r["step"],
-              **{c: _cell(r.get(c), d[c], c) for c in columns}} for r, d in zip(rows, diffs)]
+              **{c: _stale(_cell(r.get(c), d[c], c), stale_step(r, c)) for c in columns}} for r, d in zip(rows, diffs)]
     return format_table(cells, ["run", "recipe", "step"] + columns)
 
 
 def _csv(value) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def _int(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _stale(text: str | None, step: int | None) -> str | None:
+    return text if text is None or step is None else f"{text} [step {step}]"
 
 
 def _cell(value, diff, column: str) -> str | None:
