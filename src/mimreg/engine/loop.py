@@ -378,7 +378,8 @@ def _agree_finite_and_stop(results: list[LoggedValues], step: int, stop: Gracefu
     optimizer applies their gradients); return whether any process was asked to stop. One collective
     (the step's one host sync) for both, so every process stops together."""
     finite = torch.stack([torch.isfinite(r.values).all() for r in results]).all().float()
-    flags = torch.stack([finite, torch.tensor(0.0 if stop.requested else 1.0, device=finite.device)])
+    # a fill on the device, not a copy from the host (which would wait for the step's queued work)
+    flags = torch.stack([finite, finite.new_full((), 0.0 if stop.requested else 1.0)])
     finite_everywhere, none_stopping = dist.all_reduce_min(flags).tolist()
     if finite_everywhere:
         return not none_stopping
