@@ -93,6 +93,20 @@ class OptimConfig:
     schedule_stretch: float = bounded(1.0, ge=1)  # cosine lr/wd schedules span stretch x the run (MSN official: 1.25)
     clip_grad: float | None = bounded(None, gt=0)
 
+    def lr_in_force(self, world: int) -> float:
+        """Absolute lr: `lr` if set, else blr * effective_batch / 256 (MAE's scaling rule)."""
+        if self.lr is not None:
+            return self.lr
+        return self.blr * self.batch_size * self.accum_steps * world / 256
+
+    def lr_source(self, world: int) -> str:
+        """How the lr in force comes about, e.g. `optim.lr=0.001`, or
+        `optim.blr=0.001 x 128 (batch) x 1 (accum) x 1 (world) / 256 = 0.0005`."""
+        if self.lr is not None:
+            return f"optim.lr={self.lr:g}"
+        return (f"optim.blr={self.blr:g} x {self.batch_size} (batch) x {self.accum_steps} (accum) x {world} (world) "
+                f"/ 256 = {self.lr_in_force(world):g}")
+
 
 @dataclass
 class TrainConfig:
@@ -412,6 +426,7 @@ def fill_img_size(raw: dict) -> None:
 
 
 # ---------------------------------------------------------------- validation
+SECTIONS = ("data", "model", "method", "optim", "train")  # the mappings of keys, never null
 def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
     """A Config from the flat mapping (a config.yaml, a checkpoint's config, or load_config's
     layers), every key and value checked. Schedules given as percentages of the run are turned
@@ -419,6 +434,10 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
     from mimreg.plugins import import_user_modules
 
     raw = dict(raw)
+    for section in SECTIONS:
+        if section in raw and raw[section] is None:
+            raise ConfigError(f"{section}=null: a section cannot be null (that would put every {section} key back "
+                              f"to mimreg's defaults); set single keys instead, e.g. {section}.KEY=VALUE")
     import_user_modules(_as_list(raw.get("imports") or [], "imports"))
     from mimreg.methods import METHODS
     from mimreg.regularizers import REGULARIZERS
@@ -530,7 +549,15 @@ def resolve_window(entry: dict, epochs: int, where: str) -> dict:
 
 
 def check_schedules(cfg: Config) -> None:
-    """Windows inside the run, a warm-up shorter than the run."""
+    """Windows inside the run, a warm-up shorter than the run, a final lr no higher than the peak."""
+    from mimreg.distributed import launched_world_size
+
+    world = launched_world_size()  # the lr from optim.blr grows with the number of processes
+    optim = cfg.optim
+    if optim.min_lr > optim.lr_in_force(world):
+        raise ConfigError(f"optim.min_lr={optim.min_lr:g} is above the lr in force ({optim.lr_source(world)}): the lr "
+                          f"would climb during the cosine decay; set optim.min_lr <= {optim.lr_in_force(world):g} "
+                          "(e.g. 0)")
     epochs = cfg.train.epochs
     if cfg.optim.warmup_epochs >= epochs:
         raise ConfigError(f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} is as long as the run "

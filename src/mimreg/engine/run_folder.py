@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +24,26 @@ from mimreg.io import atomic_write, write_json_atomic
 # settings that may change between a run and its resumption
 RESUMABLE_KEYS = ("train.halt_after_steps", "train.progress", "train.device", "train.strategy",
                   "train.grad_checkpointing")
+
+
+def check_out_folder(path: str | Path) -> None:
+    """Refuse, in one line, a run folder that cannot be made or written: `path` or a folder above
+    it is a file, or the nearest existing folder refuses a new folder (read-only, no permission).
+    Probed by making (and removing) a folder there, which tells what the file system allows."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MimregError(f"--out {path} is a file, not a folder; pass --out with a new or existing folder")
+    place = path
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise MimregError(f"--out {path}: {place} is a file, not a folder; pass --out with a new or existing folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mimreg-probe-", dir=place))
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        raise MimregError(f"--out {path}: cannot make a folder in {place} ({reason}); "
+                          "pass --out with a folder you can write to") from None
 
 
 class RunFolder:
@@ -72,6 +93,7 @@ class RunFolder:
     def check_resumable(self, cfg: Config, resume: bool) -> Path | None:
         """The checkpoint to resume from (None: start fresh); refuses a folder that holds a run
         when not resuming, and a config that differs from the run's own."""
+        check_out_folder(self.path)
         found = latest_checkpoint(self.checkpoints)
         if found is not None and not resume:
             raise MimregError(f"run folder {self.path} already holds checkpoints ({found.name}); pass --resume "
