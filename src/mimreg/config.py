@@ -720,30 +720,15 @@ def validate(cfg: Config, check_run_length: bool = True) -> None:
 
 
 def check_geometry(cfg: Config) -> None:
-    """Whole patches, and a mask that leaves every masked view some visible patch."""
+    """Whole patches; then the method refuses what its options cannot do on this patch grid
+    (e.g. a mask that leaves a view no visible patch)."""
+    from mimreg.methods import METHODS
+
     size, patch = cfg.img_size, cfg.model.patch_size
     if size % patch:
         raise ConfigError(f"data.img_size={size} is not a multiple of model.patch_size={patch}; set data.img_size "
                           "to a multiple (images are resized to it) or change model.patch_size")
-    options = cfg.method.options
-    ratio = getattr(options, "mask_ratio", None)
-    if ratio is None:
-        return
-    grid = size // patch
-    unit = getattr(options, "mask_unit", 1)  # simmim masks squares of unit x unit patches
-    if grid % unit:
-        raise ConfigError(f"method.mask_unit={unit} must divide the {grid}x{grid} patch grid "
-                          f"(data.img_size={size} / model.patch_size={patch})")
-    cells = (grid // unit) ** 2
-    visible = cells - math.ceil(cells * ratio) if unit > 1 else int(cells * (1 - ratio))
-    what = "patches" if unit == 1 else f"{unit}x{unit}-patch blocks"
-    if visible < 1:
-        raise ConfigError(f"method.mask_ratio={ratio:g} leaves no visible patch of the {cells} {what} of a "
-                          f"{size}px image at model.patch_size={patch}; lower method.mask_ratio")
-    views = getattr(options, "num_masks", 1)
-    if views > 1 and getattr(options, "mask_mode", "orthogonal") == "orthogonal" and views * visible > cells:
-        raise ConfigError(f"method.num_masks={views} disjoint masks of {visible} visible {what} need "
-                          f"{views * visible}, the image has {cells}; lower method.num_masks or raise method.mask_ratio")
+    METHODS[cfg.method.name].check_options(cfg.method.options, size, patch)
 
 
 def config_to_dict(cfg: Config) -> dict:
