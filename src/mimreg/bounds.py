@@ -122,6 +122,18 @@ def is_finite(value: Any) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
+def first_problem(options: Any, key: str) -> str | None:
+    """The complaint about the first field of dataclass instance `options` that its declaration
+    refuses (None when all are admitted, or when `options` is no dataclass)."""
+    if not dataclasses.is_dataclass(options):
+        return None
+    for f in dataclasses.fields(options):
+        problem = check_value(f, getattr(options, f.name), f"{key}.{f.name}")
+        if problem:
+            return problem
+    return None
+
+
 def check_value(f: dataclasses.Field, value: Any, key: str) -> str | None:
     """None when `value` is admitted by the declaration of field `f`, else the one-line complaint.
     No field admits a non-finite number, whatever (or whether) it declares."""

@@ -59,7 +59,7 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = "mae"
-    options: Any = None  # the method's Options dataclass, filled at load
+    options: Any = None  # an instance of METHODS[name].Options, range-checked at load; the method checks the rest
 
 
 @dataclass
@@ -73,7 +73,7 @@ class RegularizerConfig:
     duration: int | None = bounded(None, ge=1, per_run=True)  # None: active until the end
     gather: bool = True  # batch-wide losses over the global batch of all processes
     gate_rec_loss: float | None = bounded(None, ge=0)  # off until an EMA of the `rec` loss falls below this (one way)
-    options: Any = None
+    options: Any = None  # an instance of REGULARIZERS[name].Options, checked at load by the regularizer
 
 
 @dataclass
@@ -714,6 +714,9 @@ def validate(cfg: Config, check_run_length: bool = True) -> None:
     if batch_wide and cfg.optim.batch_size < 2:
         raise ConfigError(f"regularizers {batch_wide} are batch-wide and need optim.batch_size >= 2, "
                           f"got {cfg.optim.batch_size}")
+    for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):
+        for reg in entries:
+            REGULARIZERS[reg.name].check_options(reg.options, f"{section}.{reg.name}")
     if check_run_length:
         check_schedules(cfg)
     check_geometry(cfg)
