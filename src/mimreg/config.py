@@ -192,7 +192,7 @@ def read_recipe(source: str | Path | dict) -> dict:
         path = _preset_path(preset)
         base = _read_yaml(path)
         check_layer(base, str(path))
-        raw = merge(base, raw)
+        raw = layer_over(base, raw)
     return raw
 
 
@@ -212,7 +212,9 @@ def apply_regularizer_defaults(raw: dict, defaults: dict | None) -> dict:
     defaults = defaults or {}
     entries = raw.get("regularizers")
     if isinstance(entries, list):
-        raw["regularizers"] = [overlay(defaults.get(e.get("name")) or {}, e, RegularizerConfig)
+        pair = RegularizerConfig.alternatives
+        raw["regularizers"] = [{**with_side(defaults.get(e.get("name")) or {}, pair,
+                                            side_given(e, pair, f"regularizers.{e.get('name')}")), **e}
                                if isinstance(e, dict) else e for e in entries]
     return raw
 
@@ -264,100 +266,92 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-# ---------------------------------------------------------------- layers and alternative keys
-def _section_class(path: tuple[str, ...]) -> type | None:
-    """The dataclass a mapping at `path` of the raw config fills (None: none with alternatives)."""
-    if path == ("optim",):
-        return OptimConfig
-    if len(path) == 2 and path[0] in ("regularizers", "regularizer_defaults"):
-        return RegularizerConfig
-    return None
-
-
-def chosen_alternative(mapping: dict, cls: type, where: str) -> int | None:
-    """Which of `cls.alternatives` the keys given (not null) in `mapping` choose; an error if two."""
-    groups = getattr(cls, "alternatives", ())
-    given = [i for i, group in enumerate(groups) if any(mapping.get(k) is not None for k in group)]
+# ---------------------------------------------------------------- layers, and the two pairs of alternative keys
+# optim.blr or optim.lr; a regularizer's window (start_epoch, duration) or its gate_rec_loss (each
+# class declares its pair as `alternatives`, the side in force by default first). A layer that sets
+# one side of a pair replaces the side an earlier layer set; one layer setting both is an error.
+def side_given(mapping: dict, pair: tuple[tuple[str, ...], ...], where: str) -> int | None:
+    """Which side of `pair` the keys given (not null) in `mapping` set; an error if both."""
+    given = [i for i, keys in enumerate(pair) if any(mapping.get(k) is not None for k in keys)]
     if len(given) > 1:
-        shown = " and ".join(f"{k}={mapping[k]!r}" for i in given for k in groups[i] if mapping.get(k) is not None)
+        shown = " and ".join(f"{k}={mapping[k]!r}" for keys in pair for k in keys if mapping.get(k) is not None)
         raise ConfigError(f"{where}: {shown} are alternatives, and only one can be in force; "
-                          f"keep one of {' or '.join('/'.join(groups[i]) for i in given)}")
+                          f"keep one of {' or '.join('/'.join(keys) for keys in pair)}")
     return given[0] if given else None
 
 
-def drop_other_alternatives(mapping: dict, cls: type, chosen: int | None) -> dict:
-    """`mapping` with the keys of the alternatives other than `chosen` set to null."""
-    if chosen is None:
-        return mapping
-    out = dict(mapping)
-    for i, group in enumerate(getattr(cls, "alternatives", ())):
-        if i != chosen:
-            out.update({key: None for key in group})
-    return out
+def with_side(mapping: dict, pair: tuple[tuple[str, ...], ...], side: int | None) -> dict:
+    """`mapping` with the keys of the other side of `pair` than `side` set to null (None: as it is)."""
+    return mapping if side is None else {**mapping, **{k: None for k in pair[1 - side]}}
 
 
-def overlay(base: dict, top: dict, cls: type, where: str = "") -> dict:
-    """`top` over `base`: a key of `top` wins, and so does its choice among alternatives (the
-    alternatives `base` chose are dropped)."""
-    chosen = chosen_alternative(top, cls, where or f"regularizers.{top.get('name')}")
-    return {**drop_other_alternatives(base, cls, chosen), **top}
+def settle(mapping: dict, pair: tuple[tuple[str, ...], ...], where: str) -> dict:
+    """The layers' result: the side set in force, the other null. A key of the pair left null takes
+    its default, so with neither side set the default side (the first) is in force."""
+    side = side_given(mapping, pair, where)
+    given = {k: v for k, v in mapping.items() if v is not None or not any(k in keys for keys in pair)}
+    return with_side(given, pair, side)
 
 
-def check_layer(raw: dict, where: str) -> None:
-    """One layer (a file, a mapping) may not set two alternatives of one section or entry."""
-    for path, mapping in _alternative_sections(raw):
-        chosen_alternative(mapping, _section_class(path), f"{where}: {'.'.join(path)}")
-
-
-def _alternative_sections(raw: dict):
-    if isinstance(raw.get("optim"), dict):
-        yield ("optim",), raw["optim"]
+def pairs_in(raw: dict) -> list[tuple[str, dict, tuple[tuple[str, ...], ...]]]:
+    """The mappings of one layer that hold a pair: (their key, the mapping, the pair)."""
+    found = [("optim", raw["optim"], OptimConfig.alternatives)] if isinstance(raw.get("optim"), dict) else []
     for i, entry in enumerate(raw.get("regularizers") or []):
         if isinstance(entry, dict):
-            yield ("regularizers", str(entry.get("name", i))), entry
+            found.append((f"regularizers.{entry.get('name', i)}", entry, RegularizerConfig.alternatives))
     defaults = raw.get("regularizer_defaults")
     for name, entry in (defaults.items() if isinstance(defaults, dict) else ()):
         if isinstance(entry, dict):
-            yield ("regularizer_defaults", name), entry
+            found.append((f"regularizer_defaults.{name}", entry, RegularizerConfig.alternatives))
+    return found
 
 
-def merge(base: dict, override: dict, path: tuple[str, ...] = ()) -> dict:
-    """Recursive dict merge; lists (regularizers) are replaced, not concatenated; in a section with
-    alternative keys the override's choice replaces the base's."""
-    cls = _section_class(path)
-    if cls is not None:
-        base = drop_other_alternatives(base, cls, chosen_alternative(override, cls, ".".join(path)))
+def check_layer(raw: dict, where: str) -> None:
+    """One layer (a file, a mapping) may not set both sides of a pair."""
+    for key, mapping, pair in pairs_in(raw):
+        side_given(mapping, pair, f"{where}: {key}")
+
+
+def layer_over(base: dict, top: dict) -> dict:
+    """`top` (a recipe, a file) over `base` (its preset): a key of `top` wins, and so does the side
+    of each pair it sets (the other side `base` set is dropped)."""
+    base = copy.deepcopy(base)
+    top_pairs = {key: mapping for key, mapping, _ in pairs_in(top)}
+    for key, mapping, pair in pairs_in(base):
+        if key in top_pairs:
+            mapping.update(with_side(mapping, pair, side_given(top_pairs[key], pair, key)))
+    return merge(base, top)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; lists (regularizers) are replaced, not concatenated."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value, (*path, key))
-        else:
-            out[key] = value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
 # ---------------------------------------------------------------- --set
 def apply_overrides(raw: dict, items: list[str]) -> None:
-    """Apply `--set` items in order. They form one layer: an item that chooses an alternative
-    drops the one an earlier layer (preset, recipe) chose; two items choosing two is an error."""
-    given: dict[int, tuple[dict, type, set[str], str]] = {}
+    """Apply `--set` items in order. They form one layer: an item that sets a side of a pair drops
+    the side an earlier layer (preset, recipe) set; items setting both sides are an error."""
+    given: dict[int, tuple[dict, set[str]]] = {}  # id of a mapping the items set keys in -> it, those keys
     for item in items:
-        node, keys, path = apply_override(raw, item)
-        cls = _section_class(path)
-        if cls is not None and keys:
-            _, _, seen, _ = given.setdefault(id(node), (node, cls, set(), "--set " + ".".join(path)))
-            seen.update(k for k in keys if node.get(k) is not None)
-            seen.difference_update(k for k in keys if node.get(k) is None)
-    for node, cls, seen, where in given.values():
-        chosen = chosen_alternative({k: node[k] for k in seen}, cls, where)
-        dropped = drop_other_alternatives(node, cls, chosen)
-        node.update(dropped)
+        node, keys = apply_override(raw, item)
+        _, seen = given.setdefault(id(node), (node, set()))
+        seen.update(k for k in keys if node.get(k) is not None)
+        seen.difference_update(k for k in keys if node.get(k) is None)
+    for key, mapping, pair in pairs_in(raw):
+        seen = given.get(id(mapping), (None, set()))[1]
+        if seen:
+            side = side_given({k: mapping[k] for k in seen}, pair, f"--set {key}")
+            mapping.update(with_side(mapping, pair, side))
 
 
-def apply_override(raw: dict, item: str) -> tuple[Any, list[str], tuple[str, ...]]:
+def apply_override(raw: dict, item: str) -> tuple[Any, list[str]]:
     """`optim.blr=1e-3`, `regularizers.magma.weight=2`, `regularizers=[]` (YAML values), and
     `KEY+=VALUE` to append to a list (`imports+=my_module`, `monitor+=magma`). Returns the mapping
-    it set keys in, those keys, and its path."""
+    it set keys in, and those keys."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
@@ -383,15 +377,15 @@ def apply_override(raw: dict, item: str) -> tuple[Any, list[str], tuple[str, ...
             raise ConfigError(f"--set {key}: a list entry takes a mapping, e.g. {key}='{{weight: 2}}'")
         entry = _list_entry(node, last, key)
         entry.update(value)
-        return entry, list(value), tuple(parts)
+        return entry, list(value)
     if append:
         current = node.setdefault(last, [])
         if not isinstance(current, list):
             raise ConfigError(f"--set {key}+=...: {key} is not a list")
         current.extend(value if isinstance(value, list) else [value])
-        return node, [], tuple(parts[:-1])
+        return node, []
     node[last] = value
-    return node, [last], tuple(parts[:-1])
+    return node, [last]
 
 
 def _list_entry(entries: list, selector: str, key: str) -> dict:
@@ -447,7 +441,7 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
     monitor_raw = [_monitor_mapping(r, i) for i, r in enumerate(_as_list(raw.pop("monitor", []) or [], "monitor"))]
     epochs = build_dataclass(TrainConfig, raw.get("train"), "config.train").epochs
     if isinstance(raw.get("optim"), dict):
-        optim = settle_alternatives(raw["optim"], OptimConfig, "config.optim")
+        optim = settle(raw["optim"], OptimConfig.alternatives, "config.optim")
         raw["optim"] = resolve_run_fractions(optim, OptimConfig, epochs, "config.optim")
     cfg = build_dataclass(Config, raw, "config")
     cfg.method = _named_entry(MethodConfig, method_raw, METHODS, "method")
@@ -455,7 +449,7 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
     for i, entry in enumerate(regs_raw):
         if isinstance(entry, dict):
             where = f"regularizers.{entry.get('name', i)}"
-            entry = resolve_window(settle_alternatives(entry, RegularizerConfig, where), epochs, where)
+            entry = resolve_window(settle(entry, RegularizerConfig.alternatives, where), epochs, where)
         cfg.regularizers.append(_named_entry(RegularizerConfig, entry, REGULARIZERS, f"regularizers[{i}]"))
     cfg.monitor = [_named_entry(RegularizerConfig, r, REGULARIZERS, f"monitor[{i}]") for i, r in enumerate(monitor_raw)]
     validate(cfg, check_run_length)
@@ -474,11 +468,6 @@ def config_from_stored(raw: dict) -> Config:
     raw["monitor"] = [{k: v for k, v in m.items() if k not in MONITOR_UNUSED} if isinstance(m, dict) else m
                       for m in raw.get("monitor") or []]
     return config_from_dict(raw, check_run_length=False)
-
-
-def settle_alternatives(mapping: dict, cls: type, where: str) -> dict:
-    """One alternative in force: the chosen one's keys kept, the others' set to null."""
-    return drop_other_alternatives(mapping, cls, chosen_alternative(mapping, cls, where))
 
 
 def _as_list(value: Any, where: str) -> list:
