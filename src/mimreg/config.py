@@ -154,8 +154,10 @@ class Config:
 
 
 # ---------------------------------------------------------------- loading
-def load_config(source: str | Path | dict, overrides: list[str] = ()) -> Config:
+def load_config(source: str | Path | dict, overrides: list[str] = (), *, world: int | None = None) -> Config:
     """A recipe name (`u-mae`, `cifar10/u-mae`), a YAML path or a mapping, plus `key=value` overrides.
+    `world`: the number of processes the run will have, for the lr in force (None: as many as
+    torchrun launched this one in, 1 without torchrun).
 
     Layers, lowest first: the preset, the recipe (or your file/mapping), the overrides. A later
     layer's setting wins over an earlier layer's, also across alternative keys (your `optim.blr`
@@ -171,7 +173,7 @@ def load_config(source: str | Path | dict, overrides: list[str] = ()) -> Config:
 
     raw["imports"] = absolute_import_paths(_as_list(raw.get("imports") or [], "imports"))
     fill_img_size(raw)
-    return config_from_dict(raw)
+    return config_from_dict(raw, world=world)
 
 
 def read_recipe(source: str | Path | dict) -> dict:
@@ -421,7 +423,7 @@ def fill_img_size(raw: dict) -> None:
 
 # ---------------------------------------------------------------- validation
 SECTIONS = ("data", "model", "method", "optim", "train")  # the mappings of keys, never null
-def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
+def config_from_dict(raw: dict, *, check_run_length: bool = True, world: int | None = None) -> Config:
     """A Config from the flat mapping (a config.yaml, a checkpoint's config, or load_config's
     layers), every key and value checked. Schedules given as percentages of the run are turned
     into epochs here, so the Config (and the config.yaml written from it) holds epochs."""
@@ -452,7 +454,7 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
             entry = resolve_window(settle(entry, RegularizerConfig.alternatives, where), epochs, where)
         cfg.regularizers.append(_named_entry(RegularizerConfig, entry, REGULARIZERS, f"regularizers[{i}]"))
     cfg.monitor = [_named_entry(RegularizerConfig, r, REGULARIZERS, f"monitor[{i}]") for i, r in enumerate(monitor_raw)]
-    validate(cfg, check_run_length)
+    validate(cfg, check_run_length, world)
     return cfg
 
 
@@ -537,11 +539,12 @@ def resolve_window(entry: dict, epochs: int, where: str) -> dict:
     return out
 
 
-def check_schedules(cfg: Config) -> None:
-    """Windows inside the run, a warm-up shorter than the run, a final lr no higher than the peak."""
+def check_schedules(cfg: Config, world: int | None = None) -> None:
+    """Windows inside the run, a warm-up shorter than the run, a final lr no higher than the peak
+    (for `world` processes: the lr from optim.blr grows with them; None: as torchrun launched)."""
     from mimreg.distributed import launched_world_size
 
-    world = launched_world_size()  # the lr from optim.blr grows with the number of processes
+    world = launched_world_size() if world is None else world
     optim = cfg.optim
     if optim.min_lr > optim.lr_in_force(world):
         raise ConfigError(f"optim.min_lr={optim.min_lr:g} is above the lr in force ({optim.lr_source(world)}): the lr "
@@ -678,7 +681,7 @@ def _suggest(key: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def validate(cfg: Config, check_run_length: bool = True) -> None:
+def validate(cfg: Config, check_run_length: bool = True, world: int | None = None) -> None:
     """Checks that need more than one key, or a registry: composition, schedules, image geometry.
     (The range of each key is declared on its field and checked as it is read.)"""
     from mimreg.data import DATASET_NAMES
@@ -707,7 +710,7 @@ def validate(cfg: Config, check_run_length: bool = True) -> None:
         for reg in entries:
             REGULARIZERS[reg.name].check_options(reg.options, f"{section}.{reg.name}")
     if check_run_length:
-        check_schedules(cfg)
+        check_schedules(cfg, world)
     check_geometry(cfg)
 
 

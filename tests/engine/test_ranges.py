@@ -185,3 +185,10 @@ def test_a_section_left_empty_in_a_file_is_refused(tmp_path):
     path.write_text("preset: digits\nmethod:\n  name: mae\ntrain:\n")
     with pytest.raises(ConfigError, match=r"train=null: a section cannot be null"):
         load_config(path)
+
+
+def test_min_lr_is_checked_for_the_world_the_run_will_have():
+    blr = ["optim.lr=null", "optim.blr=1e-3", "optim.min_lr=1e-3"]  # 0.0005 x world
+    assert load_config("mae", blr, world=2).optim.min_lr == 1e-3  # what `mimreg submit` passes for its job
+    with pytest.raises(ConfigError, match=r"x 1 \(world\) / 256 = 0\.0005\)"):
+        load_config("mae", blr, world=1)
