@@ -115,9 +115,32 @@ def takes_fraction_of_run(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get(PER_RUN))
 
 
+def is_finite(value: Any) -> bool:
+    """False for inf, -inf and nan, also inside a list or tuple; True for anything else."""
+    if isinstance(value, (list, tuple)):
+        return all(is_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def first_problem(options: Any, key: str) -> str | None:
+    """The complaint about the first field of dataclass instance `options` that its declaration
+    refuses (None when all are admitted, or when `options` is no dataclass)."""
+    if not dataclasses.is_dataclass(options):
+        return None
+    for f in dataclasses.fields(options):
+        problem = check_value(f, getattr(options, f.name), f"{key}.{f.name}")
+        if problem:
+            return problem
+    return None
+
+
 def check_value(f: dataclasses.Field, value: Any, key: str) -> str | None:
-    """None when `value` is admitted by the declaration of field `f`, else the one-line complaint."""
+    """None when `value` is admitted by the declaration of field `f`, else the one-line complaint.
+    No field admits a non-finite number, whatever (or whether) it declares."""
     check = field_check(f)
+    if not is_finite(value):
+        what = check.describe() if isinstance(check, Range) and (check.low is not None or check.high is not None) else ""
+        return f"{key}={value!r} is out of range: it must be a finite number" + (f" {what}" if what else "")
     if check is None or value is None or check.admits(value):
         return None
     return check.complaint(key, value)

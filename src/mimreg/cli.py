@@ -141,9 +141,11 @@ def cmd_pretrain(args) -> int:
     from mimreg import distributed
     from mimreg.config import load_config
     from mimreg.engine.loop import pretrain
+    from mimreg.engine.run_folder import check_out_folder
 
     cfg = load_config(args.config, args.overrides)
     args.out_dir = Path(args.out) if args.out else Path("runs") / cfg.recipe.replace("/", "-")
+    check_out_folder(args.out_dir)  # at once, before the data and model are built
     try:
         result = pretrain(cfg, args.out_dir, resume=args.resume)
     except RunInterrupted:

@@ -59,7 +59,7 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = "mae"
-    options: Any = None  # the method's Options dataclass, filled at load
+    options: Any = None  # an instance of METHODS[name].Options, range-checked at load; the method checks the rest
 
 
 @dataclass
@@ -73,7 +73,7 @@ class RegularizerConfig:
     duration: int | None = bounded(None, ge=1, per_run=True)  # None: active until the end
     gather: bool = True  # batch-wide losses over the global batch of all processes
     gate_rec_loss: float | None = bounded(None, ge=0)  # off until an EMA of the `rec` loss falls below this (one way)
-    options: Any = None
+    options: Any = None  # an instance of REGULARIZERS[name].Options, checked at load by the regularizer
 
 
 @dataclass
@@ -92,6 +92,20 @@ class OptimConfig:
     warmup_epochs: float = bounded(1.0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
     schedule_stretch: float = bounded(1.0, ge=1)  # cosine lr/wd schedules span stretch x the run (MSN official: 1.25)
     clip_grad: float | None = bounded(None, gt=0)
+
+    def lr_in_force(self, world: int) -> float:
+        """Absolute lr: `lr` if set, else blr * effective_batch / 256 (MAE's scaling rule)."""
+        if self.lr is not None:
+            return self.lr
+        return self.blr * self.batch_size * self.accum_steps * world / 256
+
+    def lr_source(self, world: int) -> str:
+        """How the lr in force comes about, e.g. `optim.lr=0.001`, or
+        `optim.blr=0.001 x 128 (batch) x 1 (accum) x 1 (world) / 256 = 0.0005`."""
+        if self.lr is not None:
+            return f"optim.lr={self.lr:g}"
+        return (f"optim.blr={self.blr:g} x {self.batch_size} (batch) x {self.accum_steps} (accum) x {world} (world) "
+                f"/ 256 = {self.lr_in_force(world):g}")
 
 
 @dataclass
@@ -140,8 +154,10 @@ class Config:
 
 
 # ---------------------------------------------------------------- loading
-def load_config(source: str | Path | dict, overrides: list[str] = ()) -> Config:
+def load_config(source: str | Path | dict, overrides: list[str] = (), *, world: int | None = None) -> Config:
     """A recipe name (`u-mae`, `cifar10/u-mae`), a YAML path or a mapping, plus `key=value` overrides.
+    `world`: the number of processes the run will have, for the lr in force (None: as many as
+    torchrun launched this one in, 1 without torchrun).
 
     Layers, lowest first: the preset, the recipe (or your file/mapping), the overrides. A later
     layer's setting wins over an earlier layer's, also across alternative keys (your `optim.blr`
@@ -157,7 +173,7 @@ def load_config(source: str | Path | dict, overrides: list[str] = ()) -> Config:
 
     raw["imports"] = absolute_import_paths(_as_list(raw.get("imports") or [], "imports"))
     fill_img_size(raw)
-    return config_from_dict(raw)
+    return config_from_dict(raw, world=world)
 
 
 def read_recipe(source: str | Path | dict) -> dict:
@@ -178,7 +194,7 @@ def read_recipe(source: str | Path | dict) -> dict:
         path = _preset_path(preset)
         base = _read_yaml(path)
         check_layer(base, str(path))
-        raw = merge(base, raw)
+        raw = layer_over(base, raw)
     return raw
 
 
@@ -198,7 +214,9 @@ def apply_regularizer_defaults(raw: dict, defaults: dict | None) -> dict:
     defaults = defaults or {}
     entries = raw.get("regularizers")
     if isinstance(entries, list):
-        raw["regularizers"] = [overlay(defaults.get(e.get("name")) or {}, e, RegularizerConfig)
+        pair = RegularizerConfig.alternatives
+        raw["regularizers"] = [{**with_side(defaults.get(e.get("name")) or {}, pair,
+                                            side_given(e, pair, f"regularizers.{e.get('name')}")), **e}
                                if isinstance(e, dict) else e for e in entries]
     return raw
 
@@ -250,100 +268,92 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-# ---------------------------------------------------------------- layers and alternative keys
-def _section_class(path: tuple[str, ...]) -> type | None:
-    """The dataclass a mapping at `path` of the raw config fills (None: none with alternatives)."""
-    if path == ("optim",):
-        return OptimConfig
-    if len(path) == 2 and path[0] in ("regularizers", "regularizer_defaults"):
-        return RegularizerConfig
-    return None
-
-
-def chosen_alternative(mapping: dict, cls: type, where: str) -> int | None:
-    """Which of `cls.alternatives` the keys given (not null) in `mapping` choose; an error if two."""
-    groups = getattr(cls, "alternatives", ())
-    given = [i for i, group in enumerate(groups) if any(mapping.get(k) is not None for k in group)]
+# ---------------------------------------------------------------- layers, and the two pairs of alternative keys
+# optim.blr or optim.lr; a regularizer's window (start_epoch, duration) or its gate_rec_loss (each
+# class declares its pair as `alternatives`, the side in force by default first). A layer that sets
+# one side of a pair replaces the side an earlier layer set; one layer setting both is an error.
+def side_given(mapping: dict, pair: tuple[tuple[str, ...], ...], where: str) -> int | None:
+    """Which side of `pair` the keys given (not null) in `mapping` set; an error if both."""
+    given = [i for i, keys in enumerate(pair) if any(mapping.get(k) is not None for k in keys)]
     if len(given) > 1:
-        shown = " and ".join(f"{k}={mapping[k]!r}" for i in given for k in groups[i] if mapping.get(k) is not None)
+        shown = " and ".join(f"{k}={mapping[k]!r}" for keys in pair for k in keys if mapping.get(k) is not None)
         raise ConfigError(f"{where}: {shown} are alternatives, and only one can be in force; "
-                          f"keep one of {' or '.join('/'.join(groups[i]) for i in given)}")
+                          f"keep one of {' or '.join('/'.join(keys) for keys in pair)}")
     return given[0] if given else None
 
 
-def drop_other_alternatives(mapping: dict, cls: type, chosen: int | None) -> dict:
-    """`mapping` with the keys of the alternatives other than `chosen` set to null."""
-    if chosen is None:
-        return mapping
-    out = dict(mapping)
-    for i, group in enumerate(getattr(cls, "alternatives", ())):
-        if i != chosen:
-            out.update({key: None for key in group})
-    return out
+def with_side(mapping: dict, pair: tuple[tuple[str, ...], ...], side: int | None) -> dict:
+    """`mapping` with the keys of the other side of `pair` than `side` set to null (None: as it is)."""
+    return mapping if side is None else {**mapping, **{k: None for k in pair[1 - side]}}
 
 
-def overlay(base: dict, top: dict, cls: type, where: str = "") -> dict:
-    """`top` over `base`: a key of `top` wins, and so does its choice among alternatives (the
-    alternatives `base` chose are dropped)."""
-    chosen = chosen_alternative(top, cls, where or f"regularizers.{top.get('name')}")
-    return {**drop_other_alternatives(base, cls, chosen), **top}
+def settle(mapping: dict, pair: tuple[tuple[str, ...], ...], where: str) -> dict:
+    """The layers' result: the side set in force, the other null. A key of the pair left null takes
+    its default, so with neither side set the default side (the first) is in force."""
+    side = side_given(mapping, pair, where)
+    given = {k: v for k, v in mapping.items() if v is not None or not any(k in keys for keys in pair)}
+    return with_side(given, pair, side)
 
 
-def check_layer(raw: dict, where: str) -> None:
-    """One layer (a file, a mapping) may not set two alternatives of one section or entry."""
-    for path, mapping in _alternative_sections(raw):
-        chosen_alternative(mapping, _section_class(path), f"{where}: {'.'.join(path)}")
-
-
-def _alternative_sections(raw: dict):
-    if isinstance(raw.get("optim"), dict):
-        yield ("optim",), raw["optim"]
+def pairs_in(raw: dict) -> list[tuple[str, dict, tuple[tuple[str, ...], ...]]]:
+    """The mappings of one layer that hold a pair: (their key, the mapping, the pair)."""
+    found = [("optim", raw["optim"], OptimConfig.alternatives)] if isinstance(raw.get("optim"), dict) else []
     for i, entry in enumerate(raw.get("regularizers") or []):
         if isinstance(entry, dict):
-            yield ("regularizers", str(entry.get("name", i))), entry
+            found.append((f"regularizers.{entry.get('name', i)}", entry, RegularizerConfig.alternatives))
     defaults = raw.get("regularizer_defaults")
     for name, entry in (defaults.items() if isinstance(defaults, dict) else ()):
         if isinstance(entry, dict):
-            yield ("regularizer_defaults", name), entry
+            found.append((f"regularizer_defaults.{name}", entry, RegularizerConfig.alternatives))
+    return found
 
 
-def merge(base: dict, override: dict, path: tuple[str, ...] = ()) -> dict:
-    """Recursive dict merge; lists (regularizers) are replaced, not concatenated; in a section with
-    alternative keys the override's choice replaces the base's."""
-    cls = _section_class(path)
-    if cls is not None:
-        base = drop_other_alternatives(base, cls, chosen_alternative(override, cls, ".".join(path)))
+def check_layer(raw: dict, where: str) -> None:
+    """One layer (a file, a mapping) may not set both sides of a pair."""
+    for key, mapping, pair in pairs_in(raw):
+        side_given(mapping, pair, f"{where}: {key}")
+
+
+def layer_over(base: dict, top: dict) -> dict:
+    """`top` (a recipe, a file) over `base` (its preset): a key of `top` wins, and so does the side
+    of each pair it sets (the other side `base` set is dropped)."""
+    base = copy.deepcopy(base)
+    top_pairs = {key: mapping for key, mapping, _ in pairs_in(top)}
+    for key, mapping, pair in pairs_in(base):
+        if key in top_pairs:
+            mapping.update(with_side(mapping, pair, side_given(top_pairs[key], pair, key)))
+    return merge(base, top)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; lists (regularizers) are replaced, not concatenated."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value, (*path, key))
-        else:
-            out[key] = value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
 # ---------------------------------------------------------------- --set
 def apply_overrides(raw: dict, items: list[str]) -> None:
-    """Apply `--set` items in order. They form one layer: an item that chooses an alternative
-    drops the one an earlier layer (preset, recipe) chose; two items choosing two is an error."""
-    given: dict[int, tuple[dict, type, set[str], str]] = {}
+    """Apply `--set` items in order. They form one layer: an item that sets a side of a pair drops
+    the side an earlier layer (preset, recipe) set; items setting both sides are an error."""
+    given: dict[int, tuple[dict, set[str]]] = {}  # id of a mapping the items set keys in -> it, those keys
     for item in items:
-        node, keys, path = apply_override(raw, item)
-        cls = _section_class(path)
-        if cls is not None and keys:
-            _, _, seen, _ = given.setdefault(id(node), (node, cls, set(), "--set " + ".".join(path)))
-            seen.update(k for k in keys if node.get(k) is not None)
-            seen.difference_update(k for k in keys if node.get(k) is None)
-    for node, cls, seen, where in given.values():
-        chosen = chosen_alternative({k: node[k] for k in seen}, cls, where)
-        dropped = drop_other_alternatives(node, cls, chosen)
-        node.update(dropped)
+        node, keys = apply_override(raw, item)
+        _, seen = given.setdefault(id(node), (node, set()))
+        seen.update(k for k in keys if node.get(k) is not None)
+        seen.difference_update(k for k in keys if node.get(k) is None)
+    for key, mapping, pair in pairs_in(raw):
+        seen = given.get(id(mapping), (None, set()))[1]
+        if seen:
+            side = side_given({k: mapping[k] for k in seen}, pair, f"--set {key}")
+            mapping.update(with_side(mapping, pair, side))
 
 
-def apply_override(raw: dict, item: str) -> tuple[Any, list[str], tuple[str, ...]]:
+def apply_override(raw: dict, item: str) -> tuple[Any, list[str]]:
     """`optim.blr=1e-3`, `regularizers.magma.weight=2`, `regularizers=[]` (YAML values), and
     `KEY+=VALUE` to append to a list (`imports+=my_module`, `monitor+=magma`). Returns the mapping
-    it set keys in, those keys, and its path."""
+    it set keys in, and those keys."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
@@ -369,15 +379,15 @@ def apply_override(raw: dict, item: str) -> tuple[Any, list[str], tuple[str, ...
             raise ConfigError(f"--set {key}: a list entry takes a mapping, e.g. {key}='{{weight: 2}}'")
         entry = _list_entry(node, last, key)
         entry.update(value)
-        return entry, list(value), tuple(parts)
+        return entry, list(value)
     if append:
         current = node.setdefault(last, [])
         if not isinstance(current, list):
             raise ConfigError(f"--set {key}+=...: {key} is not a list")
         current.extend(value if isinstance(value, list) else [value])
-        return node, [], tuple(parts[:-1])
+        return node, []
     node[last] = value
-    return node, [last], tuple(parts[:-1])
+    return node, [last]
 
 
 def _list_entry(entries: list, selector: str, key: str) -> dict:
@@ -412,13 +422,18 @@ def fill_img_size(raw: dict) -> None:
 
 
 # ---------------------------------------------------------------- validation
-def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
+SECTIONS = ("data", "model", "method", "optim", "train")  # the mappings of keys, never null
+def config_from_dict(raw: dict, *, check_run_length: bool = True, world: int | None = None) -> Config:
     """A Config from the flat mapping (a config.yaml, a checkpoint's config, or load_config's
     layers), every key and value checked. Schedules given as percentages of the run are turned
     into epochs here, so the Config (and the config.yaml written from it) holds epochs."""
     from mimreg.plugins import import_user_modules
 
     raw = dict(raw)
+    for section in SECTIONS:
+        if section in raw and raw[section] is None:
+            raise ConfigError(f"{section}=null: a section cannot be null (that would put every {section} key back "
+                              f"to mimreg's defaults); set single keys instead, e.g. {section}.KEY=VALUE")
     import_user_modules(_as_list(raw.get("imports") or [], "imports"))
     from mimreg.methods import METHODS
     from mimreg.regularizers import REGULARIZERS
@@ -428,7 +443,7 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
     monitor_raw = [_monitor_mapping(r, i) for i, r in enumerate(_as_list(raw.pop("monitor", []) or [], "monitor"))]
     epochs = build_dataclass(TrainConfig, raw.get("train"), "config.train").epochs
     if isinstance(raw.get("optim"), dict):
-        optim = settle_alternatives(raw["optim"], OptimConfig, "config.optim")
+        optim = settle(raw["optim"], OptimConfig.alternatives, "config.optim")
         raw["optim"] = resolve_run_fractions(optim, OptimConfig, epochs, "config.optim")
     cfg = build_dataclass(Config, raw, "config")
     cfg.method = _named_entry(MethodConfig, method_raw, METHODS, "method")
@@ -436,10 +451,10 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True) -> Config:
     for i, entry in enumerate(regs_raw):
         if isinstance(entry, dict):
             where = f"regularizers.{entry.get('name', i)}"
-            entry = resolve_window(settle_alternatives(entry, RegularizerConfig, where), epochs, where)
+            entry = resolve_window(settle(entry, RegularizerConfig.alternatives, where), epochs, where)
         cfg.regularizers.append(_named_entry(RegularizerConfig, entry, REGULARIZERS, f"regularizers[{i}]"))
     cfg.monitor = [_named_entry(RegularizerConfig, r, REGULARIZERS, f"monitor[{i}]") for i, r in enumerate(monitor_raw)]
-    validate(cfg, check_run_length)
+    validate(cfg, check_run_length, world)
     return cfg
 
 
@@ -455,11 +470,6 @@ def config_from_stored(raw: dict) -> Config:
     raw["monitor"] = [{k: v for k, v in m.items() if k not in MONITOR_UNUSED} if isinstance(m, dict) else m
                       for m in raw.get("monitor") or []]
     return config_from_dict(raw, check_run_length=False)
-
-
-def settle_alternatives(mapping: dict, cls: type, where: str) -> dict:
-    """One alternative in force: the chosen one's keys kept, the others' set to null."""
-    return drop_other_alternatives(mapping, cls, chosen_alternative(mapping, cls, where))
 
 
 def _as_list(value: Any, where: str) -> list:
@@ -529,8 +539,17 @@ def resolve_window(entry: dict, epochs: int, where: str) -> dict:
     return out
 
 
-def check_schedules(cfg: Config) -> None:
-    """Windows inside the run, a warm-up shorter than the run."""
+def check_schedules(cfg: Config, world: int | None = None) -> None:
+    """Windows inside the run, a warm-up shorter than the run, a final lr no higher than the peak
+    (for `world` processes: the lr from optim.blr grows with them; None: as torchrun launched)."""
+    from mimreg.distributed import launched_world_size
+
+    world = launched_world_size() if world is None else world
+    optim = cfg.optim
+    if optim.min_lr > optim.lr_in_force(world):
+        raise ConfigError(f"optim.min_lr={optim.min_lr:g} is above the lr in force ({optim.lr_source(world)}): the lr "
+                          f"would climb during the cosine decay; set optim.min_lr <= {optim.lr_in_force(world):g} "
+                          "(e.g. 0)")
     epochs = cfg.train.epochs
     if cfg.optim.warmup_epochs >= epochs:
         raise ConfigError(f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} is as long as the run "
@@ -662,7 +681,7 @@ def _suggest(key: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def validate(cfg: Config, check_run_length: bool = True) -> None:
+def validate(cfg: Config, check_run_length: bool = True, world: int | None = None) -> None:
     """Checks that need more than one key, or a registry: composition, schedules, image geometry.
     (The range of each key is declared on its field and checked as it is read.)"""
     from mimreg.data import DATASET_NAMES
@@ -687,36 +706,24 @@ def validate(cfg: Config, check_run_length: bool = True) -> None:
     if batch_wide and cfg.optim.batch_size < 2:
         raise ConfigError(f"regularizers {batch_wide} are batch-wide and need optim.batch_size >= 2, "
                           f"got {cfg.optim.batch_size}")
+    for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):
+        for reg in entries:
+            REGULARIZERS[reg.name].check_options(reg.options, f"{section}.{reg.name}")
     if check_run_length:
-        check_schedules(cfg)
+        check_schedules(cfg, world)
     check_geometry(cfg)
 
 
 def check_geometry(cfg: Config) -> None:
-    """Whole patches, and a mask that leaves every masked view some visible patch."""
+    """Whole patches; then the method refuses what its options cannot do on this patch grid
+    (e.g. a mask that leaves a view no visible patch)."""
+    from mimreg.methods import METHODS
+
     size, patch = cfg.img_size, cfg.model.patch_size
     if size % patch:
         raise ConfigError(f"data.img_size={size} is not a multiple of model.patch_size={patch}; set data.img_size "
                           "to a multiple (images are resized to it) or change model.patch_size")
-    options = cfg.method.options
-    ratio = getattr(options, "mask_ratio", None)
-    if ratio is None:
-        return
-    grid = size // patch
-    unit = getattr(options, "mask_unit", 1)  # simmim masks squares of unit x unit patches
-    if grid % unit:
-        raise ConfigError(f"method.mask_unit={unit} must divide the {grid}x{grid} patch grid "
-                          f"(data.img_size={size} / model.patch_size={patch})")
-    cells = (grid // unit) ** 2
-    visible = cells - math.ceil(cells * ratio) if unit > 1 else int(cells * (1 - ratio))
-    what = "patches" if unit == 1 else f"{unit}x{unit}-patch blocks"
-    if visible < 1:
-        raise ConfigError(f"method.mask_ratio={ratio:g} leaves no visible patch of the {cells} {what} of a "
-                          f"{size}px image at model.patch_size={patch}; lower method.mask_ratio")
-    views = getattr(options, "num_masks", 1)
-    if views > 1 and getattr(options, "mask_mode", "orthogonal") == "orthogonal" and views * visible > cells:
-        raise ConfigError(f"method.num_masks={views} disjoint masks of {visible} visible {what} need "
-                          f"{views * visible}, the image has {cells}; lower method.num_masks or raise method.mask_ratio")
+    METHODS[cfg.method.name].check_options(cfg.method.options, size, patch)
 
 
 def config_to_dict(cfg: Config) -> dict:

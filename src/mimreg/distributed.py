@@ -110,9 +110,15 @@ def gather_objects(value) -> list:
     return out
 
 
+def launched_world_size() -> int:
+    """The number of processes `torchrun` launched (its WORLD_SIZE), 1 without torchrun; known
+    before the process group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(device_type: str) -> bool:
     """Join the process group that `torchrun` describes in the environment; False if none."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    if launched_world_size() <= 1 or is_distributed():
         return is_distributed()
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)

@@ -116,6 +116,11 @@ class Resources:
     signal_delay_s: int = 120  # USR2 this long before the time limit: time to finish a step and checkpoint
     max_requeues: int = 10  # timeouts the job may be requeued after
 
+    @property
+    def tasks(self) -> int:
+        """Tasks (processes) per node: tasks_per_node, else one per GPU (at least one)."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
 
 def build_executor(folder: Path, res: Resources, cluster: str | None, name: str):
     """A submitit executor for `cluster` (slurm, local; None: slurm where sbatch exists, else local)."""
@@ -128,7 +133,7 @@ def build_executor(folder: Path, res: Resources, cluster: str | None, name: str)
                                          **{f"{cluster}_max_num_timeout": res.max_requeues})
     except RuntimeError as err:  # submitit's own: no srun on this machine
         raise MimregError(f"--executor slurm: {err} (use --executor local to run the tasks here)") from None
-    tasks = res.tasks_per_node or max(1, res.gpus_per_node)
+    tasks = res.tasks
     specific = {"partition": res.partition, "account": res.account, "qos": res.qos,
                 "constraint": res.constraint, "signal_delay_s": res.signal_delay_s}
     executor.update_parameters(name=name, nodes=res.nodes, gpus_per_node=res.gpus_per_node, tasks_per_node=tasks,
@@ -151,7 +156,7 @@ def submit(config: str, overrides: list[str], out_dir: str | Path, res: Resource
 
     out_dir = Path(out_dir).resolve()
     if finetune is None:
-        job, name = _pretrain_job(config, overrides, out_dir)
+        job, name = _pretrain_job(config, overrides, out_dir, world=res.nodes * res.tasks)
     else:
         job, name = _finetune_job(finetune, overrides, out_dir, data, data_root)
     RunFolder(out_dir).checkpoint_to_resume(resume)  # the job checks what a resume may change
@@ -160,12 +165,12 @@ def submit(config: str, overrides: list[str], out_dir: str | Path, res: Resource
     return executor.submit(job)
 
 
-def _pretrain_job(config: str, overrides: list[str], out_dir: Path) -> tuple[TrainJob, str]:
+def _pretrain_job(config: str, overrides: list[str], out_dir: Path, world: int) -> tuple[TrainJob, str]:
     from mimreg.config import load_config
 
     if Path(config).suffix in (".yaml", ".yml"):
         config = str(Path(config).resolve())  # the job may start in another folder
-    cfg = load_config(config, overrides)  # a bad key fails here, not in the queue
+    cfg = load_config(config, overrides, world=world)  # a bad key fails here, not in the queue
     return TrainJob(str(config), list(overrides), str(out_dir)), f"mimreg-{cfg.recipe.replace('/', '-')}"
 
 

@@ -267,3 +267,17 @@ def test_every_recipe_builds(tiny_config, recipe):
     assert [m.name for m in trainee.monitors] == [m.name for m in cfg.monitor]
     assert trainee.probe is not None and trainee.probe.out_features == 10
     assert trainee.method.decoder.embed.out_features == 32
+
+
+def test_each_method_checks_its_own_mask_geometry_at_load():
+    """The method's check_options is the one place that knows its mask geometry; load_config asks it."""
+    from mimreg.methods import MAE, MSN, SimMIM
+
+    with pytest.raises(ConfigError, match=r"method\.mask_ratio=0\.99 leaves no visible patch of the 64 patches"):
+        load_config("msn", ["method.mask_ratio=0.99", "data.name=synthetic"])
+    with pytest.raises(ConfigError, match=r"method\.num_masks=5 disjoint masks of 16 visible patches need 80"):
+        MAE.check_options(MAEOptions(num_masks=5), 32, 4)
+    MAE.check_options(MAEOptions(num_masks=5, mask_mode="independent"), 32, 4)  # views may overlap
+    with pytest.raises(ConfigError, match=r"method\.mask_unit=3 must divide the 8x8 patch grid"):
+        SimMIM.check_options(SimMIM.Options(mask_unit=3), 32, 4)
+    MSN.check_options(MSN.Options(mask_ratio=0.7), 32, 4)

@@ -106,3 +106,15 @@ def test_round_trip_of_the_flat_form_keeps_the_choice():
     raw = config_to_dict(load_config("mae", ["optim.blr=0.01"]))
     assert (raw["optim"]["blr"], raw["optim"]["lr"]) == (0.01, None)
     assert config_from_dict(raw).optim == load_config("mae", ["optim.blr=0.01"]).optim
+
+
+def test_nulling_the_side_in_force_brings_back_the_default_side(tmp_path):
+    """A later layer that nulls the only side an earlier layer set leaves the default rule in
+    force (it used to leave both null: a TypeError at the first step, or at load)."""
+    path = tmp_path / "lr.yaml"
+    path.write_text(yaml.safe_dump({"preset": "digits", "method": {"name": "mae"}, "optim": {"lr": 2e-3}}))
+    cfg = load_config(path, ["optim.lr=null"])
+    assert (cfg.optim.blr, cfg.optim.lr) == (OptimConfig.blr, None)
+    assert learning_rate(cfg.optim, world=1) == pytest.approx(OptimConfig.blr * 128 / 256)
+    magma = load_config("m-mae", ["regularizers.magma.start_epoch=null"]).regularizers[0]
+    assert (magma.start_epoch, magma.gate_rec_loss) == (0, None)

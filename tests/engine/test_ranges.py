@@ -104,3 +104,91 @@ def test_a_refused_value_creates_no_run_folder(tmp_path, capsys):
     assert main(["pretrain", "mae", "--set", "optim.lr=-1", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: config.optim.lr=-1.0 is out of range")
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- non-finite numbers (issue 14, section 7)
+NON_FINITE = [
+    ("optim.lr=.inf", r"config\.optim\.lr=inf is out of range: it must be a finite number > 0"),
+    ("optim.blr=.inf", r"config\.optim\.blr=inf is out of range: it must be a finite number > 0"),
+    ("optim.min_lr=.inf", r"config\.optim\.min_lr=inf is out of range: it must be a finite number >= 0"),
+    ("optim.weight_decay=-.inf", r"config\.optim\.weight_decay=-inf is out of range: it must be a finite number"),
+    ("optim.clip_grad=.nan", r"config\.optim\.clip_grad=nan is out of range: it must be a finite number > 0"),
+    ("optim.lr=inf", r"config\.optim\.lr=inf is out of range"),  # the string YAML reads, coerced to a float
+    ("optim.betas=[0.9,.nan]", r"config\.optim\.betas=\(0\.9, nan\) is out of range: it must be a finite number"),
+    ("data.device_memory_gb=.inf", r"config\.data\.device_memory_gb=inf is out of range"),
+    ("method.mask_ratio=.nan", r"method\.mask_ratio=nan is out of range"),
+    ("regularizers.magma.weight=.inf", r"regularizers\.magma\.weight=inf is out of range: it must be a finite number >= 0"),
+    ("regularizers.magma.gate_rec_loss=.inf", r"regularizers\.magma\.gate_rec_loss=inf is out of range"),
+]
+
+
+@pytest.mark.parametrize("override, message", NON_FINITE, ids=[c[0] for c in NON_FINITE])
+def test_a_non_finite_number_fails_every_range(override, message):
+    recipe = "m-mae" if override.startswith("regularizers.") else "mae"
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(recipe, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_every_numeric_field_refuses_infinity_and_nan():
+    """Whatever its declared range (also `unbounded` ones), no numeric field admits inf, -inf, nan."""
+    from mimreg.bounds import check_value
+
+    for cls, f in numeric_fields():
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            assert check_value(f, bad, f.name), f"{cls.__name__}.{f.name} admits {bad}"
+
+
+def test_an_infinite_lr_creates_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "mae", "--set", "optim.lr=.inf", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: config.optim.lr=inf is out of range")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- keys checked together
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.min_lr=1"], r"optim\.min_lr=1 is above the lr in force \(optim\.lr=0\.001\)"),
+    (["optim.lr=null", "optim.blr=1e-3", "optim.min_lr=1e-3"],
+     r"optim\.min_lr=0\.001 is above the lr in force \(optim\.blr=0\.001 x 128 \(batch\) x 1 \(accum\) x 1 \(world\) / 256 = 0\.0005\)"),
+])
+def test_min_lr_above_the_lr_in_force_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("mae", overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_min_lr_up_to_the_lr_in_force_is_accepted(monkeypatch):
+    assert load_config("mae", ["optim.min_lr=1e-3"]).optim.min_lr == 1e-3  # equal to optim.lr: a flat schedule
+    blr = ["optim.lr=null", "optim.blr=1e-3", "optim.min_lr=1e-3"]  # 0.0005 in one process, 0.001 in two
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert load_config("mae", blr).optim.min_lr == 1e-3
+
+
+def test_a_min_lr_above_the_lr_creates_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "mae", "--set", "optim.min_lr=1", "--out", str(out)]) == 2
+    assert "optim.min_lr=1 is above the lr in force" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- a section is not nullable
+@pytest.mark.parametrize("section", ["train", "optim", "data", "model", "method"])
+def test_a_section_set_to_null_is_refused(section):
+    with pytest.raises(ConfigError, match=rf"^{section}=null: a section cannot be null") as info:
+        load_config("mae", [f"{section}=null"])
+    assert "\n" not in str(info.value)
+
+
+def test_a_section_left_empty_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: digits\nmethod:\n  name: mae\ntrain:\n")
+    with pytest.raises(ConfigError, match=r"train=null: a section cannot be null"):
+        load_config(path)
+
+
+def test_min_lr_is_checked_for_the_world_the_run_will_have():
+    blr = ["optim.lr=null", "optim.blr=1e-3", "optim.min_lr=1e-3"]  # 0.0005 x world
+    assert load_config("mae", blr, world=2).optim.min_lr == 1e-3  # what `mimreg submit` passes for its job
+    with pytest.raises(ConfigError, match=r"x 1 \(world\) / 256 = 0\.0005\)"):
+        load_config("mae", blr, world=1)

@@ -216,3 +216,53 @@ def test_export_never_overwrites_its_input_or_itself(tiny_run, capsys):
     assert torch.load(tiny_run / "vit.pth", weights_only=True)
     assert yaml.safe_load((tiny_run / "vit.json").read_text())["checkpoint"] == str(ckpt)
     assert not list(tiny_run.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------- --out that cannot hold a run folder
+def test_out_on_an_existing_file_is_refused_before_training(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    code, out, err = cli(capsys, "pretrain", "mae", "--out", target)
+    assert code == 2 and out == ""
+    assert err == (f"error: --out {target} is a file, not a folder; pass --out with a new or existing folder\n")
+    assert target.read_text() == "mine\n"
+
+
+def test_out_inside_a_file_is_refused_before_training(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    code, _, err = cli(capsys, "pretrain", "mae", "--out", target / "run")
+    assert code == 2
+    assert err == (f"error: --out {target / 'run'}: {target} is a file, not a folder; "
+                   "pass --out with a new or existing folder\n")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no one can make a folder")
+def test_out_in_a_place_that_cannot_be_written_is_refused_before_training(capsys):
+    place = Path("/proc/mimreg-no-such-place")  # even root cannot make a folder here
+    code, _, err = cli(capsys, "pretrain", "mae", "--out", place / "run")
+    assert code == 2
+    assert err.startswith(f"error: --out {place / 'run'}: cannot make a folder in /proc (")
+    assert err.endswith("); pass --out with a folder you can write to\n") and err.count("\n") == 1
+
+
+def test_out_in_a_read_only_folder_is_refused(tmp_path, monkeypatch):
+    from mimreg.engine import run_folder
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(run_folder.tempfile, "mkdtemp", refuse)  # as a read-only folder does, also for root
+    with pytest.raises(MimregError, match=rf"^--out {tmp_path / 'run'}: cannot make a folder in {tmp_path} "
+                                          r"\(permission denied\); pass --out with a folder you can write to$"):
+        run_folder.check_out_folder(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_run_folder_check_is_the_one_pretrain_makes(tmp_path):
+    from mimreg.engine.run_folder import RunFolder
+
+    target = tmp_path / "file"
+    target.write_text("")
+    with pytest.raises(MimregError, match=r"--out .*file is a file, not a folder"):
+        RunFolder(target).checkpoint_to_resume(resume=False)

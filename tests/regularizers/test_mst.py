@@ -339,3 +339,13 @@ def test_module_gradient_reaches_every_view():
     feats = {k: torch.randn(10, 6, requires_grad=True) for k in ("emb.0", "emb.1")}
     Mst(MstOptions())(feats).backward()
     assert all(torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0 for f in feats.values())
+
+
+def test_options_are_checked_by_the_regularizer_at_load():
+    """load_config asks the regularizer (check_options), with the key a user writes."""
+    from mimreg.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^regularizers\.mst\.features must name at least one feature"):
+        load_config("byol+t-regs", ["regularizers.mst.features=[]"])
+    with pytest.raises(ConfigError, match=r"^regularizers\.mst\.edge_weight=-1\.0 is out of range: it must be >= 0"):
+        Mst(MstOptions(edge_weight=-1.0))  # built directly: the same declared range as at load

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,26 @@ from mimreg.engine.checkpoint import latest_checkpoint
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import MimregError
 from mimreg.io import atomic_write, write_json_atomic
+
+def check_out_folder(path: str | Path) -> None:
+    """Refuse, in one line, a run folder that cannot be made or written: `path` or a folder above
+    it is a file, or the nearest existing folder refuses a new folder (read-only, no permission).
+    Probed by making (and removing) a folder there, which tells what the file system allows."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MimregError(f"--out {path} is a file, not a folder; pass --out with a new or existing folder")
+    place = path
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise MimregError(f"--out {path}: {place} is a file, not a folder; pass --out with a new or existing folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mimreg-probe-", dir=place))
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        raise MimregError(f"--out {path}: cannot make a folder in {place} ({reason}); "
+                          "pass --out with a folder you can write to") from None
+
 
 class RunFolder:
     """A pretraining run's folder. `open()` locks it for this process (a second run on the same
@@ -66,6 +87,7 @@ class RunFolder:
     def checkpoint_to_resume(self, resume: bool) -> Path | None:
         """The latest checkpoint (None: start fresh); refuses a folder that holds a run when not
         resuming. What a resume may change is engine/resume_rules.py's to say."""
+        check_out_folder(self.path)
         found = latest_checkpoint(self.checkpoints)
         if found is not None and not resume:
             raise MimregError(f"run folder {self.path} already holds checkpoints ({found.name}); pass --resume "

@@ -13,9 +13,7 @@ from mimreg.config import OptimConfig
 
 def learning_rate(cfg: OptimConfig, world: int) -> float:
     """Absolute lr: `lr` if set, else blr * effective_batch / 256 (MAE's scaling rule)."""
-    if cfg.lr is not None:
-        return cfg.lr
-    return cfg.blr * cfg.batch_size * cfg.accum_steps * world / 256
+    return cfg.lr_in_force(world)
 
 
 def lr_key(cfg: OptimConfig) -> str:
@@ -26,10 +24,7 @@ def lr_key(cfg: OptimConfig) -> str:
 def lr_source(cfg: OptimConfig, world: int) -> str:
     """How the lr in force comes about, e.g. `optim.lr=0.001`, or
     `optim.blr=0.001 x 128 (batch) x 1 (accum) x 1 (world) / 256 = 0.0005`."""
-    if cfg.lr is not None:
-        return f"optim.lr={cfg.lr:g}"
-    return (f"optim.blr={cfg.blr:g} x {cfg.batch_size} (batch) x {cfg.accum_steps} (accum) x {world} (world) "
-            f"/ 256 = {learning_rate(cfg, world):g}")
+    return cfg.lr_source(world)
 
 
 def lr_hint(cfg: OptimConfig) -> str:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mimreg.errors import MimregError
+from mimreg.errors import ConfigError, MimregError
 from mimreg.models import EncoderOutput, ViTEncoder
 
 METHODS: dict[str, type["Method"]] = {}
@@ -61,6 +61,12 @@ class Method(nn.Module):
         self.encoder = encoder
         self.options = options
 
+    @classmethod
+    def check_options(cls, options, img_size: int, patch_size: int) -> None:
+        """Refuse at load, with a ConfigError naming the key (`method.mask_ratio`), options that
+        cannot run on images of `img_size` px cut into patches of `patch_size` px (the range of
+        each option alone is declared on `Options`). Nothing to refuse by default."""
+
     def feature_names(self) -> set[str]:
         """Every feature name this method can return."""
         return {"cls", "mean", "tokens", "patch_embed", *(f"block.{i}" for i in range(self.encoder.depth))}
@@ -82,6 +88,19 @@ class Method(nn.Module):
 
     def on_step_end(self, progress: float) -> None:
         """Called after every optimizer step with the fraction of training done (EMA updates)."""
+
+
+def check_visible(ratio: float, visible: int, cells: int, what: str, img_size: int, patch_size: int,
+                  disjoint_masks: int = 1) -> None:
+    """A mask must leave each view `visible` >= 1 of the `cells` (patches or blocks, `what`), and
+    `disjoint_masks` masks with disjoint visible sets need that many times `visible` cells."""
+    if visible < 1:
+        raise ConfigError(f"method.mask_ratio={ratio:g} leaves no visible patch of the {cells} {what} of a "
+                          f"{img_size}px image at model.patch_size={patch_size}; lower method.mask_ratio")
+    k = disjoint_masks
+    if k > 1 and k * visible > cells:
+        raise ConfigError(f"method.num_masks={k} disjoint masks of {visible} visible {what} need {k * visible}, "
+                          f"the image has {cells}; lower method.num_masks or raise method.mask_ratio")
 
 
 def pooled_block_indices(needs: frozenset[str]) -> list[int]:

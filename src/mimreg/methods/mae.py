@@ -8,8 +8,9 @@ import torch
 
 from mimreg.bounds import bounded, one_of
 from mimreg.errors import ConfigError
-from mimreg.methods.base import Method, MethodOutput, Prediction, pooled_block_indices, register
+from mimreg.methods.base import Method, MethodOutput, Prediction, check_visible, pooled_block_indices, register
 from mimreg.models import MAEDecoder, Mask, ViTEncoder, mask_noise, orthogonal_masks, patchify, random_mask
+from mimreg.models.masking import num_visible
 from mimreg.numerics import fp32_loss
 
 
@@ -54,6 +55,13 @@ class MAE(Method):
             raise ConfigError("method.num_masks must be >= 1 and method.mask_mode 'orthogonal' or 'independent'")
         self.decoder = MAEDecoder(encoder.embed_dim, encoder.grid_size, encoder.patch_size,
                                   options.decoder_dim, options.decoder_depth, options.decoder_heads)
+
+    @classmethod
+    def check_options(cls, options: MAEOptions, img_size: int, patch_size: int) -> None:
+        cells = (img_size // patch_size) ** 2
+        disjoint = options.num_masks if options.mask_mode == "orthogonal" else 1
+        check_visible(options.mask_ratio, num_visible(cells, options.mask_ratio), cells, "patches", img_size,
+                      patch_size, disjoint)
 
     def predict(self, images: torch.Tensor, *, needs: frozenset[str] = frozenset(),
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> Prediction:

@@ -14,7 +14,7 @@ from torch import nn
 from mimreg.bounds import bounded
 from mimreg.distributed import gather_with_grad, is_distributed, world_size
 from mimreg.errors import ConfigError
-from mimreg.methods.base import Method, MethodOutput, pooled_block_indices, register
+from mimreg.methods.base import Method, MethodOutput, check_visible, pooled_block_indices, register
 from mimreg.models import ViTEncoder
 from mimreg.numerics import fp32_loss
 
@@ -77,6 +77,11 @@ def msn_loss(anchor: torch.Tensor, target: torch.Tensor, prototypes: torch.Tenso
     return {"msn": ce, "memax": memax_weight * memax}
 
 
+def anchor_keep(length: int, mask_ratio: float) -> int:
+    """Patches the anchor view keeps of its `length` after dropping `mask_ratio` of them."""
+    return int(length * (1 - mask_ratio))
+
+
 @dataclass
 class MSNOptions:
     mask_ratio: float = bounded(0.15, ge=0, lt=1)  # token drop on the anchor view (0.15 ViT-S/16 ... 0.7 ViT-B/4)
@@ -114,12 +119,17 @@ class MSN(Method):
     def no_weight_decay(self) -> set[str]:
         return {"prototypes"}  # as the official code: no decay on the prototypes
 
+    @classmethod
+    def check_options(cls, options: MSNOptions, img_size: int, patch_size: int) -> None:
+        cells = (img_size // patch_size) ** 2  # of the anchor view, at the image size
+        check_visible(options.mask_ratio, anchor_keep(cells, options.mask_ratio), cells, "patches", img_size, patch_size)
+
     def feature_names(self) -> set[str]:
         return {"cls", "mean", *(f"block.{i}" for i in range(self.encoder.depth))}
 
     def anchor_keep_ids(self, batch: int, device, generator) -> torch.Tensor:
         length = self.encoder.num_patches
-        keep = int(length * (1 - self.options.mask_ratio))
+        keep = anchor_keep(length, self.options.mask_ratio)
         if self.options.per_sample_masks:
             return torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)[:, :keep]
         return torch.randperm(length, device=device, generator=generator)[:keep].expand(batch, -1)

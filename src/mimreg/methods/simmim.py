@@ -10,9 +10,14 @@ from torch import nn
 
 from mimreg.bounds import bounded
 from mimreg.errors import ConfigError
-from mimreg.methods.base import Method, MethodOutput, Prediction, pooled_block_indices, register
+from mimreg.methods.base import Method, MethodOutput, Prediction, check_visible, pooled_block_indices, register
 from mimreg.models import ViTEncoder, patchify, take_tokens
 from mimreg.numerics import fp32_loss
+
+
+def visible_blocks(blocks: int, mask_ratio: float) -> int:
+    """Blocks left visible when ceil(ratio * blocks) of `blocks` are masked (SimMIM's count)."""
+    return blocks - math.ceil(blocks * mask_ratio)
 
 
 def block_mask(batch: int, grid: int, unit: int, mask_ratio: float, device=None,
@@ -39,7 +44,7 @@ def orthogonal_block_masks(batch: int, grid: int, unit: int, mask_ratio: float, 
         raise ConfigError(f"method.mask_unit {unit} must divide the {grid}x{grid} patch grid")
     side = grid // unit
     blocks = side**2
-    visible = blocks - math.ceil(blocks * mask_ratio)
+    visible = visible_blocks(blocks, mask_ratio)
     if num_masks * visible > blocks:
         raise ConfigError(f"{num_masks} masks with {visible} visible blocks each need {num_masks * visible} "
                           f"blocks, there are {blocks}; lower num_masks or raise mask_ratio")
@@ -83,6 +88,17 @@ class SimMIM(Method):
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}
+
+    @classmethod
+    def check_options(cls, options: SimMIMOptions, img_size: int, patch_size: int) -> None:
+        grid, unit = img_size // patch_size, options.mask_unit
+        if grid % unit:
+            raise ConfigError(f"method.mask_unit={unit} must divide the {grid}x{grid} patch grid "
+                              f"(data.img_size={img_size} / model.patch_size={patch_size})")
+        blocks = (grid // unit) ** 2
+        what = "patches" if unit == 1 else f"{unit}x{unit}-patch blocks"
+        check_visible(options.mask_ratio, visible_blocks(blocks, options.mask_ratio), blocks, what, img_size,
+                      patch_size, options.num_masks)
 
     def feature_names(self) -> set[str]:
         return super().feature_names() | {"visible_tokens", "visible_patch_embed"}

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mimreg.bounds import first_problem
 from mimreg.distributed import gather_with_grad
 from mimreg.errors import ConfigError
 
@@ -43,6 +44,7 @@ class Regularizer(nn.Module):
                  duration: int | None = None, gather: bool = True, depth: int = 0, embed_dim: int = 0,
                  gate_rec_loss: float | None = None):
         super().__init__()
+        self.check_options(options, f"regularizers.{self.name}")
         # MI-MAE's one-way switch: off until the reconstruction loss (an EMA) drops below the gate
         self.gate_rec_loss = gate_rec_loss
         self.register_buffer("gate_open", torch.tensor(gate_rec_loss is None))
@@ -51,6 +53,15 @@ class Regularizer(nn.Module):
         self.weight = self.default_weight if weight is None else float(weight)
         self.start_epoch, self.duration, self.gather = start_epoch, duration, gather
         self.setup(depth)
+
+    @classmethod
+    def check_options(cls, options: Any, key: str) -> None:
+        """Refuse options this regularizer cannot run with, as a ConfigError naming the key
+        (`regularizers.mst.features`): each field out of the range `Options` declares for it, and
+        (in a subclass) what involves several fields. Run at load, and when constructed directly."""
+        problem = first_problem(options, key)
+        if problem:
+            raise ConfigError(problem)
 
     def setup(self, depth: int) -> None:
         """Resolve options that depend on the encoder (e.g. negative block indices; `self.embed_dim`)."""

@@ -97,7 +97,7 @@ class ClubOptions:
     input_feature: str = "patch_embed"  # visible patch embeddings (+ pos), (B, N_vis, D) [ASSUMPTION]
     output_feature: str = "tokens"  # encoder output at the same positions, after the final norm
     hidden_dim: int | None = bounded(None, ge=1)  # H of q's branches; None = the encoder width D [UNKNOWN in paper]
-    variance: str = one_of("variance", "variance", "log_variance")  # what q's ReLU branch outputs: "variance" (+ var_eps) or "log_variance"
+    variance: str = one_of("variance", *VARIANCE_MODES)  # what q's ReLU branch outputs: "variance" (+ var_eps) or "log_variance"
     var_eps: float = bounded(1e-4, gt=0)
 
 
@@ -130,11 +130,7 @@ class Club(Regularizer):
     def setup(self, depth: int) -> None:
         if self.embed_dim <= 0:
             raise self.option_error("needs the encoder width (embed_dim) to build its network q(z|x)")
-        if self.options.variance not in VARIANCE_MODES:
-            raise self.option_error(f"variance must be one of {VARIANCE_MODES}, got {self.options.variance!r}")
         hidden = self.options.hidden_dim or self.embed_dim
-        if hidden < 1 or self.options.var_eps <= 0:
-            raise self.option_error("hidden_dim and var_eps must be positive")
         self.q = GaussianPosterior(self.embed_dim, hidden, self.options.variance, self.options.var_eps)
 
     def reads(self) -> tuple[str, ...]:

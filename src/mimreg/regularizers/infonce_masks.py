@@ -82,12 +82,6 @@ class InfoNCEMasks(Regularizer):
     Options = InfoNCEMasksOptions
     default_weight = 1.0
 
-    def setup(self, depth: int) -> None:
-        if self.options.num_views < 2:
-            raise self.option_error(f"num_views must be >= 2, got {self.options.num_views}")
-        if self.options.temperature <= 0:
-            raise self.option_error(f"temperature must be positive, got {self.options.temperature}")
-
     def reads(self) -> tuple[str, ...]:
         return (self.options.feature,)
 

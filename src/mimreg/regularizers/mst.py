@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from mimreg.bounds import bounded
+from mimreg.errors import ConfigError
 from mimreg.regularizers.base import Regularizer, register
 from mimreg.numerics import fp32_loss
 
@@ -234,11 +235,11 @@ class Mst(Regularizer):
     Options = MstOptions
     default_weight = 1.0
 
-    def setup(self, depth: int) -> None:
-        if not self.options.features:
-            raise self.option_error("features must name at least one feature")
-        if self.options.edge_weight < 0 or self.options.sphere_weight < 0:
-            raise self.option_error("edge_weight and sphere_weight must be >= 0")
+    @classmethod
+    def check_options(cls, options: MstOptions, key: str) -> None:
+        super().check_options(options, key)
+        if not options.features:
+            raise ConfigError(f"{key}.features must name at least one feature, e.g. [emb.0, emb.1]")
 
     def reads(self) -> tuple[str, ...]:
         return tuple(self.options.features)
