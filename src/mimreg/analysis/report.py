@@ -23,7 +23,7 @@ from mimreg.analysis.embedding import TITLES, embedding_title, plot_embedding_pa
 from mimreg.analysis.evaluations import flat_metrics, linear_top1, read_evaluations
 from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint
 from mimreg.engine.metrics import read_metrics
-from mimreg.engine.run_folder import RESUMABLE_KEYS, changed_keys
+from mimreg.engine.resume_rules import changes_no_number, differing_keys
 from mimreg.errors import MimregError
 from mimreg.eval.report import format_value
 from mimreg.io import atomic_write
@@ -118,7 +118,7 @@ def run_config(path: Path) -> tuple[dict, list[str]]:
     if problem:
         warnings = [f"{problem}; shown: the config stored in {found}"]
     else:
-        changed = [k for k in changed_keys(written, stored) if k not in RESUMABLE_KEYS]
+        changed = [k for k in differing_keys(written, stored) if not changes_no_number(k)]
         warnings = [f"{path / 'config.yaml'} differs from the config {found.name} trained with in {changed}; "
                     "shown: the checkpoint's"] if changed else []
     for warning in warnings:

@@ -35,12 +35,22 @@ def _leaf(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
+def changes_no_number(key: str) -> bool:
+    """Whether a change of the dotted `key` changes no number of a run (where it runs, how it logs)."""
+    return _leaf(key) in NO_EFFECT
+
+
+def differing_keys(a: dict, b: dict) -> dict[str, list]:
+    """Dotted key -> [value in a, value in b] for every leaf where the two records differ."""
+    before, after = flatten(a), flatten(b)
+    return {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+
+
 def resume_changes(saved: dict, now: dict, *, saved_world: int, world: int) -> dict[str, list]:
     """The on-purpose changes (key -> [before, now]) of resuming the run of `saved` (its record, written
     by `saved_world` processes) with `now` on `world` processes; a ConfigError for any other change."""
-    before, after = flatten(saved), flatten(now)
-    changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
-               if before.get(k) != after.get(k)}
+    after = flatten(now)
+    changed = differing_keys(saved, now)
     allowed = NO_EFFECT | ON_PURPOSE | ({"accum_steps"} if world != saved_world else set())
     refused = [k for k in changed if _leaf(k) not in allowed]
     if refused:
