@@ -55,7 +55,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
     SIGTERM / SIGINT stop the run after the current step with a checkpoint (RunInterrupted).
     """
     device = resolve_device(cfg.train.device, key="train.device")
-    dist.init_from_env(device.type)
+    dist.init_from_env(device.type, cfg.train.dist_timeout_s)
     trainer = Trainer(cfg, local_device(device, dist.is_distributed()))
     folder = RunFolder(run_dir)
     found = folder.check_resumable(cfg, resume)

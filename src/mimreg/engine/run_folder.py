@@ -22,7 +22,7 @@ from mimreg.io import atomic_write, write_json_atomic
 
 # settings that may change between a run and its resumption
 RESUMABLE_KEYS = ("train.halt_after_steps", "train.progress", "train.device", "train.strategy",
-                  "train.grad_checkpointing")
+                  "train.grad_checkpointing", "train.dist_timeout_s")
 
 
 class RunFolder:

@@ -127,7 +127,7 @@ def shard(trainee: nn.Module) -> nn.Module:
     # and every process was seeded differently: start them all from rank 0's weights, as DDP does
     with torch.no_grad():
         for tensor in [*trainee.parameters(), *trainee.buffers()]:
-            torch.distributed.broadcast(tensor, src=0)
+            dist.broadcast_(tensor, src=0)
     for block in [m for m in trainee.modules() if isinstance(m, Block)]:
         fully_shard(block)
     fully_shard(trainee)

@@ -171,16 +171,6 @@ def evaluate_classifier(model: torch.nn.Module, test: TransformedDataset, device
     return {"top1": float(100 * counts[0] / counts[2]), "top5": float(100 * counts[1] / counts[2])}
 
 
-def _gathered_rng() -> list[dict]:
-    """Every process's RNG states, in rank order (drop path and Mixup draw differently per process)."""
-    state = rng_state()
-    if not dist.is_distributed():
-        return [state]
-    states: list = [None] * dist.world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
 def _config_record(cfg: FinetuneConfig, checkpoint, data: str, preset: str) -> dict:
     return {"finetune": dataclasses.asdict(cfg), "pretrained": str(Path(checkpoint).resolve()), "data": data,
             "preset": preset, "processes": dist.world_size()}
@@ -331,7 +321,7 @@ class _Trainer:
         return float(loss.detach())
 
     def _checkpoint(self, progress: Progress, epoch: int) -> None:
-        states = _gathered_rng()  # a collective: every process takes part
+        states = dist.gather_objects(rng_state())  # a collective: every process takes part
         if dist.is_main_process():
             payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": states,
                        "step": progress.step, "epoch": epoch, "progress": dataclasses.asdict(progress),
