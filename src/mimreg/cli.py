@@ -10,12 +10,18 @@ import traceback
 from pathlib import Path
 
 from mimreg.cli_eval import add_checkpoint_args, add_eval_parser, add_results_parser
+from mimreg.console import guarded_output
 from mimreg.errors import MimregError, RunInterrupted
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with guarded_output():  # a closed pipe or terminal never stops a run
+        return run_command(args)
+
+
+def run_command(args) -> int:
     try:
         return args.run(args) or 0
     except RunInterrupted as err:
@@ -28,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 130
     except Exception as err:  # one clear line unless --debug
+        err = named_timeout(err)
         if args.debug:
             traceback.print_exc()
         else:
@@ -35,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(err, MimregError):
                 print("(run again with --debug for the traceback)", file=sys.stderr)
         return 2
+
+
+def named_timeout(err: Exception) -> Exception:
+    """A collective that timed out outside mimreg.distributed (DDP's gradient all-reduce, FSDP's
+    all-gathers) as the error mimreg.distributed gives, naming the rank(s) that stopped answering."""
+    if "torch.distributed" not in sys.modules:  # no process group could have timed out
+        return err
+    from mimreg import distributed
+
+    if not (distributed.is_timeout(err) and distributed.is_distributed()):
+        return err
+    return MimregError(distributed.timeout_message("a DDP or FSDP collective"))
 
 
 def is_main_process() -> bool:

@@ -44,6 +44,7 @@ class PretrainJob:
         # SLURM gives each task the node's GPUs; the loop picks cuda:LOCAL_RANK among them
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         from mimreg import distributed
+        from mimreg.console import say
         from mimreg.config import load_config
         from mimreg.engine.loop import pretrain
 
@@ -61,7 +62,7 @@ class PretrainJob:
         main = distributed.is_main_process()
         distributed.shutdown()
         if main:
-            print(f"done: {result.steps} steps; checkpoint {result.checkpoint}", flush=True)
+            say(f"done: {result.steps} steps; checkpoint {result.checkpoint}")
         return {"steps": result.steps, "halted": result.halted, "checkpoint": str(result.checkpoint)}
 
     def _stop_then_requeue(self, signum, frame) -> None:
