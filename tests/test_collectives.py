@@ -8,6 +8,7 @@ device move as real ones would; fake collectives record the device of what they 
 from __future__ import annotations
 
 import ast
+import datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch.distributed as torch_dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from mimreg import distributed as dist
+from mimreg.errors import ConfigError
 
 SRC = Path(dist.__file__).resolve().parent
 GPU = torch.device("cuda", 1)  # this process's GPU
@@ -97,6 +99,34 @@ def test_object_collectives_rely_on_the_current_cuda_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
     assert local_device(torch.device("cuda"), distributed=True) == GPU
     assert made_current == [GPU]
+
+
+def test_joining_nccl_makes_the_processs_gpu_current_and_sets_the_timeout(monkeypatch):
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
+    monkeypatch.setattr(torch_dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(dist, "_timeout_s", None)
+    assert dist.init_from_env("cuda", timeout_s=5)
+    assert calls == [("set_device", 1), ("init", {"backend": "nccl", "timeout": datetime.timedelta(seconds=5)})]
+
+
+def test_pretrain_joins_with_the_configured_timeout(monkeypatch, tmp_path, tiny_config):
+    from mimreg.engine.loop import pretrain
+
+    class Joined(Exception):
+        pass
+
+    def init_from_env(device_type, timeout_s=None):
+        raise Joined(timeout_s)
+
+    monkeypatch.setattr(dist, "init_from_env", init_from_env)
+    with pytest.raises(Joined, match="^42.0$"):
+        pretrain(tiny_config("mae", "train.dist_timeout_s=42"), tmp_path / "run")
+    assert tiny_config("mae").train.dist_timeout_s == 900  # not torch's 30 minutes
+    with pytest.raises(ConfigError, match="train.dist_timeout_s"):
+        tiny_config("mae", "train.dist_timeout_s=0")
 
 
 def test_gloo_takes_tensors_where_they_are(seen, monkeypatch):

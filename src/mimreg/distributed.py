@@ -130,8 +130,8 @@ def broadcast_from_main(value):
     """The main process's `value` (any picklable object) on every process; `value` in one process.
 
     Object collectives pickle into a tensor that torch places itself: on NCCL, on
-    torch.cuda.current_device(), which `devices.local_device` sets to this process's GPU
-    (torch.cuda.set_device) before any collective runs; without it every process would use cuda:0."""
+    torch.cuda.current_device(), which `init_from_env` (and `devices.local_device`) set to this
+    process's GPU; without it every process would use cuda:0."""
     if not is_distributed():
         return value
     box = [value]
@@ -191,6 +191,8 @@ def init_from_env(device_type: str, timeout_s: float | None = None) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return is_distributed()
     backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":  # NCCL's communicators and the object collectives use the current device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(backend=backend, timeout=timeout)
     _timeout_s = timeout_s
