@@ -24,6 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mimreg import distributed as dist
+from mimreg.console import say
 from mimreg.config import TrainConfig
 from mimreg.engine.checkpoint import load_matching_state
 from mimreg.errors import ConfigError
@@ -65,7 +66,7 @@ class Strategy:
         if self.cfg.sync_batchnorm:
             trainee, note = dist.sync_batchnorm(trainee, self.device)
             if note and dist.is_main_process():
-                print(note, flush=True)
+                say(note)
         if self.sharded:
             return shard(trainee), trainee
         ids = [self.device.index] if self.device.type == "cuda" else None
