@@ -353,18 +353,19 @@ def test_too_few_images_for_one_step(tmp_path, tiny_config):
 
 # ---------------------------------------------------------------- precision, probe, device
 def test_bf16_on_cpu_logs_finite_losses(tmp_path, tiny_config, monkeypatch):
-    qkv_dtypes = []  # what the encoder's first attention projection computed in, step by step
+    qkv_dtypes = []  # what the encoder's first attention projection computed in, in each training forward
     build = loop.build_trainee
 
     def build_with_a_probe(cfg, num_classes):
         trainee = build(cfg, num_classes)
         qkv = trainee.method.encoder.vit.blocks[0].attn.qkv
-        qkv.register_forward_hook(lambda module, args, out: qkv_dtypes.append(out.dtype))
+        # (the k-NN monitor embeds in eval mode, outside the step: not the step's precision)
+        qkv.register_forward_hook(lambda module, args, out: qkv_dtypes.append(out.dtype) if module.training else None)
         return trainee
 
     monkeypatch.setattr(loop, "build_trainee", build_with_a_probe)
     pretrain(tiny_config("u-mae", "data.subset=64", "train.precision=bf16"), tmp_path / "run")
-    assert qkv_dtypes and set(qkv_dtypes) == {torch.bfloat16}  # autocast was in force in every forward
+    assert qkv_dtypes == [torch.bfloat16] * 2  # autocast was in force in both steps
     rows = records(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
