@@ -131,8 +131,11 @@ def test_pretrain_joins_with_the_configured_timeout(monkeypatch, tmp_path, tiny_
 
 def test_gloo_takes_tensors_where_they_are(seen, monkeypatch):
     monkeypatch.setattr(torch_dist, "get_backend", lambda group=None: "gloo")
-    monkeypatch.setattr(torch_dist, "all_reduce", lambda t, op=None: (seen.append(("all_reduce", t.device)),
-                                                                      t.mul_(2 if op == torch_dist.ReduceOp.SUM else 1)))
+    def all_reduce(t, op=None):  # two processes holding the same values
+        seen.append(("all_reduce", t.device))
+        t.mul_(2 if op == torch_dist.ReduceOp.SUM else 1)
+
+    monkeypatch.setattr(torch_dist, "all_reduce", all_reduce)
     x = torch.tensor([1.0, 2.0])
     assert dist.all_reduce_mean(x).tolist() == [1.0, 2.0]  # the sum of two equal values, over 2
     assert dist.all_reduce_min(x).tolist() == [1.0, 2.0]
