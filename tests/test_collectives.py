@@ -142,6 +142,46 @@ def test_gloo_takes_tensors_where_they_are(seen, monkeypatch):
     assert seen == [("all_reduce", CPU)] * 2 and x.tolist() == [1.0, 2.0]
 
 
+# ---------------------------------------------------------------- timeouts
+class FakeStore:
+    """The process group's store, as the other ranks left it."""
+
+    def __init__(self, **keys):
+        self.keys = {k: v.encode() for k, v in keys.items()}
+
+    def set(self, key, value):
+        self.keys[key] = value.encode()
+
+    def check(self, keys):
+        return all(k in self.keys for k in keys)
+
+    def get(self, key):
+        return self.keys[key]
+
+
+def test_a_timeout_names_the_silent_ranks_and_those_waiting_elsewhere(seen, monkeypatch):
+    monkeypatch.setattr(torch_dist, "get_world_size", lambda group=None: 4)
+    monkeypatch.setattr(dist, "_timeout_s", 2.0)  # a grace of 1 s for the others to say where they wait
+    store = FakeStore(**{"mimreg/timed_out/2": "barrier", "mimreg/timed_out/3": "all_reduce"})
+    monkeypatch.setattr(torch_dist.distributed_c10d, "_get_default_store", lambda: store)
+    assert dist.timeout_message("all_reduce") == (
+        "process group timed out after 2 s waiting in all_reduce on rank 0; rank 1 stopped answering (in no "
+        "collective); rank 2 waited in barrier instead; read that rank's output, or raise train.dist_timeout_s "
+        "if a step really takes that long")
+    assert store.get("mimreg/timed_out/0") == b"all_reduce"  # where this rank waited, for the others
+
+
+def test_the_cli_names_the_rank_for_a_timeout_outside_the_helpers(seen, monkeypatch):
+    from mimreg.cli import named_timeout
+    from mimreg.errors import MimregError
+
+    monkeypatch.setattr(dist, "timeout_message", lambda collective: f"timed out in {collective}; rank 1 ...")
+    err = named_timeout(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv"))
+    assert isinstance(err, MimregError) and str(err) == "timed out in a DDP or FSDP collective; rank 1 ..."
+    other = RuntimeError("Connection closed by peer")
+    assert named_timeout(other) is other
+
+
 # ---------------------------------------------------------------- no collective outside mimreg.distributed
 COLLECTIVES = {
     "all_reduce", "all_reduce_coalesced", "all_reduce_multigpu", "all_gather", "all_gather_object",
