@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import mimreg.slurm
@@ -234,13 +235,91 @@ class FinishedJob:
         return [self.result]
 
 
-def run_readme_line(argv: list[str], folder: Path, monkeypatch, capsys, torchrun) -> None:
+def run_readme_line(argv: list[str], folder: Path, monkeypatch, capsys, torchrun) -> str:
+    """Run the line; what it printed on stdout."""
     if argv[0] == "torchrun":
-        torchrun(argv[argv.index("-m"):], cwd=folder)  # conftest's: 2 processes on this node, one thread each
-        return
+        return torchrun(argv[argv.index("-m"):], cwd=folder).stdout  # conftest's: 2 processes here, one thread each
     monkeypatch.setattr(mimreg.slurm, "build_executor", lambda log, res, cluster, name: RunAtOnce(log))
     code = main(argv[1:])
-    assert code == 0, f"{shlex.join(argv)} exited {code}: {capsys.readouterr().err[-2000:]}"
+    printed = capsys.readouterr()
+    assert code == 0, f"{shlex.join(argv)} exited {code}: {printed.err[-2000:]}"
+    return printed.out
+
+
+def file_times(folder: Path) -> dict[Path, int]:
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def written_since(folder: Path, before: dict[Path, int]) -> list[str]:
+    """The files (relative paths) created or rewritten since `before`."""
+    return sorted(str(p) for p, t in file_times(folder).items() if before.get(p) != t)
+
+
+def option(argv: list[str], name: str, default=None):
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+# ---------------------------------------------------------------- what each line must print or write
+def check_what_it_did(argv: list[str], folder: Path, printed: str, written: list[str]) -> None:
+    """Each command's own evidence of its work: what it prints and the files it writes."""
+    if argv[0] == "torchrun":
+        argv = ["mimreg", *argv[argv.index("-m") + 2:]]
+    command = argv[1]
+    if command == "recipes":
+        assert "recipes (" in printed and "\n  u-mae " in printed and "regularizers:\n" in printed, printed
+        assert "\n  magma " in printed
+    elif command in ("pretrain", "submit"):
+        if command == "submit":
+            assert "submitted job local-0: " in printed, printed
+        stopped = re.search(r"(?:halted at step \d+ \(train.halt_after_steps\)|done: \d+ steps); checkpoint (\S+)",
+                            printed.replace(" with checkpoint ", "; checkpoint "))
+        assert stopped or command == "submit", printed
+        assert any(re.search(r"checkpoints/ckpt_\d+\.pt$", f) for f in written), written
+        assert any(f.endswith("metrics.jsonl") for f in written), written
+    elif command == "eval":
+        check_evaluation(argv, printed, written)
+    elif command == "results":
+        for run in argv[2:]:
+            if not run.startswith("--") and run not in ("markdown", "csv", "json"):
+                assert Path(run).name in printed, (run, printed)
+        assert "linear" in printed or "knn" in printed, printed  # the columns of the evaluations before it
+    elif command == "analyze":
+        shown = dict(re.findall(r"^(\w+): (\S+\.png) \(", printed, flags=re.M))
+        asked = option(argv, "--pictures")
+        assert shown and (asked is None or sorted(shown) == sorted(asked.split(","))), printed
+        for path in shown.values():
+            assert (folder / path).read_bytes()[:4] == b"\x89PNG" and any(path.endswith(f) for f in written)
+        assert "erank" in printed and "DBI" in printed, printed
+    elif command == "report":
+        out = option(argv, "--out")
+        assert f"report: {out}" in printed and out in written, printed
+        page = (folder / out).read_text()
+        assert all(Path(run).name in page for run in argv[2:argv.index("--out")])
+    elif command == "export":
+        out = option(argv, "--out")
+        assert printed.startswith(f"wrote {out}; load it with") and out in written, printed
+        weights = torch.load(folder / out, weights_only=True)
+        assert "cls_token" in weights and "blocks.0.attn.qkv.weight" in weights, sorted(weights)[:5]
+    elif command == "demo":
+        page = re.search(r"^report: (\S+) \(total", printed, flags=re.M)
+        assert page and page.group(1) in written, printed
+        recipes = option(argv, "--recipes", "mae,u-mae,m-mae,mu-mae").split(",")
+        assert all(f"== {r}: " in printed for r in recipes), printed
+    else:
+        raise AssertionError(f"no check of what `{command}` prints or writes: add one")
+
+
+EVAL_PRINTS = {"linear": "linear top1", "knn": "knn20 cosine", "lowshot": "lowshot", "robustness": "mask ratio",
+               "finetune": "fine-tuned: top-1"}
+
+
+def check_evaluation(argv: list[str], printed: str, written: list[str]) -> None:
+    """An evaluation prints its table and writes one RUN/evals/<protocol>...json per pool."""
+    protocol = argv[2]
+    assert EVAL_PRINTS[protocol] in printed, printed
+    results = [f for f in written if re.search(rf"evals/{protocol}[-_][^/]*\.json$", f)]
+    pools = len(dict.fromkeys(argv[i + 1] for i, a in enumerate(argv) if a == "--pool")) or 1
+    assert len(results) == (1 if protocol in ("robustness", "finetune") else pools), written
 
 
 def prepare_missing_runs(argv: list[str], folder: Path) -> None:
@@ -279,7 +358,10 @@ def test_readme_command_runs(number, command, workspace, monkeypatch, capsys, to
     argv = with_tiny_sizes(concrete(command, {**data, "line": number}))
     prepare_missing_runs(argv, folder)
     set_aside_default_folder(argv, folder, number)
-    run_readme_line(argv, folder, monkeypatch, capsys, torchrun)
+    capsys.readouterr()  # what the preparation printed
+    before = file_times(folder)
+    printed = run_readme_line(argv, folder, monkeypatch, capsys, torchrun)
+    check_what_it_did(argv, folder, printed, written_since(folder, before))
     if argv[1] == "pretrain" and "--out" in argv:
         out = folder / argv[argv.index("--out") + 1]
         assert any(json.loads(line)["kind"] == "train" for line in (out / "metrics.jsonl").read_text().splitlines())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mimreg.cli_eval import (add_checkpoint_args, add_eval_parser, add_import_args, add_results_parser,
                              import_consented, is_main_process, resume_command)
+from mimreg.console import guarded_output
 from mimreg.errors import MimregError, RunInterrupted
 
 
@@ -18,18 +19,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given: what `resume_command` repeats
+    with guarded_output():  # a closed pipe or terminal never stops a run
+        return run_command(args)
+
+
+def run_command(args) -> int:
     try:
         return args.run(args) or 0
     except RunInterrupted as err:
         if is_main_process():
             out = Path(err.checkpoint).parent.parent if err.checkpoint else None
-            print(f"{err}; continue with:\n  {resume_command(argv, out)}", file=sys.stderr)
+            print(f"{err}; continue with:\n  {resume_command(args.argv, out)}", file=sys.stderr)
         return 128 + signal.Signals[err.signal_name].value
     except KeyboardInterrupt:
         if is_main_process():
-            print(f"interrupted; continue with:\n  {resume_command(argv, None)}", file=sys.stderr)
+            print(f"interrupted; continue with:\n  {resume_command(args.argv, None)}", file=sys.stderr)
         return 130
     except Exception as err:  # one clear line unless --debug
+        err = named_timeout(err)
         if args.debug:
             traceback.print_exc()
         else:
@@ -37,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(err, MimregError):
                 print("(run again with --debug for the traceback)", file=sys.stderr)
         return 2
+
+
+def named_timeout(err: Exception) -> Exception:
+    """A collective that timed out outside mimreg.distributed (DDP's gradient all-reduce, FSDP's
+    all-gathers) as the error mimreg.distributed gives, naming the rank(s) that stopped answering."""
+    if "torch.distributed" not in sys.modules:  # no process group could have timed out
+        return err
+    from mimreg import distributed
+
+    if not (distributed.is_timeout(err) and distributed.is_distributed()):
+        return err
+    return MimregError(distributed.timeout_message("a DDP or FSDP collective"))
 
 
 def one_line(err: Exception) -> str:

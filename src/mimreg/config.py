@@ -127,6 +127,7 @@ class TrainConfig:
     progress: bool = True
     halt_after_steps: int | None = bounded(None, ge=1)  # stop early as if interrupted (to exercise --resume)
     strategy: str = one_of("ddp", "ddp", "fsdp")  # under torchrun: ddp (a replica per process) or fsdp (FSDP2, sharded per block)
+    dist_timeout_s: float = bounded(900.0, ge=1, le=86400)  # under torchrun: a collective waits this long for a silent process
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     knn_every: int | None = bounded(None, ge=0)  # epochs between online k-NN measurements; None: auto (when labelled); 0: off
     knn_bank: int = bounded(320, ge=1)  # random training images in the online k-NN memory bank

@@ -50,6 +50,7 @@ class TrainJob:
         # SLURM gives each task the node's GPUs; the engine picks cuda:LOCAL_RANK among them
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         from mimreg import distributed
+        from mimreg.console import say
 
         self._requeue_signal = submitit.JobEnvironment._usr_sig()
         self._submitit_handler = signal.signal(self._requeue_signal, self._stop_then_requeue)
@@ -65,7 +66,7 @@ class TrainJob:
         main = distributed.is_main_process()
         distributed.shutdown()
         if main:
-            print(f"done: {result['steps']} steps; checkpoint {result['checkpoint']}", flush=True)
+            say(f"done: {result['steps']} steps; checkpoint {result['checkpoint']}")
         return result
 
     def train(self) -> dict:

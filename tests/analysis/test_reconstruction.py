@@ -101,11 +101,32 @@ def test_methods_without_pixels_say_so():
         method.predict(torch.zeros(1, 3, 32, 32))
 
 
-def test_picture_has_four_rows_of_the_images(tmp_path):
+def test_picture_has_four_rows_of_the_images(tmp_path, monkeypatch):
+    import numpy as np
     from PIL import Image
 
+    from mimreg.analysis import reconstruction
+    from mimreg.analysis._plotting import DPI
+
+    drawn = {}
+    draw = reconstruction.image_grid
+
+    def image_grid(rows, labels, **options):
+        drawn.update(rows=[np.stack(row) for row in rows], labels=list(labels))
+        return draw(rows, labels, **options)
+
+    monkeypatch.setattr(reconstruction, "image_grid", image_grid)
     method, x = make(MAE), images(4).float()
     shown = Images(x, torch.zeros(4, dtype=torch.long), torch.full((3,), 0.5), torch.full((3,), 0.25), ["a"])
     path = plot_reconstructions(method.float(), shown, tmp_path / "rec.png")
+    assert drawn["labels"] == ["original", "masked input", "prediction", "prediction\n+ visible"]
+    original, masked, prediction, pasted = drawn["rows"]
+    assert original.shape == masked.shape == prediction.shape == pasted.shape == (4, 32, 32, 3)
+    np.testing.assert_allclose(original, shown.pixels(), atol=1e-6)  # the images themselves, un-normalised
+    hidden = (masked == 0.5).all(-1)  # grey where the mask hides the patch
+    assert hidden.mean() == pytest.approx(0.75)  # MAE's mask ratio
+    np.testing.assert_allclose(masked[~hidden], original[~hidden], atol=1e-6)
+    np.testing.assert_allclose(pasted[~hidden], original[~hidden], atol=1e-6)  # visible patches as they were
+    np.testing.assert_allclose(pasted[hidden], prediction[hidden], atol=1e-6)  # hidden ones predicted
     width, height = Image.open(path).size
-    assert width > height > width / 2  # 4 rows of 4 images (plus labels)
+    assert height == round((4 * 1.0 + 0.1) * DPI)  # the PNG holds the four one-inch rows

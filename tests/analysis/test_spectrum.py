@@ -77,7 +77,14 @@ def test_bad_shapes_raise():
         effective_rank(torch.tensor([1.0, -1.0]))
 
 
-def test_plot_spectrum_writes_png(tmp_path):
+def test_plot_spectrum_writes_png(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mimreg.analysis import spectrum
+
+    figures = []
+    save = spectrum.save_png
+    monkeypatch.setattr(spectrum, "save_png", lambda figure, path: (figures.append(figure), save(figure, path))[1])
     x = random_features()
     low_rank = x[:, :2] @ torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
     path = plot_spectrum(
@@ -86,7 +93,17 @@ def test_plot_spectrum_writes_png(tmp_path):
         title="spectra",
     )
     data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 1000
+    assert data[:8] == PNG_MAGIC and Image.open(path).size == (768, 528)  # the 6.4 x 4.4 inch figure
+    (axes,) = figures[0].axes
+    assert axes.get_title() == "spectra" and axes.get_yscale() == "log"
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert list(lines) == ["full", "low rank", "from features"]
+    full = singular_values(x).numpy()
+    for label in ("full", "from features"):  # features are drawn as their centred spectrum
+        np.testing.assert_array_equal(lines[label].get_xdata(), np.arange(1, 17))
+        np.testing.assert_allclose(lines[label].get_ydata(), full / full[0], rtol=1e-6)
+    low = lines["low rank"].get_ydata()
+    assert low[0] == 1 and low[1] > 1e-3 and low[2:].max() < 1e-5  # rank 2: two values, then rounding
 
 
 def test_plot_spectrum_rejects_empty_input(tmp_path):

@@ -17,11 +17,16 @@ from mimreg.errors import DataError
 
 
 @pytest.mark.parametrize("size", [(50, 30), (30, 50), (8, 8)])
-def test_output_is_normalised_float_square(size):
-    image = Image.new("RGB", size, (128, 64, 32))
-    for transform in (pretrain_transform(24), eval_transform(24)):
+@pytest.mark.parametrize("dataset", ["cifar10", None])  # None: the default, ImageNet's statistics
+def test_output_is_normalised_float_square(size, dataset):
+    image = Image.new("RGB", size, (128, 64, 32))  # one colour: any crop, resize or flip keeps it
+    mean, std = dataset_stats(dataset) if dataset else IMAGENET_STATS
+    stats = {"mean": mean, "std": std} if dataset else {}
+    expected = (torch.tensor([128, 64, 32]) / 255 - torch.tensor(mean)) / torch.tensor(std)
+    for transform in (pretrain_transform(24, **stats), eval_transform(24, **stats)):
         out = transform(image)
         assert out.shape == (3, 24, 24) and out.dtype == torch.float32
+        torch.testing.assert_close(out, expected[:, None, None].expand(3, 24, 24), rtol=0, atol=1e-5)
 
 
 def test_eval_transform_normalises_with_given_stats():

@@ -1,6 +1,9 @@
 """Two processes (torchrun, gloo, CPU) must equal one process on the concatenated batch."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from mimreg.regularizers import magma_loss, uniformity_loss
 from support import assert_same_gradients
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+TIMEOUT_WORKER = Path(__file__).with_name("timeout_worker.py")
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +80,19 @@ def test_pretrain_cli_under_torchrun(tmp_path, torchrun):
     assert sum(line.startswith("epoch 1/1 step 4:") for line in out) == 1, proc.stdout
     assert sum("= 64 tokens" in line for line in out) == 1, proc.stdout
     assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_hung_process_is_named_after_the_timeout(tmp_path):
+    """Rank 1 hangs outside any collective; rank 0 gives up after the 5 s timeout (and a grace of
+    half of it for the census), naming rank 1, instead of waiting torch's 30 minutes."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(TIMEOUT_WORKER), str(tmp_path), "5"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    said = json.loads((tmp_path / "rank0.json").read_text())
+    assert said["message"] == ("process group timed out after 5 s waiting in all_reduce on rank 0; rank 1 stopped "
+                               "answering (in no collective); read that rank's output, or raise "
+                               "train.dist_timeout_s if a step really takes that long")
+    assert 5 <= said["waited_s"] < 10

@@ -68,18 +68,42 @@ def without_time(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(path / "metrics.jsonl")]
 
 
+def assert_same_records(run: Path, reference: Path) -> None:
+    """Every record of metrics.jsonl, in order, equals the reference run's (time aside)."""
+    got, want = without_time(run), without_time(reference)
+    assert [(r["kind"], r.get("step"), sorted(r)) for r in got] == [(r["kind"], r.get("step"), sorted(r)) for r in want]
+    for a, b in zip(got, want):
+        numbers = {k for k, v in b.items() if isinstance(v, float)}
+        assert {k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
+        assert {k: a[k] for k in numbers} == pytest.approx({k: b[k] for k in numbers}, rel=1e-6, abs=1e-7)
+
+
+@pytest.fixture(scope="module")
+def references(request, tmp_path_factory):
+    """name -> (the scenario, its uninterrupted run), each run once per module."""
+    made = {}
+
+    def reference(name: str) -> tuple[Scenario, Path]:
+        if name not in made:
+            pretrained = None
+            if name == "finetune":  # a private copy: fine-tuning writes its result into the run folder
+                pretrained = shutil.copytree(request.getfixturevalue("tiny_run_dir"),
+                                             tmp_path_factory.mktemp("pre") / "run")
+            chosen = Scenario(name, pretrained)
+            out = tmp_path_factory.mktemp("faults") / "reference"
+            proc = chosen.run("none", out)
+            assert proc.returncode == 0, proc.stderr
+            made[name] = chosen, out
+        return made[name]
+
+    return reference
+
+
 @pytest.fixture(scope="module", params=[
     "pretrain", "finetune", "pretrain-accum3", pytest.param("pretrain-accum2", marks=pytest.mark.slow)])
-def scenario(request, tmp_path_factory) -> tuple[Scenario, Path]:
+def scenario(request, references) -> tuple[Scenario, Path]:
     """A scenario and its uninterrupted run."""
-    pretrained = None
-    if request.param == "finetune":  # a private copy: fine-tuning writes its result into the run folder
-        pretrained = shutil.copytree(request.getfixturevalue("tiny_run_dir"), tmp_path_factory.mktemp("pre") / "run")
-    chosen = Scenario(request.param, pretrained)
-    out = tmp_path_factory.mktemp("faults") / "reference"
-    proc = chosen.run("none", out)
-    assert proc.returncode == 0, proc.stderr
-    return chosen, out
+    return references(request.param)
 
 
 def test_every_fault_is_resumed_to_the_uninterrupted_run(scenario, tmp_path):
@@ -142,14 +166,47 @@ def test_every_fault_is_resumed_to_the_uninterrupted_run(scenario, tmp_path):
     assert chosen.done in proc.stdout
 
     # every record, in order, equals the uninterrupted run's (time aside), and so do the weights
-    got, want = without_time(run), without_time(reference)
-    assert [(r["kind"], r.get("step"), sorted(r)) for r in got] == [(r["kind"], r.get("step"), sorted(r)) for r in want]
-    for a, b in zip(got, want):
-        numbers = {k for k, v in b.items() if isinstance(v, float)}
-        assert {k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
-        assert {k: a[k] for k in numbers} == pytest.approx({k: b[k] for k in numbers}, rel=1e-6, abs=1e-7)
+    assert_same_records(run, reference)
     final, expected = load_checkpoint(run)["model"], load_checkpoint(reference)["model"]
     for key, value in expected.items():
         torch.testing.assert_close(final[key], value, rtol=0, atol=1e-6, msg=key)
     assert json.loads((run / "summary.json").read_text())["stopped_by"] is None
     assert [p.name for p in list_checkpoints(ckpts)] == [f"ckpt_{s:08d}.pt" for s in (9, 11, 12)]
+
+
+def test_sighup_stops_with_a_checkpoint_and_resumes(references, tmp_path):
+    """A closed terminal (SIGHUP) stops the run as SIGTERM does: after the step, with a checkpoint,
+    exit 129; the resumed run ends as the uninterrupted one."""
+    chosen, reference = references("pretrain")
+    run_mimreg = chosen.run
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    proc = run_mimreg("SIGHUP@pause_after_step=6", run, wait=False, FAULT_MARKER=str(marker))
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()
+    proc.send_signal(signal.SIGHUP)
+    marker.with_suffix(".go").write_text("")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "SIGHUP received: stopping after this step" in err and "stopped by SIGHUP at step 6" in err
+    assert latest_checkpoint(run / "checkpoints").name == "ckpt_00000006.pt"
+    proc = run_mimreg("none", run, "--resume")
+    assert proc.returncode == 0 and "done: 12 steps" in proc.stdout, proc.stderr
+    assert_same_records(run, reference)
+
+
+def test_a_closed_stdout_pipe_never_stops_training(tmp_path):
+    """`mimreg pretrain ... | head -1`: the reader goes away after the first line; the run still
+    trains to its end and writes its final checkpoint, with no error at exit."""
+    run = tmp_path / "run"
+    proc = Scenario("pretrain").run("none", run, wait=False)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` exits
+    err = proc.stderr.read()
+    proc.wait(timeout=300)
+    assert first.startswith("digits/u-mae: 128 images"), first
+    assert proc.returncode == 0, err
+    assert err == ""  # neither a BrokenPipeError nor Python's "Exception ignored ... flush" at exit
+    assert latest_checkpoint(run / "checkpoints").name == "ckpt_00000012.pt"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12

@@ -114,6 +114,13 @@ def test_settings_are_checked_with_the_fix_named():
     assert (base.warmup_epochs, large.warmup_epochs) == (5.0, 5.0)  # MAE's 5 warm-up epochs of 100 / of 50
 
 
+@pytest.mark.parametrize("key", ["blr", "lr", "min_lr", "weight_decay", "mixup", "clip_grad", "dist_timeout_s"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_fine_tuning_settings_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"fine-tuning {key}=(inf|nan) is not a finite number"):
+        resolve_config("vit_micro", 6, {key: value})
+
+
 def test_the_warm_up_follows_a_shortened_run_and_never_covers_it():
     assert resolve_config("vit_micro", 6, {"epochs": 2})[0].warmup_epochs == pytest.approx(0.1)  # 5% of the run
     assert resolve_config("vit_micro", 6, {"epochs": 8, "warmup_epochs": "25%"})[0].warmup_epochs == 2.0

@@ -298,8 +298,19 @@ def test_missing_views_are_a_config_error(images):
 
 
 def test_two_views_without_focal_views_work():
-    out = make_msn()(msn_views_batch(focal=0))
-    assert torch.isfinite(out.losses["msn"])
+    """Without focal views the anchors are the masked anchor view alone: the loss rebuilt by hand
+    from it (float64) is the method's."""
+    m = make_msn().double()
+    views = [v.double() for v in msn_views_batch(focal=0)]
+    out = m(views, generator=torch.Generator().manual_seed(7))
+    keep = m.anchor_keep_ids(4, "cpu", torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        target = m.target_head(m.target_encoder.forward_masked(views[0], None).cls)
+        anchors = m.head(m.encoder.forward_masked(views[1], keep).cls)
+        expected = msn_loss(anchors, target, m.prototypes, gather=False)
+    assert out.losses["msn"].item() == pytest.approx(expected["msn"].item(), rel=1e-10)
+    assert out.losses["memax"].item() == pytest.approx(expected["memax"].item(), rel=1e-10, abs=1e-12)
+    assert out.losses["msn"].item() > 0.1  # a real cross-entropy, not a degenerate one
 
 
 def test_prototypes_are_not_weight_decayed():

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimreg.config import Config
+from mimreg.console import say
 from mimreg.data import Batch, MultiView, TransformedDataset, collate_skipping_bad, dataset_stats, load_dataset, msn_views
 from mimreg.data.batch_augment import BatchAugment
 from mimreg.data.base import BadSample
@@ -228,7 +229,7 @@ def _device_images(cfg: Config, raw, rank: int) -> DecodedImages | None:
         if d.pipeline == "device":
             raise
         if rank == 0:
-            print(f"data.pipeline auto: using the loader pipeline ({exc})", flush=True)
+            say(f"data.pipeline auto: using the loader pipeline ({exc})")
         return None
     if decoded.bad_files and not d.skip_bad_images:  # a cache written with skip_bad_images: true
         path = next(iter(decoded.bad_files.values()))

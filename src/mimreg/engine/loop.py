@@ -56,14 +56,15 @@ def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
 
 def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResult:
     """Pretrain from `cfg` into `run_dir`, or continue the run there with `resume`."""
-    device = join_processes(cfg.train.device, key="train.device")
+    device = join_processes(cfg.train.device, key="train.device", timeout_s=cfg.train.dist_timeout_s)
     return run_task(PretrainTask(cfg, device), run_dir, resume, device)
 
 
-def join_processes(device: str, key: str) -> torch.device:
-    """The device this process trains on, after joining the process group torchrun describes."""
+def join_processes(device: str, key: str, timeout_s: float | None) -> torch.device:
+    """The device this process trains on, after joining the process group torchrun describes
+    (`timeout_s`: how long a collective waits for a silent process)."""
     wanted = resolve_device(device, key=key)
-    dist.init_from_env(wanted.type)
+    dist.init_from_env(wanted.type, timeout_s)
     return local_device(wanted, dist.is_distributed())
 
 
@@ -307,7 +308,8 @@ class Trainer:
             summary.update({k: v for k, v in evaluation.items() if k != "kind"})
             self.module.train()
         if self.main:
-            say(f"epoch {epoch + 1}/{self.train.epochs} step {self.step}: {format_terms(summary)}", bar=True)
+            with tqdm.external_write_mode():  # above a progress bar, if one is shown
+                say(f"epoch {epoch + 1}/{self.train.epochs} step {self.step}: {format_terms(summary)}")
 
     def stop_reason(self, stop_agreed: bool, stop: GracefulStop) -> str | None:
         halt = self.train.halt_after_steps

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from mimreg.console import say
 from mimreg.distributed import all_reduce_mean
 from mimreg.errors import MimregError
 from mimreg.io import disk_full_message
@@ -61,7 +62,7 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("tensorboard is not installed (pip install 'mimreg[tensorboard]'); logging to metrics.jsonl only")
+                say("tensorboard is not installed (pip install 'mimreg[tensorboard]'); logging to metrics.jsonl only")
             else:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 

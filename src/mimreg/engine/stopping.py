@@ -1,5 +1,6 @@
-"""Stopping a run cleanly on SIGTERM (what SLURM and Kubernetes send before preemption) or Ctrl-C:
-the signal only raises a flag; the loop finishes its step, writes a checkpoint and stops."""
+"""Stopping a run cleanly on SIGTERM (what SLURM and Kubernetes send before preemption), Ctrl-C or
+SIGHUP (its terminal was closed): the signal only raises a flag; the loop finishes its step, writes
+a checkpoint and stops."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import sys
 import threading
 
 from mimreg import distributed as dist
+from mimreg.console import say
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP: the terminal that started the run was closed (no SIGHUP on Windows)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
 
 class GracefulStop:
-    """Context manager: while inside, SIGTERM and SIGINT set `requested` instead of killing the
-    process. A second SIGINT aborts at once (KeyboardInterrupt). Outside the main thread, where
+    """Context manager: while inside, SIGTERM, SIGINT and SIGHUP set `requested` instead of killing
+    the process. A second SIGINT aborts at once (KeyboardInterrupt). Outside the main thread, where
     Python cannot install handlers, it does nothing."""
 
     def __init__(self):
@@ -37,8 +40,8 @@ class GracefulStop:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
         if dist.is_main_process():
-            print(f"\n{self.signal_name} received: stopping after this step with a checkpoint "
-                  "(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
+            say(f"\n{self.signal_name} received: stopping after this step with a checkpoint "
+                  "(Ctrl-C again aborts at once)", file=sys.stderr)
 
     @property
     def requested(self) -> bool:

@@ -25,6 +25,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mimreg import distributed as dist
+from mimreg.console import say
 from mimreg.config import TrainConfig
 from mimreg.engine.checkpoint import load_matching_state
 from mimreg.errors import ConfigError
@@ -69,7 +70,7 @@ class Strategy:
             converted, note = dist.sync_batchnorm(trainee, self.device)
             assert converted is trainee  # torch converts the BatchNorm children in place
             if note and dist.is_main_process():
-                print(note, flush=True)
+                say(note)
         if self.sharded:
             return shard(trainee)
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -137,7 +138,7 @@ def shard(trainee: nn.Module) -> nn.Module:
     # and every process was seeded differently: start them all from rank 0's weights, as DDP does
     with torch.no_grad():
         for tensor in [*trainee.parameters(), *trainee.buffers()]:
-            torch.distributed.broadcast(tensor, src=0)
+            dist.broadcast_(tensor, src=0)
     for block in [m for m in trainee.modules() if isinstance(m, Block)]:
         fully_shard(block)
     fully_shard(trainee)

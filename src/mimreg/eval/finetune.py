@@ -188,7 +188,8 @@ def engine_settings(cfg: FinetuneConfig, device: str) -> tuple[OptimConfig, Trai
                         warmup_epochs=cfg.warmup_epochs, clip_grad=cfg.clip_grad)
     train = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, device=device, precision=cfg.precision,
                         strategy=cfg.strategy, ckpt_every_steps=cfg.ckpt_every_steps, keep_last=cfg.keep_last,
-                        halt_after_steps=cfg.halt_after_steps, online_probe=False, knn_every=0)
+                        halt_after_steps=cfg.halt_after_steps, online_probe=False, knn_every=0,
+                        dist_timeout_s=cfg.dist_timeout_s)
     return optim, train
 
 
@@ -268,7 +269,7 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     root = data_root if data is not None or data_root is not None else pre_cfg.data.root
     options = {k: v for k, v in changed_settings(cfg, preset).items() if k != "head"}
     out = Path(out) if out else run_dir_of(checkpoint) / "finetune" / result_stem("finetune", None, name, cfg.head, options)
-    dev = join_processes(device, key="--device")
+    dev = join_processes(device, key="--device", timeout_s=cfg.dist_timeout_s)
     echo = echo if dist.is_main_process() else (lambda *args: None)
     record = {"finetune": dataclasses.asdict(cfg), "pretrained": str(Path(checkpoint).resolve()), "data": name,
               "preset": preset}

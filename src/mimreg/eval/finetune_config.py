@@ -8,6 +8,7 @@ a CIFAR-sized one for the small ViTs trained here. Every field can be set from t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from mimreg.engine.resume_rules import NO_EFFECT  # settings that change no number of the result
@@ -54,6 +55,7 @@ class FinetuneConfig:
     ckpt_every_steps: int = 0  # 0: at the end of each epoch only
     keep_last: int = 2
     halt_after_steps: int | None = None  # stop as if interrupted (to exercise --resume)
+    dist_timeout_s: float = 900.0  # under torchrun: a collective waits this long for a silent process
 
 
 # name -> what the preset fills; arch -> preset name. Warm-ups are fractions of the run, so a shortened
@@ -103,8 +105,11 @@ def warmup_in_epochs(value, epochs: int) -> float:
 
 
 def validate(cfg: FinetuneConfig, depth: int) -> None:
+    for key, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"fine-tuning {key}={value} is not a finite number")
     at_least_one = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps,
-                    "eval_every": cfg.eval_every, "keep_last": cfg.keep_last}
+                    "eval_every": cfg.eval_every, "keep_last": cfg.keep_last, "dist_timeout_s": cfg.dist_timeout_s}
     for key, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"fine-tuning {key} must be >= 1, got {value}")

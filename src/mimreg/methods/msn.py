@@ -7,12 +7,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
 from mimreg.bounds import bounded
-from mimreg.distributed import gather_with_grad, is_distributed, world_size
+from mimreg.distributed import all_reduce_sum, gather_with_grad, world_size
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, MethodOutput, check_visible, pooled_block_indices, register
 from mimreg.models import ViTEncoder
@@ -35,16 +34,10 @@ def sinkhorn(probs: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     """Balance soft assignments (B, K) so prototypes are used equally over the global batch."""
     q = probs.to(torch.promote_types(probs.dtype, torch.float32)).T  # K x B; at least fp32, fp64 stays
     batch = q.shape[1] * world_size()
-    total = q.sum()
-    if is_distributed():
-        torch_dist.all_reduce(total)
-    q = q / total
+    q = q / all_reduce_sum(q.sum())
     k = q.shape[0]
     for _ in range(iterations):
-        rows = q.sum(dim=1, keepdim=True)
-        if is_distributed():
-            torch_dist.all_reduce(rows)
-        q = q / rows / k
+        q = q / all_reduce_sum(q.sum(dim=1, keepdim=True)) / k
         q = q / q.sum(dim=0, keepdim=True) / batch
     return (q * batch).T
 
