@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mimreg.config import config_to_dict, load_config
-from mimreg.engine import loop
+from mimreg.engine import loop, pretrain_task
 from mimreg.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from mimreg.engine.loop import Trainer, pretrain
 from mimreg.engine.metrics import read_metrics
@@ -382,7 +382,7 @@ def test_too_few_images_for_one_step(tmp_path, tiny_config):
 # ---------------------------------------------------------------- precision, probe, device
 def test_bf16_on_cpu_logs_finite_losses(tmp_path, tiny_config, monkeypatch):
     qkv_dtypes = []  # what the encoder's first attention projection computed in, in each training forward
-    build = loop.build_trainee
+    build = pretrain_task.build_trainee
 
     def build_with_a_probe(cfg, num_classes):
         trainee = build(cfg, num_classes)
@@ -391,7 +391,7 @@ def test_bf16_on_cpu_logs_finite_losses(tmp_path, tiny_config, monkeypatch):
         qkv.register_forward_hook(lambda module, args, out: qkv_dtypes.append(out.dtype) if module.training else None)
         return trainee
 
-    monkeypatch.setattr(loop, "build_trainee", build_with_a_probe)
+    monkeypatch.setattr(pretrain_task, "build_trainee", build_with_a_probe)
     pretrain(tiny_config("u-mae", "data.subset=64", "train.precision=bf16"), tmp_path / "run")
     assert qkv_dtypes == [torch.bfloat16] * 2  # autocast was in force in both steps
     rows = records(tmp_path / "run")
