@@ -1,12 +1,14 @@
 """The smoke matrix's runner: every recipe, in sequence in one interpreter (torch and timm start once),
 trained 2 steps uninterrupted and again halted after step 1 and resumed, under one setting (a mode).
 
-    python tests/smoke_worker.py OUT MODE [RECIPE ...]          # one process
+    python tests/smoke_worker.py OUT MODE [RECIPE ...]          # one process (default: every recipe)
     torchrun --nproc_per_node=2 tests/smoke_worker.py OUT MODE  # ddp, fsdp
 
 Each recipe leaves OUT/<recipe>/full and OUT/<recipe>/resumed; rank 0 writes OUT/results.json with,
-per recipe, its error (None when it ran) and its seconds. A recipe that fails does not stop the others,
-so one test run names every broken recipe."""
+per recipe, its error (None when it ran), its seconds, its last loss and the largest difference of the
+final weights of the two runs. A recipe that fails does not stop the others, so one run names every
+broken recipe; the script exits 1 if any failed. tests/test_smoke_matrix.py runs it on the CPU,
+benchmarks/device_check.sh in its mode cuda-bf16."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ BATCH = 8  # per process and micro-step
 MODES = {  # the settings each mode adds; ddp and fsdp also need 2 processes (torchrun)
     "single": (), "accum": ("optim.accum_steps=2",), "bf16": ("train.precision=bf16",),
     "ddp": ("train.strategy=ddp",), "fsdp": ("train.strategy=fsdp",),
+    "cuda-bf16": ("train.device=cuda", "train.precision=bf16"),  # benchmarks/device_check.sh
 }
 # tiny heads for each method: the presets' are sized for real runs (a 512-wide projector, 1024 prototypes)
 METHOD_SETS = {
@@ -61,9 +64,22 @@ def run_recipe(recipe: str, mode: str, out: Path, world: int) -> dict:
     seconds["full"] = time.perf_counter() - start
     halted = pretrain(load_config(f"digits/{recipe}", [*sets, f"train.halt_after_steps={HALT}"]), out / recipe / "resumed")
     assert halted.halted and halted.steps == HALT, (halted.halted, halted.steps)
-    pretrain(load_config(f"digits/{recipe}", sets), out / recipe / "resumed", resume=True)
+    resumed = pretrain(load_config(f"digits/{recipe}", sets), out / recipe / "resumed", resume=True)
     seconds["halt_and_resume"] = time.perf_counter() - start - seconds["full"]
-    return {"error": None, "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    return {"error": None, "seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "loss": resumed.last_metrics.get("loss"), "weight_difference": weight_difference(out / recipe)}
+
+
+def weight_difference(folder: Path) -> float:
+    """The largest |difference| between the final weights of the uninterrupted and the resumed run."""
+    import torch
+
+    from mimreg.engine.checkpoint import load_checkpoint
+
+    full, resumed = (load_checkpoint(folder / run / "checkpoints" / f"ckpt_{STEPS:08d}.pt")["model"]
+                     for run in ("full", "resumed"))
+    return max((full[k].double() - resumed[k].double()).abs().max().item() if full[k].numel() else 0.0
+               for k in full if torch.is_floating_point(full[k]))
 
 
 def run_all(out: Path, mode: str, recipes: list[str]) -> dict:
@@ -84,9 +100,20 @@ def run_all(out: Path, mode: str, recipes: list[str]) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def main(out: Path, mode: str, recipes: list[str]) -> int:
     from mimreg import distributed
 
-    distributed.init_from_env("cpu")  # a no-op outside torchrun
-    run_all(Path(sys.argv[1]), sys.argv[2], sys.argv[3:])
+    distributed.init_from_env("cuda" if mode.startswith("cuda") else "cpu")  # a no-op outside torchrun
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_all(out, mode, recipes)
     distributed.shutdown()
+    for recipe, result in results.items():
+        error = result["error"]
+        print(f"{recipe}: " + (f"FAILED {error.strip().splitlines()[-1]}" if error else
+                               f"ok, loss {result['loss']:.4f}, resumed weights differ by "
+                               f"{result['weight_difference']:.2e}, {sum(result['seconds'].values()):.1f} s"))
+    return 1 if any(r["error"] for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:]))
