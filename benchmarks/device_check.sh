@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 10, §5; recipes_bf16 from issue 14, §3): one run of ~8 minutes on one H200
-# that writes every result
-# under benchmarks/results/device_check/ (or OUT_DIR):
+# that writes every result under benchmarks/results/device_check/ (or OUT_DIR):
 #   cuda_tests.xml / .txt        pytest -m cuda (mixed precision, SyncBatchNorm under DDP, MST on CUDA)
 #   vs_peers_base224.json / .txt mimreg vs lightly vs the reference MAE, ViT-B/16 224 px bf16 batch 128
 #   vs_peers_tiny32.json / .txt  the same at ViT-Tiny/4 32 px batch 1024, with mimreg-compile (inductor)
