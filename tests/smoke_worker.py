@@ -12,15 +12,25 @@ benchmarks/device_check.sh in its mode cuda-bf16."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for conftest's tiny settings
 
-from conftest import TINY_SETS, one_thread  # noqa: E402
+def _load_conftest():
+    """tests/conftest.py by its path: inside pytest the module name `conftest` may be another
+    folder's (pytest imports each folder's conftest under that one name)."""
+    spec = importlib.util.spec_from_file_location("smoke_worker_conftest", Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_conftest = _load_conftest()
+TINY_SETS, one_thread = _conftest.TINY_SETS, _conftest.one_thread
 
 STEPS, HALT = 2, 1  # one epoch of 2 optimizer steps, halted mid-epoch after the first
 BATCH = 8  # per process and micro-step
