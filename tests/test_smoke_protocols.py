@@ -26,9 +26,15 @@ PROTOCOLS = {  # protocol -> its arguments beyond --checkpoint, and the prefix o
                   "--randaug", "none", "--device", "cpu"], "finetune_"),
 }
 RECONSTRUCTING = {"mae", "simmim"}  # the methods whose analysis draws reconstructions
-# analyze costs ~5 s a method (matplotlib): one masked and one joint-embedding method in `make test`,
-# the others with the slow tests (CI)
-ANALYZED = [pytest.param(m, marks=() if m in ("mae", "simclr") else pytest.mark.slow) for m in sorted(METHODS)]
+# `make test` runs every protocol and analyze on one masked and one joint-embedding method, and k-NN
+# (the cheapest: ~1 s) on every method, which loads each method's evaluated encoder (MSN, BYOL: the
+# target); the rest is marked slow (CI runs it). analyze costs ~3-5 s a method (matplotlib).
+DEFAULT_METHODS = ("mae", "simclr")
+
+
+def case(method: str, protocol: str = "analyze"):
+    fast = method in DEFAULT_METHODS or protocol == "knn"
+    return pytest.param(method, protocol, marks=() if fast else pytest.mark.slow, id=f"{method}-{protocol}")
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +63,7 @@ def test_every_method_has_a_plain_recipe(checkpoints):
     assert set(checkpoints) == {"mae", "simmim", "msn", "simclr", "vicreg", "barlow", "byol", "mse"}
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method, protocol", [case(m, p) for m in sorted(METHODS) for p in PROTOCOLS])
 def test_eval_protocol_writes_its_result(checkpoints, method, protocol, capsys):
     run = checkpoints[method]
     args, prefix = PROTOCOLS[protocol]
@@ -77,8 +82,8 @@ def test_eval_protocol_writes_its_result(checkpoints, method, protocol, capsys):
         assert f"wrote {path}" in out
 
 
-@pytest.mark.parametrize("method", ANALYZED)
-def test_analyze_draws_every_picture(checkpoints, method, capsys):
+@pytest.mark.parametrize("method, protocol", [case(m) for m in sorted(METHODS)])
+def test_analyze_draws_every_picture(checkpoints, method, protocol, capsys):
     run = checkpoints[method]
     code = main(["analyze", "--checkpoint", str(run), "--test-images", "32", "--embeddings", "tsne",
                  "--device", "cpu"])
