@@ -39,7 +39,8 @@ MODES = {  # the settings each mode adds; ddp and fsdp also need 2 processes (to
     "ddp": ("train.strategy=ddp",), "fsdp": ("train.strategy=fsdp",),
     "cuda-bf16": ("train.device=cuda", "train.precision=bf16"),  # benchmarks/device_check.sh
 }
-# tiny heads for each method: the presets' are sized for real runs (a 512-wide projector, 1024 prototypes)
+# tiny heads for each method (a method not named here runs with its preset's): the presets' are sized
+# for real runs (a 512-wide projector, 1024 prototypes)
 METHOD_SETS = {
     "mae": ("method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"),
     "simmim": (),
@@ -58,12 +59,13 @@ def smoke_sets(recipe: str, mode: str, world: int) -> list[str]:
     accum = 2 if mode == "accum" else 1
     base = [s for s in TINY_SETS if not s.startswith("method.")]
     method = load_config(f"digits/{recipe}", base).method.name
-    return [*base, *METHOD_SETS[method], *MODES[mode], f"optim.batch_size={BATCH}",
+    return [*base, *METHOD_SETS.get(method, ()), *MODES[mode], f"optim.batch_size={BATCH}",
             f"data.subset={STEPS * BATCH * world * accum}", "optim.warmup_epochs=0", "train.knn_bank=32",
             "train.knn_queries=32"]
 
 
 def run_recipe(recipe: str, mode: str, out: Path, world: int) -> dict:
+    from mimreg import distributed as dist
     from mimreg.config import load_config
     from mimreg.engine.loop import pretrain
 
@@ -77,7 +79,9 @@ def run_recipe(recipe: str, mode: str, out: Path, world: int) -> dict:
     resumed = pretrain(load_config(f"digits/{recipe}", sets), out / recipe / "resumed", resume=True)
     seconds["halt_and_resume"] = time.perf_counter() - start - seconds["full"]
     return {"error": None, "seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "loss": resumed.last_metrics.get("loss"), "weight_difference": weight_difference(out / recipe)}
+            "loss": resumed.last_metrics.get("loss"),
+            # the main process wrote the checkpoints; another may get here before the last is written
+            "weight_difference": weight_difference(out / recipe) if dist.is_main_process() else None}
 
 
 def weight_difference(folder: Path) -> float:
@@ -116,8 +120,9 @@ def main(out: Path, mode: str, recipes: list[str]) -> int:
     distributed.init_from_env("cuda" if mode.startswith("cuda") else "cpu")  # a no-op outside torchrun
     out.mkdir(parents=True, exist_ok=True)
     results = run_all(out, mode, recipes)
+    main_process = distributed.is_main_process()
     distributed.shutdown()
-    for recipe, result in results.items():
+    for recipe, result in results.items() if main_process else ():
         error = result["error"]
         print(f"{recipe}: " + (f"FAILED {error.strip().splitlines()[-1]}" if error else
                                f"ok, loss {result['loss']:.4f}, resumed weights differ by "

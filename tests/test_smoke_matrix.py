@@ -32,20 +32,27 @@ RECORD_KINDS = ("train", "epoch", "knn")  # what a run logs per step, per epoch,
 def matrix(tmp_path_factory, torchrun):
     """mode -> (its folder, smoke_worker's results by recipe); each mode runs once, on first use."""
     root = tmp_path_factory.mktemp("smoke")
-    done: dict[str, tuple[Path, dict]] = {}
+    done: dict[str, tuple[Path, dict | None, str | None]] = {}
 
     def run(mode: str) -> tuple[Path, dict]:
         if mode not in done:
             out = root / mode
             out.mkdir()
+            failure = None
             if mode in DISTRIBUTED:
-                torchrun([str(WORKER), str(out), mode], out, timeout=900)
+                try:  # the worker exits 1 when a recipe failed: results.json says which and why
+                    torchrun([str(WORKER), str(out), mode], out, timeout=900)
+                except AssertionError as err:
+                    failure = str(err)
             else:
                 import smoke_worker
 
                 smoke_worker.run_all(out, mode, [])
-            done[mode] = out, json.loads((out / "results.json").read_text())
-        return done[mode]
+            results = out / "results.json"
+            done[mode] = out, json.loads(results.read_text()) if results.is_file() else None, failure
+        out, results, failure = done[mode]
+        assert results is not None, failure  # every recipe of the mode fails with the output's tail
+        return out, results
 
     return run
 
