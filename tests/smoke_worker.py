@@ -74,7 +74,8 @@ def run_recipe(recipe: str, mode: str, out: Path, world: int) -> dict:
     start = time.perf_counter()
     pretrain(load_config(f"digits/{recipe}", sets), out / recipe / "full")
     seconds["full"] = time.perf_counter() - start
-    halted = pretrain(load_config(f"digits/{recipe}", [*sets, f"train.halt_after_steps={HALT}"]), out / recipe / "resumed")
+    halt = load_config(f"digits/{recipe}", [*sets, f"train.halt_after_steps={HALT}"])
+    halted = pretrain(halt, out / recipe / "resumed")
     assert halted.halted and halted.steps == HALT, (halted.halted, halted.steps)
     resumed = pretrain(load_config(f"digits/{recipe}", sets), out / recipe / "resumed", resume=True)
     seconds["halt_and_resume"] = time.perf_counter() - start - seconds["full"]
