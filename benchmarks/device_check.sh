@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 10, §5): one run of ~7 minutes on one H200 that writes every result
-# under benchmarks/results/device_check/ (or OUT_DIR):
+# The prepared GPU check (issue 10, §5; recipes_bf16 from issue 14, §3): one run of ~8 minutes on one H200
+# that writes every result under benchmarks/results/device_check/ (or OUT_DIR):
 #   cuda_tests.xml / .txt        pytest -m cuda (mixed precision, SyncBatchNorm under DDP, MST on CUDA)
 #   vs_peers_base224.json / .txt mimreg vs lightly vs the reference MAE, ViT-B/16 224 px bf16 batch 128
 #   vs_peers_tiny32.json / .txt  the same at ViT-Tiny/4 32 px batch 1024, with mimreg-compile (inductor)
@@ -11,6 +11,10 @@
 #   pretrain.json / .txt         `mimreg pretrain` of ViT-Tiny/4 MAE on 50,000 synthetic CIFAR-sized
 #                                images through the device path for ~3 minutes (img/s end to end,
 #                                epochs per minute, peak GPU memory)
+#   recipes_bf16.txt, recipes_bf16/results.json
+#                                every recipe for 2 steps on CUDA in bf16 (vit_micro, 32 px), halted
+#                                after step 1 and resumed (tests/smoke_worker.py): errors, last loss,
+#                                how far the resumed weights are from the uninterrupted run's
 #   summary.json                 each section's exit code and seconds (benchmarks/run_sections.py)
 # A section that fails or passes its time limit is recorded and the others still run; the script
 # exits 1 if any failed.
@@ -52,6 +56,7 @@ if [ "$SMOKE" = 1 ]; then
     PRETRAIN=(--device cpu --seconds 2 --train-images 256 --test-images 64 --batch 32
               --set model.arch=vit_micro --set train.precision=fp32 --set monitor=[] --set train.knn_every=0
               --set train.online_probe=false)
+    RECIPES=(bf16 mae msn)  # two recipes on the CPU in bf16: the section's plumbing
 else
     TESTS=(tests)
     PEER_COMMON=(--device cuda --precision bf16 --rounds 3 --steps 3 --warmup 3)
@@ -62,6 +67,7 @@ else
     FINETUNE=(--device cuda --precision bf16)  # 2 processes where there are 2 GPUs
     PRETRAIN=(--device cuda --seconds "${PRETRAIN_SECONDS:-140}" --batch 1024 --set train.precision=bf16
               --set train.log_every=20)  # a logged step reads its losses (a host sync)
+    RECIPES=(cuda-bf16)  # every recipe
 fi
 
 S=(::)  # section separator of run_sections.py: NAME SECONDS TARGET ARGS...
@@ -72,7 +78,8 @@ SECTIONS=(
     data_pipeline 90 benchmarks/data_pipeline.py "${DATA[@]}" --json "$OUT/data_pipeline.json" "${S[@]}"
     mst 60 benchmarks/mst.py "${MST[@]}" --json "$OUT/mst.json" "${S[@]}"
     finetune 150 benchmarks/finetune_check.py "${FINETUNE[@]}" --work "$OUT/finetune_work" --json "$OUT/finetune.json" "${S[@]}"
-    pretrain 300 benchmarks/pretrain_throughput.py "${PRETRAIN[@]}" --work "$OUT/pretrain_work" --json "$OUT/pretrain.json"
+    pretrain 300 benchmarks/pretrain_throughput.py "${PRETRAIN[@]}" --work "$OUT/pretrain_work" --json "$OUT/pretrain.json" "${S[@]}"
+    recipes_bf16 300 tests/smoke_worker.py "$OUT/recipes_bf16" "${RECIPES[@]}"
 )
 MODE=()
 [ "$SMOKE" = 1 ] && MODE=(--in-process)  # one interpreter: torch and timm start once
@@ -81,5 +88,5 @@ CODE=$?
 rm -rf "$OUT/pretrain_work/data"  # the generated images (150 MB at full size)
 [ "$SMOKE" = 1 ] || rm -rf "$OUT/finetune_work"  # its checkpoints are not results
 # the run's checkpoints are not results (the smoke test looks at them in its temporary folder)
-[ "$SMOKE" = 1 ] || rm -rf "$OUT/pretrain_work/run/checkpoints"
+[ "$SMOKE" = 1 ] || rm -rf "$OUT/pretrain_work/run/checkpoints" "$OUT"/recipes_bf16/*/
 exit $CODE

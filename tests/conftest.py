@@ -32,16 +32,10 @@ TINY_SETS = (
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped without one")
-    config.addinivalue_line("markers", "slow: left out of `make test`; CI runs them after it (pytest -m slow)")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip, saying so, where torch sees no CUDA device; tests marked `slow` run
-    only when asked for (`-m slow`)."""
-    if "slow" not in (config.getoption("markexpr") or ""):
-        kept = [item for item in items if item.get_closest_marker("slow") is None]
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-        items[:] = kept
+    """Tests marked `cuda` skip, saying so, where torch sees no CUDA device."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mimreg.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("cuda_tests", "vs_peers_base224", "vs_peers_tiny32", "data_pipeline", "mst", "finetune", "pretrain")
+SECTIONS = ("cuda_tests", "vs_peers_base224", "vs_peers_tiny32", "data_pipeline", "mst", "finetune", "pretrain",
+            "recipes_bf16")
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +83,17 @@ def test_fine_tuning_resumes_to_the_uninterrupted_run(smoke):
         "pretrain": 0, "whole": 0, "halted": 0, "resumed": 0}
     assert report["epochs"] == 2 and report["resumed_losses"] == report["epoch_losses"]
     assert report["resumed_losses_max_rel_diff"] == 0.0 and report["resumed_weights_equal"] is True
+
+
+def test_recipes_section_ran_each_recipe_in_bf16_and_resumed_it_exactly(smoke):
+    results = read(smoke, "recipes_bf16/results.json")
+    assert list(results) == ["mae", "msn"]  # the smoke's two; on CUDA every recipe
+    for recipe, result in results.items():
+        assert result["error"] is None, result["error"]
+        assert 0 < result["loss"] < 100 and result["weight_difference"] == 0.0  # the CPU is deterministic
+        for run in ("full", "resumed"):
+            cfg = load_config(smoke / "recipes_bf16" / recipe / run / "config.yaml")
+            assert (cfg.train.precision, cfg.train.device) == ("bf16", "cpu")
+            assert (smoke / "recipes_bf16" / recipe / run / "checkpoints" / "ckpt_00000002.pt").is_file()
+    log = (smoke / "recipes_bf16.txt").read_text()
+    assert "mae: ok, loss" in log and "msn: ok, loss" in log
