@@ -91,9 +91,11 @@ def run_task(task: Task, run_dir: str | Path, resume: bool, device: torch.device
         if main:
             folder.truncate_metrics(trainer.step)
         with GracefulStop() as stop:
-            return trainer.run(folder, stop, changes)
+            result = trainer.run(folder, stop, changes)
     finally:
         folder.close()
+    dist.barrier()  # the main process has written the last checkpoint and summary when any process returns
+    return result
 
 
 def _resume_changes(task: Task, state: dict, path: Path) -> dict:
