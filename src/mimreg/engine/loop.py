@@ -103,6 +103,10 @@ def _resume_changes(task: Task, state: dict, path: Path) -> dict:
     if not isinstance(saved, dict):
         raise ConfigError(f"checkpoint {path} holds no run config: it was not written by mimreg; start a new run "
                           "with --out NEW_FOLDER")
+    if not {"world", "rng_ranks", "means"} <= set(state):
+        raise ConfigError(f"checkpoint {path} was written by an earlier mimreg, without what an exact resume needs "
+                          "(its number of processes, random streams and running means); evaluate or export it, "
+                          "or start a new run with --out NEW_FOLDER")
     # the modules the user's own config names are imported by now; the checkpoint may not add others
     refuse_unconsented(saved.get("imports") or [], f"checkpoint {path}", "resume with --import MODULE for "
                        f"each module you trust, or with the run's own {path.parent.parent / 'config.yaml'}")
