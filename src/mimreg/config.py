@@ -1,4 +1,5 @@
-"""Typed run configuration: dataclasses loaded from YAML recipes and validated once at load.
+"""Typed run configuration: dataclasses loaded from YAML recipes, layered and validated once at load
+(values into typed fields: typed_fields.py; schedules that follow the run length: run_length.py).
 
 A recipe file may name a `preset` (recipes/presets/<name>.yaml) that supplies data, model,
 optimisation and training defaults; the recipe's own keys override it. Methods and regularizers
@@ -10,18 +11,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
-from mimreg.bounds import bounded, check_value, one_of, takes_fraction_of_run
+from mimreg.bounds import bounded, one_of
 from mimreg.errors import ConfigError
+from mimreg.run_length import check_schedules, resolve_run_fractions, resolve_window
+from mimreg.typed_fields import build_dataclass, suggest
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -452,7 +451,7 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True, world: int | N
     for i, entry in enumerate(regs_raw):
         if isinstance(entry, dict):
             where = f"regularizers.{entry.get('name', i)}"
-            entry = resolve_window(settle(entry, RegularizerConfig.alternatives, where), epochs, where)
+            entry = resolve_window(settle(entry, RegularizerConfig.alternatives, where), RegularizerConfig, epochs, where)
         cfg.regularizers.append(_named_entry(RegularizerConfig, entry, REGULARIZERS, f"regularizers[{i}]"))
     cfg.monitor = [_named_entry(RegularizerConfig, r, REGULARIZERS, f"monitor[{i}]") for i, r in enumerate(monitor_raw)]
     validate(cfg, check_run_length, world)
@@ -499,77 +498,6 @@ def _monitor_mapping(raw: Any, index: int) -> dict:
     return raw
 
 
-# ---------------------------------------------------------------- schedules that follow the run length
-def parse_percent(value: Any, key: str) -> float | None:
-    """`"10%"` -> 10.0; None for a value that is not a percentage string."""
-    if not isinstance(value, str) or not value.strip().endswith("%"):
-        return None
-    try:
-        percent = float(value.strip()[:-1])
-    except ValueError:
-        percent = float("nan")
-    if not 0 <= percent <= 100:
-        raise ConfigError(f"{key}={value!r}: a percentage of the run (train.epochs) must be between 0% and 100%")
-    return percent
-
-
-def resolve_run_fractions(mapping: dict, cls: type, epochs: int, where: str) -> dict:
-    """Percentages of the run (`"10%"`) in the fields that take them, turned into epochs: exact
-    for a float field, rounded (half up) for an integer one, no lower than the field's range."""
-    out = dict(mapping)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        percent = parse_percent(out.get(f.name), f"{where}.{f.name}") if takes_fraction_of_run(f) else None
-        if percent is None:
-            continue
-        value = percent * epochs / 100
-        if int in typing.get_args(hints[f.name]) or hints[f.name] is int:
-            low = f.metadata["mimreg_check"].low or 0
-            value = max(int(low), math.floor(value + 0.5))
-        out[f.name] = value
-    return out
-
-
-def resolve_window(entry: dict, epochs: int, where: str) -> dict:
-    """An entry's window in epochs. A window given wholly in percentages stays inside the run
-    (rounding may not push its end past the last epoch)."""
-    out = resolve_run_fractions(entry, RegularizerConfig, epochs, where)
-    start, duration = parse_percent(entry.get("start_epoch"), ""), parse_percent(entry.get("duration"), "")
-    if start is not None and duration is not None and start + duration <= 100:
-        out["duration"] = max(1, min(out["duration"], epochs - out["start_epoch"]))
-    return out
-
-
-def check_schedules(cfg: Config, world: int | None = None) -> None:
-    """Windows inside the run, a warm-up shorter than the run, a final lr no higher than the peak
-    (for `world` processes: the lr from optim.blr grows with them; None: as torchrun launched)."""
-    from mimreg.distributed import launched_world_size
-
-    world = launched_world_size() if world is None else world
-    optim = cfg.optim
-    if optim.min_lr > optim.lr_in_force(world):
-        raise ConfigError(f"optim.min_lr={optim.min_lr:g} is above the lr in force ({optim.lr_source(world)}): the lr "
-                          f"would climb during the cosine decay; set optim.min_lr <= {optim.lr_in_force(world):g} "
-                          "(e.g. 0)")
-    epochs = cfg.train.epochs
-    if cfg.optim.warmup_epochs >= epochs:
-        raise ConfigError(f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} is as long as the run "
-                          f"(train.epochs={epochs}) or longer: the lr would never reach its peak; set a shorter "
-                          "warm-up, e.g. optim.warmup_epochs=10%")
-    for reg in cfg.regularizers:
-        if reg.gate_rec_loss is not None:
-            continue  # the gate switches it on, not the window
-        key = f"regularizers.{reg.name}"
-        if reg.start_epoch >= epochs:
-            raise ConfigError(f"{key}.start_epoch={reg.start_epoch} is not inside the run (train.epochs={epochs}): "
-                              f"{reg.name} would never switch on; lower it or give a percentage of the run, "
-                              "e.g. start_epoch: 10%")
-        if reg.duration is not None and reg.start_epoch + reg.duration > epochs:
-            raise ConfigError(f"{key}: the window start_epoch={reg.start_epoch}, duration={reg.duration} ends after "
-                              f"the run (train.epochs={epochs}); set duration <= {epochs - reg.start_epoch}, "
-                              "null (until the end), or percentages of the run, e.g. duration: 50%")
-
-
 # ---------------------------------------------------------------- building dataclasses
 def _named_entry(cls: type, raw: Any, registry: dict, where: str):
     """Split a flat `{name: ..., <common keys>, <option keys>}` into cls(..., options=Options(...))."""
@@ -580,7 +508,7 @@ def _named_entry(cls: type, raw: Any, registry: dict, where: str):
     name = raw["name"]
     if name not in registry:
         raise ConfigError(f"{where}: unknown name {name!r}; choose one of {sorted(registry)}"
-                          + _suggest(str(name), registry)
+                          + suggest(str(name), registry)
                           + " (a module of your own that registers it goes in `imports:` or --import)")
     common = {f.name for f in dataclasses.fields(cls)} - {"options"}
     options_cls = registry[name].Options
@@ -589,97 +517,12 @@ def _named_entry(cls: type, raw: Any, registry: dict, where: str):
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(f"{where} ({name}): unknown key {key!r}; valid keys are "
-                          f"{sorted((common | option_keys) - {'name'})}" + _suggest(key, common | option_keys))
+                          f"{sorted((common | option_keys) - {'name'})}" + suggest(key, common | option_keys))
     # values are named by the key a user writes: method.mask_ratio, regularizers.magma.weight
     key = "method" if cls is MethodConfig else f"{where.split('[')[0]}.{name}"
     entry = build_dataclass(cls, {k: v for k, v in raw.items() if k in common}, key)
     entry.options = build_dataclass(options_cls, {k: v for k, v in raw.items() if k in option_keys}, key)
     return entry
-
-
-def build_dataclass(cls: type, raw: Any, where: str):
-    """Instantiate dataclass `cls` from a mapping, checking every key, value type and declared range."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(fields)
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(f"{where}: unknown key {key!r}; valid keys are {sorted(fields)}"
-                          + _suggest(key, fields))
-    values = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
-    for name, value in values.items():
-        problem = check_value(fields[name], value, f"{where}.{name}")
-        if problem:
-            raise ConfigError(problem)
-    try:
-        return cls(**values)
-    except TypeError as err:  # a required field is missing
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        if len(args) == 2 and type(None) in args:  # an optional value: that type's own message
-            return _coerce(next(a for a in args if a is not type(None)), value, where)
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
-        item = args[0] if args else Any
-        return origin(_coerce(item, v, where) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML reads 1e-3 without a dot as a string
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
-
-
-def _suggest(key: str, choices) -> str:
-    close = difflib.get_close_matches(key, [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def validate(cfg: Config, check_run_length: bool = True, world: int | None = None) -> None:
