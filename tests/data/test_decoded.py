@@ -82,3 +82,11 @@ def test_undecodable_files_are_recorded_or_refused(tmp_path, write_image, trunca
     index = [os.fsdecode(p) for p in raw.paths].index(str(bad))
     assert decoded.bad_files == {index: str(bad)}
     assert decode_images(raw, tmp_path / "cache", "x").bad_files == {index: str(bad)}  # kept in the cache
+
+
+def test_a_cache_that_cannot_be_written_names_the_file_and_the_setting(tmp_path, write_image):
+    raw = load_dataset("imagefolder", "pretrain", image_folder(tmp_path / "images", write_image))
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.raises(DataError, match=r"cannot write .*cache.*imagefolder-pretrain-.*; or set data\.cache_dir"):
+        decode_images(raw, blocked, "imagefolder-pretrain")

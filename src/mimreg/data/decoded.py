@@ -22,7 +22,7 @@ from mimreg.data.arrays import ArrayDataset
 from mimreg.data.base import BadSample, ConcatRawDataset, RawDataset, SubsetDataset
 from mimreg.data.files import ImageFileDataset, sample_paths
 from mimreg.errors import DataError
-from mimreg.io import atomic_write
+from mimreg.io import WriteError, atomic_write
 
 CACHE_VERSION = 1
 _TO_CHW = {"HWC": (0, 3, 1, 2), "CHW": None, "CWH": (0, 1, 3, 2)}
@@ -146,6 +146,5 @@ def _as_arrays(samples) -> list:
 def _write_atomically(path: Path, payload: dict) -> None:
     try:
         atomic_write(path, lambda handle: torch.save(payload, handle))
-    except OSError as exc:
-        raise DataError(f"cannot write the decoded-image cache {path} ({exc}); set data.cache_dir to a "
-                        "writable folder") from exc
+    except WriteError as exc:  # the cache is a choice of ours: say which setting moves it
+        raise DataError(f"{exc}; or set data.cache_dir to a folder with room that you can write to") from exc
