@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from mimreg.config import load_config
-from mimreg.engine.data import DevicePretrainData, PretrainData, build_pretrain_data
+from mimreg.engine.data import DevicePretrainData, LoaderData, build_pretrain_data
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import ConfigError, DataError
@@ -33,12 +33,12 @@ def test_auto_picks_the_device_pipeline_when_the_images_fit(tiny_config, tmp_pat
     data = build_pretrain_data(tiny_config("mae"), world=1, rank=0)
     assert isinstance(data, DevicePretrainData) and data.pixels.shape == (512, 3, 32, 32)
     small_budget = tiny_config("mae", data__device_memory_gb=0.001)  # 1 MiB < 1.5 MiB of images
-    assert isinstance(build_pretrain_data(small_budget, world=1, rank=0), PretrainData)
-    assert isinstance(build_pretrain_data(tiny_config("mae", data__pipeline="loader"), 1, 0), PretrainData)
+    assert isinstance(build_pretrain_data(small_budget, world=1, rank=0), LoaderData)
+    assert isinstance(build_pretrain_data(tiny_config("mae", data__pipeline="loader"), 1, 0), LoaderData)
 
     mixed = write_folder(tmp_path / "mixed", sizes={3: (24, 16)})
     folder = ("data.name=imagefolder", f"data.root={mixed}", "optim.batch_size=4", "data.img_size=16")
-    assert isinstance(build_pretrain_data(tiny_config("mae", *folder), 1, 0), PretrainData)
+    assert isinstance(build_pretrain_data(tiny_config("mae", *folder), 1, 0), LoaderData)
     with pytest.raises(DataError, match="one size"):
         build_pretrain_data(tiny_config("mae", *folder, "data.pipeline=device"), 1, 0)
 

@@ -77,7 +77,7 @@ class _PersistentLoader:
         return self._loader
 
 
-class PretrainData:
+class LoaderData:
     """The loader pipeline: PIL augmentation per sample in DataLoader workers, which are started
     once and kept across epochs, prefetching (and pinning, on CUDA) batches."""
 
@@ -163,7 +163,7 @@ def keep_size(block, bad) -> np.ndarray:
     return np.concatenate([good, good[np.arange(len(block) - len(good)) % len(good)]])
 
 
-PipelineData = "PretrainData | DevicePretrainData | DecodeOnDevicePretrainData"  # each has .pipeline, .loader()
+PipelineData = "LoaderData | DevicePretrainData | DecodeOnDevicePretrainData"  # each has .pipeline, .loader()
 
 
 def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device | str = "cpu") -> PipelineData:
@@ -184,7 +184,7 @@ def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device
     decoded = _device_images(cfg, raw, rank)
     if decoded is None:
         dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
-        return PretrainData(dataset, batches, num_classes, len(raw))
+        return LoaderData(dataset, batches, num_classes, len(raw))
     return DevicePretrainData(decoded, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
                               num_classes, torch.device(device))
 

@@ -57,7 +57,8 @@ def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
 def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResult:
     """Pretrain from `cfg` into `run_dir`, or continue the run there with `resume`."""
     device = join_processes(cfg.train.device, key="train.device", timeout_s=cfg.train.dist_timeout_s)
-    return run_task(PretrainTask(cfg, device), run_dir, resume, device)
+    found = checkpoint_to_resume(run_dir, resume)
+    return run_task(PretrainTask(cfg, device), run_dir, resume, found, device)
 
 
 def join_processes(device: str, key: str, timeout_s: float | None) -> torch.device:
@@ -68,13 +69,17 @@ def join_processes(device: str, key: str, timeout_s: float | None) -> torch.devi
     return local_device(wanted, dist.is_distributed())
 
 
-def run_task(task: Task, run_dir: str | Path, resume: bool, device: torch.device) -> RunResult:
-    """Train `task` into `run_dir`, or continue the run there with `resume` (its checkpoint is read
-    once). Everything is built before the folder is touched, so a task that cannot run leaves no
-    trace. SIGTERM / SIGINT / SIGHUP stop the run after the current step with a checkpoint."""
+def checkpoint_to_resume(run_dir: str | Path, resume: bool) -> Path | None:
+    """The checkpoint a run in `run_dir` continues from (None: it starts), as the main process, which
+    writes the checkpoints, sees the folder; a folder with checkpoints is refused without `resume`."""
+    return dist.decided_by_main(lambda: RunFolder(run_dir).checkpoint_to_resume(resume))
+
+
+def run_task(task: Task, run_dir: str | Path, resume: bool, found: Path | None, device: torch.device) -> RunResult:
+    """Train `task` into `run_dir`, or continue the run there from `found` (`checkpoint_to_resume`;
+    read once). Everything is built before the folder is touched, so a task that cannot run leaves
+    no trace. SIGTERM / SIGINT / SIGHUP stop the run after the current step with a checkpoint."""
     folder = RunFolder(run_dir)
-    # the main process writes the checkpoints: its view of the folder is everyone's
-    found = dist.decided_by_main(lambda: folder.checkpoint_to_resume(resume))
     state = load_checkpoint(found, map_location=device) if found is not None else None
     changes = _resume_changes(task, state, found) if state is not None else {}
     trainer = Trainer(task, device)

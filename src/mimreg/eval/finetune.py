@@ -26,10 +26,9 @@ from torchvision import transforms as T
 from mimreg import distributed as dist
 from mimreg.config import OptimConfig, TrainConfig
 from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
-from mimreg.engine.data import EpochBatches, PretrainData
-from mimreg.engine.loop import join_processes, run_task
+from mimreg.engine.data import EpochBatches, LoaderData
+from mimreg.engine.loop import checkpoint_to_resume, join_processes, run_task
 from mimreg.engine.metrics import read_metrics
-from mimreg.engine.run_folder import RunFolder
 from mimreg.engine.schedule import learning_rate
 from mimreg.engine.task import StepResult, seed_process
 from mimreg.errors import ConfigError, DataError
@@ -158,8 +157,6 @@ def evaluate_classifier(model: torch.nn.Module, test: TransformedDataset, device
     return {"top1": float(100 * counts[0] / counts[2]), "top5": float(100 * counts[1] / counts[2])}
 
 
-
-
 class FinetuneModule(nn.Module):
     """The classifier and its training loss, Mixup/CutMix mixing the batch first when on. Called
     without labels it returns the logits: evaluations go through this module too, as FSDP gathers
@@ -213,7 +210,7 @@ class FinetuneTask:
         if batches.steps < 1:
             raise ConfigError(f"{len(train)} training images give no step at batch {cfg.batch_size} x accum "
                               f"{cfg.accum_steps} x {dist.world_size()} processes; lower --batch-size")
-        self.data = PretrainData(train, batches, num_classes, len(train))
+        self.data = LoaderData(train, batches, num_classes, len(train))
 
     @staticmethod
     def stored_record(saved: dict) -> dict:
@@ -273,12 +270,11 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     echo = echo if dist.is_main_process() else (lambda *args: None)
     record = {"finetune": dataclasses.asdict(cfg), "pretrained": str(Path(checkpoint).resolve()), "data": name,
               "preset": preset}
-    # the head starts from the probe only in a new fine-tuning (the main process's folder says)
-    fresh = dist.decided_by_main(lambda: RunFolder(out).checkpoint_to_resume(resume)) is None
+    found = checkpoint_to_resume(out, resume)  # the head starts from the probe only in a new fine-tuning
     task = FinetuneTask(cfg, encoder, name, root, pre_cfg.img_size, dev, record,
-                        start_from_probe=cfg.head_init == "probe" and fresh, device_name=str(device),
+                        start_from_probe=cfg.head_init == "probe" and found is None, device_name=str(device),
                         skip_bad_images=skip_bad_images)
-    run = run_task(task, out, resume, dev)
+    run = run_task(task, out, resume, found, dev)
     if run.halted:
         echo(f"halted at step {run.steps} (--halt-after-steps) with checkpoint {run.checkpoint}")
         return {"halted": True, "step": run.steps, "out": str(out)}
