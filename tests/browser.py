@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import selectors
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -80,12 +81,18 @@ class DevTools:
         self._out.close()
         self._selector.close()
         os.close(self._in)
-        try:
-            self.process.terminate()
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        # Chromium's helper processes share its session and can still write to the profile after the
+        # browser process exits: end the whole group, so the profile folder can be removed.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
     def _read_message(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
@@ -155,7 +162,7 @@ def check_page(page: Path, out_dir: Path, width: int = 1366, height: int = 900, 
         raise FileNotFoundError("no chromium binary on PATH")
     out_dir.mkdir(parents=True, exist_ok=True)
     url = Path(page).resolve().as_uri()
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
         tools = DevTools(binary, Path(profile), timeout)
         try:
             tools.open_page()
