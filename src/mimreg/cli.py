@@ -1,4 +1,4 @@
-"""`mimreg` command line: pretrain, submit, eval, results, analyze, report, export, recipes, demo."""
+"""`mimreg` command line: pretrain, submit, study, eval, results, analyze, report, export, recipes, demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mimreg.cli_eval import (add_checkpoint_args, add_eval_parser, add_import_args, add_results_parser,
                              import_consented, is_main_process, resume_command)
+from mimreg.cli_study import add_study_parser
 from mimreg.console import guarded_output
 from mimreg.errors import MimregError, RunInterrupted
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the job to end (always with --executor local)")
     p.set_defaults(run=cmd_submit)
 
+    add_study_parser(sub)
     add_eval_parser(sub)
     add_results_parser(sub)
 

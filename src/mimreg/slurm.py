@@ -29,21 +29,9 @@ def require_submitit():
     return submitit
 
 
-@dataclass
-class TrainJob:
-    """What each task of the job runs (pickled by submitit), always resuming: `mimreg pretrain CONFIG
-    --set ... --out OUT --resume`, or with `finetune` = the pretrained checkpoint, `mimreg eval
-    finetune --checkpoint CKPT --out OUT --resume` with `settings` (fine-tuning field -> value)."""
-
-    config: str
-    overrides: list[str]
-    out_dir: str
-    finetune: str | None = None
-    settings: dict = field(default_factory=dict)
-    data: str | None = None
-    data_root: str | None = None
-    _requeue_signal: object = field(default=None, init=False, repr=False, compare=False)
-    _submitit_handler: object = field(default=None, init=False, repr=False, compare=False)
+class RequeueingJob:
+    """What a submitit task runs: `train()` (a subclass's), with the time-limit signal turned into
+    the loop's graceful stop and submitit's requeue of this same job, which resumes."""
 
     def __call__(self) -> dict:
         submitit = require_submitit()
@@ -70,6 +58,43 @@ class TrainJob:
         return result
 
     def train(self) -> dict:
+        raise NotImplementedError
+
+    def _stop_then_requeue(self, signum, frame) -> None:
+        from mimreg.engine.stopping import GracefulStop
+
+        stop = signal.getsignal(signal.SIGTERM)
+        if isinstance(getattr(stop, "__self__", None), GracefulStop):
+            stop(signum, frame)  # training: stop after this step with a checkpoint, then requeue
+        else:  # not training (yet, or any more): nothing to save, requeue at once
+            self._submitit_handler(signum, frame)
+
+    def requeued(self) -> "RequeueingJob":
+        """The job submitit runs next: a fresh copy of this one (it resumes)."""
+        return dataclasses.replace(self)
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on rank 0 before it requeues."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self.requeued())
+
+
+@dataclass
+class TrainJob(RequeueingJob):
+    """Each task of `mimreg submit`, always resuming: `mimreg pretrain CONFIG --set ... --out OUT
+    --resume`, or with `finetune` = the pretrained checkpoint, `mimreg eval finetune --checkpoint
+    CKPT --out OUT --resume` with `settings` (fine-tuning field -> value)."""
+
+    config: str
+    overrides: list[str]
+    out_dir: str
+    finetune: str | None = None
+    settings: dict = field(default_factory=dict)
+    data: str | None = None
+    data_root: str | None = None
+
+    def train(self) -> dict:
         if self.finetune is None:
             from mimreg.config import load_config
             from mimreg.engine.loop import pretrain
@@ -84,20 +109,8 @@ class TrainJob:
         return {"steps": result.get("steps", result.get("step")), "halted": bool(result.get("halted")),
                 "checkpoint": str(latest_checkpoint(Path(self.out_dir) / "checkpoints")), "top1": result.get("top1")}
 
-    def _stop_then_requeue(self, signum, frame) -> None:
-        from mimreg.engine.stopping import GracefulStop
-
-        stop = signal.getsignal(signal.SIGTERM)
-        if isinstance(getattr(stop, "__self__", None), GracefulStop):
-            stop(signum, frame)  # training: stop after this step with a checkpoint, then requeue
-        else:  # not training (yet, or any more): nothing to save, requeue at once
-            self._submitit_handler(signum, frame)
-
-    def checkpoint(self, *args, **kwargs):
-        """Called by submitit on rank 0 before it requeues: the job to run next, this one (it resumes)."""
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(dataclasses.replace(self, overrides=list(self.overrides), settings=dict(self.settings)))
+    def requeued(self) -> "TrainJob":
+        return dataclasses.replace(self, overrides=list(self.overrides), settings=dict(self.settings))
 
 
 @dataclass

@@ -1,0 +1,77 @@
+"""What a study has done, point by point: STUDY/status/<point>.json, and a lock per point.
+
+The status says whether the point's pretraining finished, which evaluations are done, and the last
+error; a re-run skips what is done. The lock (an flock on STUDY/status/<point>.lock, released by
+the OS when its process dies) keeps two study commands from running one point at the same time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mimreg.io import write_json_atomic
+
+
+@dataclass
+class PointStatus:
+    state: str = "pending"  # pending, running, done, failed
+    pretrained: bool = False
+    evaluations: list[str] = field(default_factory=list)  # keys of the evaluations done
+    error: str | None = None
+    minutes: float = 0.0  # wall time of the attempts that ended, summed
+
+
+def status_path(study_dir: Path, name: str) -> Path:
+    return Path(study_dir) / "status" / f"{name}.json"
+
+
+def read_status(study_dir: Path, name: str) -> PointStatus:
+    path = status_path(study_dir, name)
+    if not path.is_file():
+        return PointStatus()
+    try:
+        return PointStatus(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return PointStatus()  # a status written by a killed process: the run's own files say what is done
+
+
+def write_status(study_dir: Path, name: str, status: PointStatus) -> None:
+    write_json_atomic(status_path(study_dir, name), asdict(status))
+
+
+class PointBusy(Exception):
+    """Another process holds the point's lock."""
+
+
+class PointLock:
+    """Hold STUDY/status/<point>.lock for the life of this object (a context manager)."""
+
+    def __init__(self, study_dir: Path, name: str):
+        self.path = Path(study_dir) / "status" / f"{name}.lock"
+        self._handle = None
+
+    def __enter__(self) -> "PointLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise PointBusy(holder) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
