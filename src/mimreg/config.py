@@ -370,7 +370,8 @@ def apply_override(raw: dict, item: str) -> tuple[Any, list[str]]:
         if isinstance(node, list):
             node = _list_entry(node, part, ".".join(parts[: i + 1]))
         else:
-            node = node.setdefault(part, {})
+            # the list sections: a recipe without any entry has an empty list, not a new section
+            node = node.setdefault(part, [] if node is raw and part in ("regularizers", "monitor") else {})
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
     last = parts[-1]

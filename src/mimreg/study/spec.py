@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from mimreg.errors import ConfigError
+from mimreg.errors import ConfigError, MimregError
 
 STUDY_KEYS = {"description", "set", "seeds", "grids", "recipes", "axes", "evaluations", "run"}
 GRID_KEYS = {"recipes", "axes", "set", "seeds"}
@@ -54,7 +54,7 @@ class Point:
     name: str
     recipe: str
     overrides: tuple[str, ...]
-    axes: tuple[tuple[str, Any], ...]  # (key, value) of each axis, in the file's order
+    axes: tuple[tuple[str, Any], ...]  # (key, value) of its grid's own `set` and each axis, in the file's order
     seed: int
 
     @property
@@ -117,7 +117,10 @@ def load_study(path: str | Path, check_points: bool = True) -> Study:
     points: dict[str, Point] = {}
     for index, grid in enumerate(grids):
         for point in _grid_points(grid, index, base_set, seeds, path.parent):
-            points.setdefault(point.name, point)  # the same point named twice runs once
+            same = points.setdefault(point.name, point)  # the same point named twice runs once
+            if same.overrides != point.overrides or same.recipe != point.recipe:
+                raise ConfigError(f"study file {path}: two grids give point {point.name} different settings "
+                                  f"({list(same.overrides)} and {list(point.overrides)}); give one of them an axis")
     study = Study(path, str(raw.get("description", "")), list(points.values()),
                   [_evaluation(e, i) for i, e in enumerate(_as_list(raw.get("evaluations", []), "evaluations"))],
                   _run_settings(raw.get("run")), text)
@@ -139,12 +142,13 @@ def _grid_points(grid: Any, index: int, base_set: dict, seeds: list[int], folder
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.axes.{key}: an axis is a non-empty list of values, e.g. [0.01, 0.03]")
-    fixed = {**base_set, **_mapping(grid.get("set"), f"{where}.set")}
+    own = _mapping(grid.get("set"), f"{where}.set")  # a grid's own settings name its points, as axes do
+    fixed = {k: v for k, v in base_set.items() if k not in own}
     seeds = _seeds(grid["seeds"], f"{where}.seeds") if "seeds" in grid else seeds
     points = []
     for recipe in recipes:
         for values in itertools.product(*axes.values()):
-            chosen = tuple(zip(axes, values))
+            chosen = (*own.items(), *zip(axes, values))
             for seed in seeds:
                 overrides = [_override(k, v) for k, v in [*fixed.items(), *chosen]] + [f"train.seed={seed}"]
                 points.append(Point(point_name(recipe, chosen, seed), recipe, tuple(overrides), chosen, seed))
@@ -166,7 +170,7 @@ def check_point(point: Point) -> None:
 
     try:
         load_config(point.recipe, list(point.overrides))
-    except ConfigError as err:
+    except MimregError as err:
         raise ConfigError(f"study point {point.name} ({point.recipe} with "
                           f"{', '.join(point.overrides) or 'no overrides'}): {err}") from None
 
@@ -191,10 +195,11 @@ def _evaluation(raw: Any, index: int) -> Evaluation:
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         raise ConfigError(f"{where}: unknown protocol {unknown or protocols}; choose from {list(PROTOCOLS)}")
-    kind = "frozen" if all(p in FROZEN_PROTOCOLS for p in protocols) else protocols[0]
-    if kind != "frozen" and len(protocols) > 1:
-        raise ConfigError(f"{where}: {kind} is an evaluation of its own; list only frozen protocols "
+    others = [p for p in protocols if p not in FROZEN_PROTOCOLS]
+    if others and len(protocols) > 1:
+        raise ConfigError(f"{where}: {others[0]} is an evaluation of its own; list only frozen protocols "
                           f"{list(FROZEN_PROTOCOLS)} together")
+    kind = others[0] if others else "frozen"
     _refuse_unknown(raw, EVALUATION_KEYS[kind], where)
     options = {k: v for k, v in raw.items() if k not in ("protocol", "protocols")}
     pools = _as_list(options.get("pools", options.get("pool", "cls")), f"{where}.pools")

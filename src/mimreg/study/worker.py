@@ -28,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cores:
         cores = [int(c) for c in args.cores.split(",")]
         os.sched_setaffinity(0, cores)
-        import torch
+    import torch
 
+    if args.cores:
         torch.set_num_threads(len(cores))
+    print(f"point {args.point}: cores {sorted(os.sched_getaffinity(0))}, {torch.get_num_threads()} thread(s)",
+          flush=True)
 
     from mimreg.errors import RunInterrupted
     from mimreg.study.ledger import PointBusy
