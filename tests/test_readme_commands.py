@@ -197,9 +197,10 @@ def with_tiny_sizes(argv: list[str]) -> list[str]:
         return argv + [x for flag, value in flags.items()
                        for x in ("--set", f"{flag.removeprefix('--').replace('-', '_')}={value}")] + [
             "--set", "fraction=0.05"]
-    if command in ("pretrain", "submit", "demo"):
+    if command in ("pretrain", "submit", "demo", "study"):
         position = 3 if command != "demo" else 2  # after `mimreg pretrain CONFIG`
-        sets = [x for s in (TINY_DEMO if command == "demo" else TINY_PRETRAIN) for x in ("--set", s)]
+        # a study's runs end (the study counts a halted run as unfinished), as the demo's
+        sets = [x for s in (TINY_DEMO if command in ("demo", "study") else TINY_PRETRAIN) for x in ("--set", s)]
         if command == "demo":
             sets += ["--out", "runs/demo"] if "--out" not in argv else []
         return argv[:position] + sets + argv[position:]
@@ -220,8 +221,16 @@ class RunAtOnce:
     def __init__(self, folder: Path):
         self.folder = folder
 
+    cluster = "slurm"
+
     def submit(self, job):
         return FinishedJob(self.folder, job.train())
+
+    def submit_array(self, jobs):
+        return [self.submit(job) for job in jobs]
+
+    def update_parameters(self, **kwargs):
+        pass
 
 
 class FinishedJob:
@@ -229,10 +238,13 @@ class FinishedJob:
 
     def __init__(self, folder: Path, result: dict):
         self.paths = type("Paths", (), {"folder": folder})
-        self.result = result
+        self._result = result
 
     def results(self) -> list[dict]:
-        return [self.result]
+        return [self._result]
+
+    def result(self) -> dict:
+        return self._result
 
 
 def run_readme_line(argv: list[str], folder: Path, monkeypatch, capsys, torchrun) -> str:
@@ -305,8 +317,22 @@ def check_what_it_did(argv: list[str], folder: Path, printed: str, written: list
         assert page and page.group(1) in written, printed
         recipes = option(argv, "--recipes", "mae,u-mae,m-mae,mu-mae").split(",")
         assert all(f"== {r}: " in printed for r in recipes), printed
+    elif command == "study":
+        check_study(argv, printed, written)
     else:
         raise AssertionError(f"no check of what `{command}` prints or writes: add one")
+
+
+def check_study(argv: list[str], printed: str, written: list[str]) -> None:
+    """A dry run prints its estimate and writes nothing; a run trains and evaluates every point."""
+    if "--dry-run" in argv:
+        assert "estimated pretraining time: " in printed and not written, printed
+        return
+    assert re.search(r"^\d+ runs \(", printed, flags=re.M), printed
+    if "nothing to do: every run and evaluation is finished" not in printed:
+        assert "study: 6 done" in printed, printed
+        out = option(argv, "--out")
+        assert sum(f.startswith(f"{out}/runs/") and f.endswith("/evals/erank_digits_mean.json") for f in written) == 6
 
 
 EVAL_PRINTS = {"linear": "linear top1", "knn": "knn20 cosine", "lowshot": "lowshot", "robustness": "mask ratio",
@@ -347,7 +373,7 @@ def set_aside_default_folder(argv: list[str], folder: Path, number: int) -> None
 
 def test_the_readme_has_the_commands_this_test_knows():
     verbs = {shlex.split(c)[1] if c.startswith("mimreg") else "torchrun" for _, c in COMMANDS}
-    assert {"pretrain", "eval", "results", "analyze", "report", "export", "demo", "submit", "torchrun"} <= verbs
+    assert {"pretrain", "eval", "results", "analyze", "report", "export", "demo", "submit", "torchrun", "study"} <= verbs
     assert len(COMMANDS) >= 20
 
 

@@ -14,6 +14,9 @@ def add_study_parser(sub) -> None:
                                    "finished run). Re-running skips what is done and resumes what was interrupted.")
     p.add_argument("study", help="the study .yaml file")
     p.add_argument("--out", help="study folder (default studies/<file name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (e.g. --set data.root=~/data); give the same on every "
+                        "re-run")
     p.add_argument("--dry-run", action="store_true",
                    help="print the grid, the run count and an estimated time (measures one epoch per setting "
                         "not trained yet), and run nothing")
@@ -43,7 +46,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from mimreg.study.run import grid_lines, pending_points, record_study_file
     from mimreg.study.spec import load_study
 
-    study = load_study(args.study)
+    study = load_study(args.study, extra=args.overrides)
     study_dir = Path(args.out) if args.out else Path("studies") / Path(args.study).stem
     settings = study.run
     threads = args.threads or settings.threads
@@ -68,13 +71,11 @@ def dry_run(study, study_dir: Path, todo, parallel, threads, device) -> int:
     from mimreg.study.estimate import estimate
     from mimreg.study.local import make_slots
 
+    import torch
+
     slots = make_slots(parallel, threads, device)
-    costs = estimate(study, study_dir, todo, device)
-    runs = {c.group: sum(p.group == c.group for p in todo) for c in costs}
-    total = sum(c.seconds * c.epochs * runs[c.group] for c in costs)
-    for cost in costs:
-        print(f"  {cost.group}: first epoch {cost.seconds:.1f} s ({cost.measured}) x {cost.epochs} epochs "
-              f"x {runs[cost.group]} run(s)")
+    torch.set_num_threads(threads)  # measured as a study worker runs
+    total = estimate(study, study_dir, todo, device, echo=lambda line: print(line, flush=True))
     print(f"estimated pretraining time: {duration(total)} of runs, {duration(total / len(slots))} on "
           f"{len(slots)} slot(s) of {threads} thread(s) (evaluations not included)")
     return 0
@@ -107,7 +108,7 @@ def run_array(args, study, study_dir: Path, todo, parallel, device) -> int:
     cluster = "local" if args.executor == "submitit-local" else "slurm"
     jobs = submit_array(study.path, study_dir, [p.name for p in todo], res, cluster=cluster, parallel=parallel,
                         device="cuda" if device == "cuda" else "cpu",
-                        log_dir=Path(args.log_dir) if args.log_dir else None)
+                        log_dir=Path(args.log_dir) if args.log_dir else None, overrides=study.extra)
     print(f"submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} element(s) "
           f"(logs in {jobs[0].paths.folder})", flush=True)
     if not (args.wait or cluster == "local"):

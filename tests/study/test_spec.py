@@ -82,3 +82,35 @@ def test_the_command_refuses_a_bad_file_in_one_line_and_runs_nothing(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: study point digits-mae_lr=-1_seed0")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_command_set_goes_into_every_point_and_may_not_change_what_a_grid_varies(tmp_path):
+    path = write(tmp_path, f"""
+        set: {TINY}
+        grids:
+          - recipes: [digits/mae]
+          - recipes: [digits/u-mae]
+            axes: {{regularizers.uniformity.weight: [0.1]}}
+        """)
+    study = load_study(path, extra=["optim.lr=0.002"])
+    assert all(p.overrides[-1] == "optim.lr=0.002" for p in study.points)
+    assert [p.name for p in study.points] == [p.name for p in load_study(path).points]  # names keep to the file
+    with pytest.raises(ConfigError, match=r"--set regularizers.uniformity.weight=1: grids\[1\] sets "
+                                          r"regularizers.uniformity.weight itself"):
+        load_study(path, extra=["regularizers.uniformity.weight=1"])
+
+
+def test_a_rerun_with_other_settings_is_refused_for_the_points_already_run(tmp_path):
+    from mimreg.study.ledger import PointStatus, write_status
+    from mimreg.study.run import pending_points
+
+    path = write(tmp_path, f"set: {TINY}\nrecipes: [digits/mae]\n")
+    study = load_study(path)
+    point = study.points[0]
+    write_status(tmp_path / "out", point.name, PointStatus(state="done", pretrained=True,
+                                                           overrides=list(point.overrides)))
+    assert pending_points(study, tmp_path / "out") == ([], [point])
+    changed = load_study(path, extra=["optim.lr=0.002"])
+    with pytest.raises(ConfigError, match=rf"study point {point.name} ran in .* with \[.*\]; this study gives it "
+                                          r"\[.*'optim.lr=0.002'\]: give the same settings \(--set\), or a new --out"):
+        pending_points(changed, tmp_path / "out")

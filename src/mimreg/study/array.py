@@ -4,7 +4,7 @@ requeued, as `mimreg submit` is, when its time limit comes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mimreg.slurm import RequeueingJob, Resources, build_executor
@@ -18,13 +18,14 @@ class StudyJob(RequeueingJob):
     study_dir: str
     name: str
     device: str = "auto"
+    overrides: list[str] = field(default_factory=list)  # the study command's --set items
 
     def train(self) -> dict:
         from mimreg.engine.checkpoint import latest_checkpoint
         from mimreg.study.point import run_dir_of, run_point
         from mimreg.study.spec import load_study
 
-        study = load_study(self.study_file, check_points=False)
+        study = load_study(self.study_file, check_points=False, extra=self.overrides)
         point = next(p for p in study.points if p.name == self.name)
         outcome = run_point(Path(self.study_dir), point, study.evaluations, device=self.device)
         checkpoint = latest_checkpoint(run_dir_of(Path(self.study_dir), point) / "checkpoints")
@@ -33,10 +34,12 @@ class StudyJob(RequeueingJob):
 
 
 def submit_array(study_file: Path, study_dir: Path, names: list[str], res: Resources, *, cluster: str | None,
-                 parallel: int | None, device: str = "auto", log_dir: Path | None = None) -> list:
+                 parallel: int | None, device: str = "auto", log_dir: Path | None = None,
+                 overrides: list[str] = ()) -> list:
     """Submit the points `names` as one job array (at most `parallel` elements at a time); the jobs."""
     executor = build_executor(log_dir or study_dir / "submitit", res, cluster, name=f"mimreg-study-{study_dir.name}")
     if parallel and executor.cluster == "slurm":  # submitit's local executor runs every element at once
         executor.update_parameters(slurm_array_parallelism=parallel)
-    jobs = [StudyJob(str(study_file.resolve()), str(study_dir.resolve()), name, device) for name in names]
+    jobs = [StudyJob(str(study_file.resolve()), str(study_dir.resolve()), name, device, list(overrides))
+            for name in names]
     return executor.submit_array(jobs)

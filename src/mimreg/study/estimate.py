@@ -1,7 +1,7 @@
 """A study's dry run: how long it will take, from one measured first epoch per distinct setting.
 
-A point's first epoch is read from its run folder when the study already trained it; otherwise it is
-measured here, pinned like a study worker, in a scratch folder: one step (which logs the steps per
+A first epoch is read from a run folder of the study when it trained one; otherwise it is measured
+here, in a scratch folder: one step (which logs the steps per
 epoch), then a resume that finishes the epoch. A run is estimated at epochs x that first epoch
 (which includes building the data and model, so the estimate leans high); evaluations are not in it.
 """
@@ -17,9 +17,8 @@ from mimreg.study.spec import Point, Study
 
 @dataclass
 class EpochCost:
-    group: str  # the point's name without its seed
-    seconds: float  # the first epoch, wall time
-    epochs: int  # the run's epochs
+    label: str  # the first point of the setting, without its seed
+    seconds: float  # its first epoch, wall time
     measured: str  # "run folder" or "measured now"
 
 
@@ -59,20 +58,21 @@ def measure_first_epoch(point: Point, device: str) -> float:
     return time.perf_counter() - began
 
 
-def estimate(study: Study, study_dir: Path, todo: list[Point], device: str) -> list[EpochCost]:
-    """One EpochCost per distinct setting (the points that differ only by seed share one)."""
+def estimate(study: Study, study_dir: Path, todo: list[Point], device: str, echo=print) -> float:
+    """Seconds of pretraining left in `todo`: epochs x the first epoch of each setting (the points
+    that differ only by seed or axis values share one: those are taken not to change an epoch's cost)."""
     from mimreg.config import load_config
     from mimreg.study.point import run_dir_of
 
-    costs: dict[str, EpochCost] = {}
+    costs: dict[tuple, EpochCost] = {}
+    total = 0.0
     for point in todo:
-        if point.group in costs:
-            continue
-        epochs = load_config(point.recipe, list(point.overrides)).train.epochs
-        known = [first_epoch_seconds(run_dir_of(study_dir, p)) for p in study.points if p.group == point.group]
-        known = [s for s in known if s is not None]
-        if known:
-            costs[point.group] = EpochCost(point.group, known[0], epochs, "run folder")
-        else:
-            costs[point.group] = EpochCost(point.group, measure_first_epoch(point, device), epochs, "measured now")
-    return list(costs.values())
+        if point.cost_key not in costs:
+            known = [first_epoch_seconds(run_dir_of(study_dir, p)) for p in study.points if p.cost_key == point.cost_key]
+            known = [s for s in known if s is not None]
+            cost = (EpochCost(point.group, known[0], "run folder") if known else
+                    EpochCost(point.group, measure_first_epoch(point, device), "measured now"))
+            echo(f"  first epoch of {cost.label} (and its axis values): {cost.seconds:.1f} s ({cost.measured})")
+            costs[point.cost_key] = cost
+        total += costs[point.cost_key].seconds * load_config(point.recipe, list(point.overrides)).train.epochs
+    return total

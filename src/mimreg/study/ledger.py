@@ -25,6 +25,7 @@ class PointStatus:
     evaluations: list[str] = field(default_factory=list)  # keys of the evaluations done
     error: str | None = None
     minutes: float = 0.0  # wall time of the attempts that ended, summed
+    overrides: list[str] | None = None  # the point's settings when it first ran
 
 
 def status_path(study_dir: Path, name: str) -> Path:

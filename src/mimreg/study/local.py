@@ -96,7 +96,8 @@ def _start(slot: Slot, point: Point, study: Study, study_dir: Path, device: str)
         env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
     slot.log = study_dir / "logs" / f"{point.name}.log"
     command = [sys.executable, "-m", "mimreg.study.worker", str(study.path), str(study_dir), point.name,
-               "--cores", ",".join(map(str, slot.cores)), "--device", device]
+               "--cores", ",".join(map(str, slot.cores)), "--device", device,
+               *[part for item in study.extra for part in ("--set", item)]]
     with open(slot.log, "a") as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()

@@ -25,6 +25,7 @@ def run_point(study_dir: Path, point: Point, evaluations: list[Evaluation], devi
         status = read_status(study_dir, point.name)
         began = time.time()
         status.state, status.error = "running", None
+        status.overrides = list(point.overrides)
         write_status(study_dir, point.name, status)
         try:
             outcome = _pretrain_and_evaluate(study_dir, point, evaluations, device, status, echo)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mimreg.errors import ConfigError
 from mimreg.io import atomic_write
 from mimreg.study.ledger import read_status
 from mimreg.study.spec import Point, Study
@@ -20,6 +21,9 @@ def pending_points(study: Study, study_dir: Path) -> tuple[list[Point], list[Poi
     todo, finished = [], []
     for point in study.points:
         status = read_status(study_dir, point.name)
+        if status.overrides is not None and status.overrides != list(point.overrides):
+            raise ConfigError(f"study point {point.name} ran in {study_dir} with {status.overrides}; this study "
+                              f"gives it {list(point.overrides)}: give the same settings (--set), or a new --out")
         done = status.pretrained and wanted <= set(status.evaluations)
         (finished if done else todo).append(point)
     return todo, finished

@@ -56,11 +56,18 @@ class Point:
     overrides: tuple[str, ...]
     axes: tuple[tuple[str, Any], ...]  # (key, value) of its grid's own `set` and each axis, in the file's order
     seed: int
+    varied: tuple[str, ...] = ()  # the keys of its grid's axes
 
     @property
     def group(self) -> str:
         """The point without its seed: the runs that seeds repeat."""
         return self.name.rsplit("_seed", 1)[0]
+
+    @property
+    def cost_key(self) -> tuple:
+        """The point without its seed and axis values: what the cost of an epoch is taken to depend on."""
+        kept = [o for o in self.overrides if o.split("=", 1)[0] not in (*self.varied, "train.seed", "train.epochs")]
+        return (self.recipe, *kept)
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,13 @@ class Study:
     evaluations: list[Evaluation]
     run: RunSettings
     text: str  # the study file as read, kept with the study's results
+    extra: list[str] = field(default_factory=list)  # the command's --set items
 
 
-def load_study(path: str | Path, check_points: bool = True) -> Study:
-    """Read and check a study file (module docstring); `check_points`: load every grid point's config."""
+def load_study(path: str | Path, check_points: bool = True, extra: list[str] = ()) -> Study:
+    """Read and check a study file (module docstring); `check_points`: load every grid point's config.
+    `extra`: `--set KEY=VALUE` items given with the command, last in every point's overrides (a key
+    that a grid varies or sets itself is refused: it would not be in force everywhere)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file {path} does not exist")
@@ -116,21 +126,22 @@ def load_study(path: str | Path, check_points: bool = True) -> Study:
     seeds = _seeds(raw.get("seeds", 1), "seeds")
     points: dict[str, Point] = {}
     for index, grid in enumerate(grids):
-        for point in _grid_points(grid, index, base_set, seeds, path.parent):
+        for point in _grid_points(grid, index, base_set, seeds, path.parent, list(extra)):
             same = points.setdefault(point.name, point)  # the same point named twice runs once
             if same.overrides != point.overrides or same.recipe != point.recipe:
                 raise ConfigError(f"study file {path}: two grids give point {point.name} different settings "
                                   f"({list(same.overrides)} and {list(point.overrides)}); give one of them an axis")
     study = Study(path, str(raw.get("description", "")), list(points.values()),
                   [_evaluation(e, i) for i, e in enumerate(_as_list(raw.get("evaluations", []), "evaluations"))],
-                  _run_settings(raw.get("run")), text)
+                  _run_settings(raw.get("run")), text, list(extra))
     if check_points:
         for point in study.points:
             check_point(point)
     return study
 
 
-def _grid_points(grid: Any, index: int, base_set: dict, seeds: list[int], folder: Path) -> list[Point]:
+def _grid_points(grid: Any, index: int, base_set: dict, seeds: list[int], folder: Path,
+                 extra: list[str]) -> list[Point]:
     where = f"grids[{index}]"
     if not isinstance(grid, dict):
         raise ConfigError(f"{where}: expected a mapping with recipes (and axes, set, seeds)")
@@ -145,13 +156,19 @@ def _grid_points(grid: Any, index: int, base_set: dict, seeds: list[int], folder
     own = _mapping(grid.get("set"), f"{where}.set")  # a grid's own settings name its points, as axes do
     fixed = {k: v for k, v in base_set.items() if k not in own}
     seeds = _seeds(grid["seeds"], f"{where}.seeds") if "seeds" in grid else seeds
+    for item in extra:
+        key = item.split("=", 1)[0].strip().removesuffix("+")
+        if key in own or key in axes or key == "train.seed":
+            raise ConfigError(f"--set {item}: {where} sets {key} itself (an axis, its own set, or the seeds); "
+                              "change it in the study file")
     points = []
     for recipe in recipes:
         for values in itertools.product(*axes.values()):
             chosen = (*own.items(), *zip(axes, values))
             for seed in seeds:
-                overrides = [_override(k, v) for k, v in [*fixed.items(), *chosen]] + [f"train.seed={seed}"]
-                points.append(Point(point_name(recipe, chosen, seed), recipe, tuple(overrides), chosen, seed))
+                overrides = [_override(k, v) for k, v in [*fixed.items(), *chosen]] + [f"train.seed={seed}", *extra]
+                points.append(Point(point_name(recipe, chosen, seed), recipe, tuple(overrides), chosen, seed,
+                                    tuple(axes)))
     return points
 
 

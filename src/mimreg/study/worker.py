@@ -1,6 +1,6 @@
 """One point of a study in its own process (what `mimreg study` starts for each point):
 
-    python -m mimreg.study.worker STUDY.yaml STUDY_DIR POINT --cores 0,1 --device cpu
+    python -m mimreg.study.worker STUDY.yaml STUDY_DIR POINT --cores 0,1 --device cpu [--set KEY=VALUE ...]
 
 Pins itself to `--cores` (their count is its thread count) before torch starts its thread pool.
 Exit codes: 0 done or halted, 1 failed (the error is in the ledger), 75 the point is busy elsewhere,
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("point")
     parser.add_argument("--cores", help="comma-separated CPU cores to run on")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="the study command's --set")
     args = parser.parse_args(argv)
     if args.cores:
         cores = [int(c) for c in args.cores.split(",")]
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from mimreg.study.point import run_point
     from mimreg.study.spec import load_study
 
-    study = load_study(args.study_file, check_points=False)
+    study = load_study(args.study_file, check_points=False, extra=args.overrides)
     point = next((p for p in study.points if p.name == args.point), None)
     if point is None:
         print(f"error: study {args.study_file} has no point {args.point}", file=sys.stderr)
