@@ -37,8 +37,9 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
 
 
-def loss_and_grad(weight, bias, x, y, weight_decay: float):
-    """The objective and its gradients with respect to weight and bias."""
+def loss_and_grad(weight, bias, x, y, weight_decay):
+    """The objective and its gradients with respect to weight and bias; `weight_decay` is a number
+    or one per feature (D,)."""
     loss = x.new_zeros(())
     grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
     for start in range(0, x.shape[0], _CHUNK):
@@ -50,24 +51,40 @@ def loss_and_grad(weight, bias, x, y, weight_decay: float):
         grad_weight += grad_logits.T @ xs
         grad_bias += grad_logits.sum(dim=0)
     n = x.shape[0]
-    return (loss / n + 0.5 * weight_decay * weight.square().sum(), grad_weight / n + weight_decay * weight,
+    return (loss / n + 0.5 * (weight_decay * weight.square()).sum(), grad_weight / n + weight_decay * weight,
             grad_bias / n)
 
 
+def principal_axes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (D,) and eigenvectors (D, D) of x's second-moment matrix, computed in float64 on
+    the CPU (MPS has no eigh); x @ vectors has uncorrelated columns of those second moments."""
+    values, vectors = torch.linalg.eigh((x.T @ x).double().cpu() / x.shape[0])
+    return values.clamp_min(0).to(x), vectors.to(x)
+
+
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, *, max_iter: int,
-                 start: tuple[torch.Tensor, torch.Tensor] | None = None) -> LogisticFit:
+                 start: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 variances: torch.Tensor | None = None) -> LogisticFit:
     """Minimise the objective from `start` (weight, bias) or zero, at most `max_iter` L-BFGS
-    iterations (each one full pass over x, a line search adding a few at times)."""
+    iterations (each one full pass over x, a line search adding a few at times).
+
+    `variances`: the second moments of x's columns when they are uncorrelated (x rotated onto its
+    principal_axes). L-BFGS then runs on V = W / d, d = (variance + weight_decay)^-1/2: the same
+    objective, whose curvature is then near 1 in every direction instead of spanning the features'
+    eigenvalues (correlated features took 900 iterations where this takes tens).
+    """
     from scipy.optimize import minimize
 
     dim = x.shape[1]
+    d = torch.ones(dim).to(x) if variances is None else (variances + weight_decay).rsqrt()
+    scaled, decay = x * d, weight_decay * d.square()
     theta = np.zeros((num_classes, dim + 1))
     if start is not None:
-        theta[:, :dim], theta[:, dim] = start[0].double().cpu().numpy(), start[1].double().cpu().numpy()
+        theta[:, :dim], theta[:, dim] = (start[0] / d).double().cpu().numpy(), start[1].double().cpu().numpy()
 
     def objective(flat: np.ndarray):
         params = torch.from_numpy(flat).view(num_classes, dim + 1).to(x)
-        loss, grad_weight, grad_bias = loss_and_grad(params[:, :dim], params[:, dim], x, y, weight_decay)
+        loss, grad_weight, grad_bias = loss_and_grad(params[:, :dim], params[:, dim], scaled, y, decay)
         grad = torch.cat([grad_weight, grad_bias[:, None]], dim=1)
         return float(loss), grad.double().cpu().numpy().ravel()
 
@@ -76,7 +93,19 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
                      options={"maxiter": max_iter, "gtol": GRAD_TOL, "ftol": 64 * np.finfo(float).eps})
     params = torch.from_numpy(found.x).view(num_classes, dim + 1).to(x)
     converged = bool(np.abs(found.jac).max() <= GRAD_TOL) or found.status == 0
-    return LogisticFit(params[:, :dim].clone(), params[:, dim].clone(), int(found.nit), converged)
+    return LogisticFit(params[:, :dim] * d, params[:, dim].clone(), int(found.nit), converged)
+
+
+def fit_rotated(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, *, max_iter: int,
+                axes: tuple[torch.Tensor, torch.Tensor], start: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> LogisticFit:
+    """fit_logistic on x already rotated onto `axes` (principal_axes of x: values, vectors), `start`
+    and the result in x's original coordinates: the L2 penalty does not change under a rotation."""
+    values, vectors = axes
+    start = None if start is None else (start[0] @ vectors, start[1])
+    fit = fit_logistic(x, y, num_classes, weight_decay, max_iter=max_iter, start=start, variances=values)
+    fit.weight = fit.weight @ vectors.T
+    return fit
 
 
 @torch.no_grad()
@@ -114,12 +143,14 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_de
     capped = 0
     for fold, (fit_rows, held_rows) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         fit_rows, held_rows = (torch.from_numpy(r).to(x.device) for r in (fit_rows, held_rows))
+        axes = principal_axes(x[fit_rows])
+        fit_x = x[fit_rows] @ axes[1]  # rotated once per fold, not once per fit
         start = None
         for decay in sorted(weight_decays, reverse=True):
             # decay * n / n_fit: the penalty the whole split's sum of losses gets (scikit-learn's C),
             # so that each fold is regularised as the refit on all n rows will be
-            result = fit_logistic(x[fit_rows], y[fit_rows], num_classes, decay * len(labels) / len(fit_rows),
-                                  max_iter=max_iter, start=start)
+            result = fit_rotated(fit_x, y[fit_rows], num_classes, decay * len(labels) / len(fit_rows),
+                                 max_iter=max_iter, axes=axes, start=start)
             start = (result.weight, result.bias)
             capped += not result.converged
             held = scores(result.weight, result.bias, x[held_rows], y[held_rows])
