@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,20 +143,81 @@ def test_default_probe_matches_logistic_regression_on_badly_scaled_features(scal
     assert linear_probe(*scaled_split, protocol="magma", epochs=20)["top1"] < sklearn_top1 - 20
 
 
-def test_sweep_chooses_on_held_out_train_rows_never_on_test(scaled_split):
+def test_sweep_chooses_by_cross_validation_on_train_rows_never_on_test(scaled_split):
     train_x, train_y, test_x, test_y = scaled_split
-    options = dict(epochs=5, lrs=(0.01, 0.1, 1.0), weight_decays=(0.0, 1e-3))
+    options = dict(weight_decays=(1.0, 1e-4, 1e-2))
     first = linear_probe(*scaled_split, **options)
     # Scrambled test labels change the test score only: the choice never sees the test split.
     scrambled = linear_probe(train_x, train_y, test_x, test_y.roll(1), **options)
-    for key in ("lr", "weight_decay", "heldout_top1", "grid", "train_top1", "train_loss"):
+    for key in ("weight_decay", "heldout_top1", "heldout_loss", "grid", "train_top1", "train_loss"):
         assert scrambled[key] == first[key], key
     assert scrambled["top1"] < 20 < first["top1"]
-    assert [(g["lr"], g["weight_decay"]) for g in first["grid"]] == [(a, b) for a in (0.01, 0.1, 1.0) for b in (0.0, 1e-3)]
+    assert [g["weight_decay"] for g in first["grid"]] == [1e-4, 1e-2, 1.0]  # sorted
     best = max(g["heldout_top1"] for g in first["grid"])
-    assert first["heldout_top1"] == best and (first["lr"], first["weight_decay"]) in [
-        (g["lr"], g["weight_decay"]) for g in first["grid"] if g["heldout_top1"] == best]
-    assert first["heldout_images"] == 200  # 10% of each of the 10 classes of 200 rows
+    assert first["heldout_top1"] == best and first["weight_decay"] in [
+        g["weight_decay"] for g in first["grid"] if g["heldout_top1"] == best]
+    assert first["folds"] == 5 and first["heldout_images"] == 2000  # every train row scored once, out of fold
+    assert first["converged"] and first["lr"] is None and first["iterations"] <= first["epochs"]
+
+
+def hard_case(seed, n=600, num_classes=10, dim=48, noise_dims=8, test_rows=3000):
+    """Overlapping classes (top-1 55-70%) in correlated noise, plus uninformative dimensions, every
+    dimension scaled by 10^U(-2, 2) and shifted: with 600 rows for 490 weights the L2 strength
+    matters, so a noisy choice of it shows."""
+    g = torch.Generator().manual_seed(seed)
+    informative = dim - noise_dims
+    centers = 0.2 * torch.randn(num_classes, informative, generator=g)
+    mix = torch.eye(informative) + torch.randn(informative, informative, generator=g) / informative ** 0.5
+    scale = 10.0 ** (4 * torch.rand(dim, generator=g) - 2)
+
+    def draw(rows):
+        y = torch.arange(rows) % num_classes
+        x = torch.cat([centers[y] + torch.randn(rows, informative, generator=g) @ mix,
+                       3 * torch.randn(rows, noise_dims, generator=g)], dim=1)
+        return (x + 10) * scale, y
+    return (*draw(n), *draw(test_rows))
+
+
+def cross_validated_logistic_regression(train_x, train_y, test_x, test_y):
+    """scikit-learn's LogisticRegressionCV on standardised features: C from 29 values over 1e-4..1e3,
+    chosen by accuracy over the same seeded stratified 5 folds, refit on all rows."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_x.double().numpy())
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    model = LogisticRegressionCV(Cs=np.logspace(-4, 3, 29), cv=folds, scoring="accuracy", max_iter=5000,
+                                 l1_ratios=(0.0,), use_legacy_attributes=False)
+    model.fit(scaler.transform(train_x.double().numpy()), train_y.numpy())
+    return 100.0 * model.score(scaler.transform(test_x.double().numpy()), test_y.numpy())
+
+
+def test_default_probe_reaches_cross_validated_logistic_regression_in_every_hard_case():
+    """No noise of the evaluator's own: within 1 point of the reference in each case, not on average.
+    Measured gaps (ours - reference): +0.03, +0.13, -0.13, +0.63, -0.10; the old choice on a 10%
+    held-out split (60 rows) of SGD heads: -13.4, -2.2, -3.3, -5.9, -2.7."""
+    gaps = {}
+    for seed in range(5):
+        case = hard_case(seed)
+        reference = cross_validated_logistic_regression(*case)
+        assert 50 < reference < 75  # hard: far from both chance and perfect
+        gaps[seed] = round(linear_probe(*case)["top1"] - reference, 2)
+    assert min(gaps.values()) >= -1.0, f"default probe minus LogisticRegressionCV per seed: {gaps}"
+
+
+def test_a_pick_at_the_grid_edge_warns_and_is_recorded(split, scaled_split):
+    from mimreg.eval.linear import GridEdgeWarning
+
+    # Separable blobs: every weak decay classifies all rows; the lowest out-of-fold loss is the weakest.
+    with pytest.warns(GridEdgeWarning, match=r"weight decay 0\.001 sits at the edge of the grid \[0\.001, 0\.01, 0\.1\]"):
+        separable = linear_probe(*split, weight_decays=(0.1, 0.01, 0.001))
+    assert separable["at_grid_edge"] and separable["weight_decay"] == 0.001
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridEdgeWarning)
+        inside = linear_probe(*hard_case(1, n=300, test_rows=100), weight_decays=(1e-6, 1e-4, 1e-2, 1.0))
+    assert not inside["at_grid_edge"] and inside["weight_decay"] in (1e-4, 1e-2)
 
 
 def test_sweep_heads_equal_separate_single_setting_runs(split):
@@ -167,7 +230,7 @@ def test_sweep_heads_equal_separate_single_setting_runs(split):
         g = torch.Generator().manual_seed(3)
         heads = LinearHeads(x.shape[1], 6, lrs, wds, momentum=0.9, batch_norm=False, generator=g, device="cpu")
         probe._train(heads, x, y, epochs=3, batch_size=50, generator=g, min_batch=1,
-                     lr_scale=probe._cosine(probe._steps(len(y), 50, 3)), progress=None)
+                     lr_scale=lambda epoch, step: 0.5 ** epoch, progress=None)
         return heads
     together = trained([0.01, 0.3], [1e-3, 0.0])
     alone = trained([0.3], [0.0])
