@@ -29,8 +29,8 @@ def run_point(study_dir: Path, point: Point, evaluations: list[Evaluation], devi
         write_status(study_dir, point.name, status)
         try:
             outcome = _pretrain_and_evaluate(study_dir, point, evaluations, device, status, echo)
-        except RunInterrupted as err:
-            status.state, status.error = "pending", f"interrupted: {err}"
+        except (RunInterrupted, KeyboardInterrupt, SystemExit) as err:  # SIGTERM in training, or outside it
+            status.state, status.error = "pending", f"interrupted: {err or type(err).__name__}"
             raise
         except BaseException as err:
             status.state, status.error = "failed", f"{type(err).__name__}: {err}".splitlines()[0]

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     from mimreg.study.point import run_point
     from mimreg.study.spec import load_study
 
+    # outside training (which stops after its step with a checkpoint), SIGTERM ends the point at once,
+    # through the ledger: it records the point as interrupted, not as failed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     study = load_study(args.study_file, check_points=False, extra=args.overrides)
     point = next((p for p in study.points if p.name == args.point), None)
     if point is None:
