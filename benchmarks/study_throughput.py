@@ -9,8 +9,11 @@ after the first, so start-up and compilation are left out; the start-up is repor
   loader  as 2x1, with data.pipeline=loader (PIL workers) instead of the device path
   compile as 2x1, with train.compile=true
 
+The cases run in turn, --repeats rounds (ABCD ABCD ...), and each reports its median over rounds:
+other load on the machine then hits every case alike.
+
     python benchmarks/study_throughput.py --data-root /work/data/c10 [--recipe cifar10-cpu/mae] [--steps 30]
-        [--cases 1x2,2x1,loader,compile] [--set KEY=VALUE ...] [--out DIR]
+        [--repeats 3] [--cases 1x2,2x1,loader,compile] [--set KEY=VALUE ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,12 +52,14 @@ def launch(run: Path, recipe: str, sets: list[str], cores: list[int]) -> subproc
 
 
 def run_case(name: str, recipe: str, sets: list[str], steps: int, work: Path) -> dict:
+    """One round of case `name` in fresh folders under `work`."""
     runs, threads, extra = CASES[name]
     began = time.perf_counter()
     processes = []
     for i in range(runs):
         cores = list(range(i * threads, (i + 1) * threads))
         run = work / f"{name}-{i}"
+        shutil.rmtree(run, ignore_errors=True)
         processes.append((run, launch(run, recipe, [*sets, *extra, f"train.halt_after_steps={steps}",
                                                     "train.log_every=1", f"train.seed={i}"], cores)))
     rates, startups = [], []
@@ -73,6 +80,7 @@ def main() -> int:
     parser.add_argument("--data-root", help="CIFAR-10 image folder (train/<class>/*.jpg); default: synthetic data")
     parser.add_argument("--recipe", default="cifar10-cpu/mae")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every case, interleaved")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
@@ -83,16 +91,23 @@ def main() -> int:
     data = ([f"data.root={args.data_root}", "data.name=imagefolder", "data.img_size=32", "data.subset=5000"]
             if args.data_root else ["data.name=synthetic", "data.img_size=32", "data.subset=5000"])
     sets = [*data, "optim.batch_size=256", "train.progress=false", "train.knn_every=0", *args.sets]
+    cases = args.cases.split(",")
+    rounds: dict[str, list[dict]] = {name: [] for name in cases}
     with tempfile.TemporaryDirectory(prefix="study-throughput-") as scratch:
         work = Path(args.out) if args.out else Path(scratch)
-        results = [run_case(name, args.recipe, sets, args.steps, work) for name in args.cases.split(",")]
-    base = next((r for r in results if r["case"] == "2x1"), results[0])
-    print(f"{args.recipe}, batch 256, {args.steps} steps per run, img/s over steps 2..{args.steps} (summed over runs)")
-    for r in results:
-        per_run = ", ".join(f"{x:.1f}" for x in r["img_per_s_per_run"])
-        print(f"  {r['case']:<8} {r['runs']} run(s) x {r['threads']} thread(s): {r['img_per_s']:7.1f} img/s "
-              f"({per_run}); x{r['img_per_s'] / base['img_per_s']:.2f} of 2x1; first step "
-              f"{max(r['first_step_s']):.1f} s; wall {r['wall_s']:.0f} s")
+        for _ in range(args.repeats):
+            for name in cases:
+                rounds[name].append(run_case(name, args.recipe, sets, args.steps, work))
+    median = {name: statistics.median(r["img_per_s"] for r in rounds[name]) for name in cases}
+    base = median.get("2x1", median[cases[0]])
+    print(f"{args.recipe}, batch 256, {args.steps} steps per run, img/s over steps 2..{args.steps} summed over the "
+          f"runs of a case; median of {args.repeats} interleaved rounds (each round's value in brackets)")
+    for name in cases:
+        runs, threads, _ = CASES[name]
+        each = ", ".join(f"{r['img_per_s']:.1f}" for r in rounds[name])
+        first = statistics.median(max(r["first_step_s"]) for r in rounds[name])
+        print(f"  {name:<8} {runs} run(s) x {threads} thread(s): {median[name]:7.1f} img/s [{each}]; "
+              f"x{median[name] / base:.2f} of 2x1; first step {first:.1f} s")
     return 0
 
 
