@@ -6,12 +6,13 @@ import argparse
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from mimreg.cli_eval import (add_checkpoint_args, add_eval_parser, add_import_args, add_results_parser,
                              import_consented, is_main_process, resume_command)
 from mimreg.cli_study import add_study_parser
-from mimreg.console import guarded_output
+from mimreg.console import guarded_output, say
 from mimreg.errors import MimregError, RunInterrupted
 
 
@@ -20,8 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given: what `resume_command` repeats
-    with guarded_output():  # a closed pipe or terminal never stops a run
+    with guarded_output(), warnings.catch_warnings():  # a closed pipe or terminal never stops a run
+        warnings.showwarning = one_line_warning
         return run_command(args)
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI's other messages: one line, without the source line that raised it."""
+    say(f"warning: {message}", file=sys.stderr)
 
 
 def run_command(args) -> int:
