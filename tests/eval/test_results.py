@@ -233,3 +233,11 @@ def test_grouping_mistakes_name_the_fix(seeded_grid, tmp_path):
     save_linear(tmp_path / "no-config", 50.0)
     with pytest.raises(MimregError, match="no-config has no config.yaml, which grouping reads"):
         grouped_table([*seeded_grid, tmp_path / "no-config"])
+
+
+def test_a_group_with_two_runs_of_one_seed_is_compared_unpaired(seeded_grid, tmp_path):
+    again = make_run(tmp_path / "mae-s0-again", "digits/mae", 0, {"sweep": 60.5, "mae": 50.0})
+    rows = grouped_statistics([*seeded_grid, again], ["recipe"])["statistics"]
+    sweep = next(r for r in rows if r["metric"] == "linear-sweep cls digits" and r["group"] == "recipe=digits/u-mae")
+    assert (sweep["test"], sweep["n_pairs"]) == ("Welch t-test", 0)  # which seed-0 run would pair is unknown
+    assert sweep["difference"] == pytest.approx(62.25 - (60.0 + 66.0 + 56.0 + 63.0 + 60.5) / 5)
