@@ -295,6 +295,8 @@ def check_what_it_did(argv: list[str], folder: Path, printed: str, written: list
             if not run.startswith("--") and run not in ("markdown", "csv", "json"):
                 assert Path(run).name in printed, (run, printed)
         assert "linear" in printed or "knn" in printed, printed  # the columns of the evaluations before it
+    elif command == "seeds-needed":
+        check_seeds_needed(argv, printed)
     elif command == "analyze":
         shown = dict(re.findall(r"^(\w+): (\S+\.png) \(", printed, flags=re.M))
         asked = option(argv, "--pictures")
@@ -333,6 +335,18 @@ def check_study(argv: list[str], printed: str, written: list[str]) -> None:
         assert "study: 6 done" in printed, printed
         out = option(argv, "--out")
         assert sum(f.startswith(f"{out}/runs/") and f.endswith("/evals/erank_digits_mean.json") for f in written) == 6
+
+
+def check_seeds_needed(argv: list[str], printed: str) -> None:
+    """One row per difference asked, with seeds_needed's count; the README shows what it prints."""
+    from mimreg.eval.statistics import seeds_needed
+
+    asked = argv[argv.index("--difference") + 1:]
+    asked = [float(d) for d in asked[:next((i for i, a in enumerate(asked) if a.startswith("--")), len(asked))]]
+    rows = [(float(d), int(n)) for d, n in re.findall(r"^\|\s+([\d.]+) \|\s+(\d+) \|$", printed, flags=re.M)]
+    spread, paired = float(option(argv, "--spread")), "--paired" in argv
+    assert rows == [(d, seeds_needed(d, spread, paired)) for d in asked], printed
+    assert printed.strip() in README.read_text(), printed
 
 
 EVAL_PRINTS = {"linear": "linear top1", "knn": "knn20 cosine", "lowshot": "lowshot", "robustness": "mask ratio",

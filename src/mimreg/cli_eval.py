@@ -160,7 +160,21 @@ def add_results_parser(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; the first is the baseline")
     p.add_argument("--format", default="markdown", choices=["markdown", "csv", "json"])
     p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--group-by", nargs="?", const="", metavar="KEY[,KEY...]",
+                   help="group runs by these config keys (recipe, optim.lr, ...; alone: every setting that differs "
+                        "but the seed) and give each group's mean and 95%% interval over seeds")
+    p.add_argument("--baseline", metavar="GROUP",
+                   help="the group others are compared to (KEY=VALUE or its label; default: the first run's); "
+                        "implies --group-by")
     p.set_defaults(run=cmd_results)
+
+    p = sub.add_parser("seeds-needed", help="how many seeds a t-test needs to find a difference of a given size")
+    p.add_argument("--difference", type=float, nargs="+", required=True, help="the differences to find")
+    p.add_argument("--spread", type=float, required=True,
+                   help="standard deviation over seeds of one run's value (with --paired: of the per-seed differences)")
+    p.add_argument("--paired", action="store_true", help="runs paired by seed (paired t-test)")
+    p.add_argument("--power", type=float, default=0.8, help="the chance of finding the difference (default 0.8)")
+    p.set_defaults(run=cmd_seeds_needed)
 
 
 def cmd_eval(args) -> int:
@@ -181,9 +195,30 @@ def cmd_results(args) -> int:
     from mimreg.eval.results import results_table
     from mimreg.io import atomic_write
 
-    table = results_table(args.runs, args.format)
+    if args.group_by is not None or args.baseline is not None:
+        from mimreg.eval.grouped_results import grouped_table
+
+        keys = [k.strip() for k in (args.group_by or "").split(",") if k.strip()] or None
+        table = grouped_table(args.runs, args.format, keys, args.baseline)
+    else:
+        table = results_table(args.runs, args.format)
     print(table)
     if args.out:
         text = table if table.endswith("\n") else table + "\n"
         atomic_write(args.out, lambda handle: handle.write(text), binary=False)
+    return 0
+
+
+def cmd_seeds_needed(args) -> int:
+    from mimreg.errors import MimregError
+    from mimreg.eval.report import format_table
+    from mimreg.eval.statistics import LEVEL, seeds_needed
+
+    if not 0 < args.power < 1:
+        raise MimregError(f"--power {args.power}: give a chance between 0 and 1, e.g. 0.8")
+    test = "paired t-test: each seed run in both groups" if args.paired else "unpaired t-test: seeds in each group"
+    print(f"seeds needed to find a difference with chance {args.power:.0%} at the {LEVEL:.0%} level "
+          f"(two-sided {test}), spread {args.spread:g}")
+    rows = [{"difference": d, "seeds": seeds_needed(d, args.spread, args.paired, args.power)} for d in args.difference]
+    print(format_table(rows, ["difference", "seeds"], formats={"difference": "g"}))
     return 0

@@ -185,7 +185,12 @@ def _stale(text: str | None, step: int | None) -> str | None:
 def _cell(value, diff, column: str) -> str | None:
     if value is None:
         return None
-    # accuracies in percent with one decimal; effective ranks and cosines with 3 significant digits
-    style = column if column.startswith(("erank", "cos-")) else "top1"
+    style = value_style(column)
     text = format_value(value, style)
     return text if diff is None else f"{text} ({'+' if diff >= 0 else ''}{format_value(diff, style)})"
+
+
+def value_style(column: str) -> str:
+    """The format_value column style of a headline column: accuracies in percent with one decimal;
+    effective ranks and cosines with 3 significant digits."""
+    return column if column.startswith(("erank", "cos-")) else "top1"
