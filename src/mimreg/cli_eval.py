@@ -157,7 +157,8 @@ def cmd_finetune(args) -> int:
 
 def add_results_parser(sub) -> None:
     p = sub.add_parser("results", help="one table of every evaluation of every run, with differences to the first")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; the first is the baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders, or a study folder (its runs); the first is the baseline")
     p.add_argument("--format", default="markdown", choices=["markdown", "csv", "json"])
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--group-by", nargs="?", const="", metavar="KEY[,KEY...]",
@@ -192,16 +193,17 @@ def cmd_eval(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from mimreg.eval.results import results_table
+    from mimreg.eval.results import results_table, run_folders
     from mimreg.io import atomic_write
 
+    runs = run_folders(args.runs)
     if args.group_by is not None or args.baseline is not None:
         from mimreg.eval.grouped_results import grouped_table
 
         keys = [k.strip() for k in (args.group_by or "").split(",") if k.strip()] or None
-        table = grouped_table(args.runs, args.format, keys, args.baseline)
+        table = grouped_table(runs, args.format, keys, args.baseline)
     else:
-        table = results_table(args.runs, args.format)
+        table = results_table(runs, args.format)
     print(table)
     if args.out:
         text = table if table.endswith("\n") else table + "\n"

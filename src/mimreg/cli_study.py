@@ -93,7 +93,7 @@ def run_here(study, study_dir: Path, todo, finished, parallel, threads, device) 
     print(f"running {len(todo)} run(s), {len(slots)} at a time with {threads} thread(s) each", flush=True)
     outcomes = run_local(study, study_dir, todo, slots, device, echo=lambda line: print(line, flush=True))
     print("\n".join(summary_lines(outcomes, finished)))
-    print(f"tables: mimreg results {study_dir}/runs/* --group-by recipe ...; page: mimreg report {study_dir}")
+    print(f"statistics over seeds: mimreg results {study_dir} --group-by")
     return 0 if all(o.result == "done" for o in outcomes) and len(outcomes) == len(todo) else 1
 
 

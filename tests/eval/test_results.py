@@ -149,14 +149,17 @@ def test_the_grid_axes_are_the_settings_that_differ_but_the_seed(tmp_path):
     from mimreg.config import config_text, load_config
 
     for name, recipe, overrides in (("a", "mae", ["train.seed=1"]), ("b", "u-mae", ["train.seed=2"]),
-                                    ("c", "u-mae", ["optim.lr=0.01", "data.num_workers=2"])):
+                                    ("c", "u-mae", ["optim.lr=0.01", "data.num_workers=2"]),
+                                    ("d", "u-mae", ["regularizers.uniformity.weight=0.1"])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(config_text(load_config(recipe, overrides)))
-    configs = [flat_config(tmp_path / name) for name in "abc"]
+    configs = [flat_config(tmp_path / name) for name in "abcd"]
     assert configs[1]["regularizers"] == ["uniformity"] and configs[1]["regularizers.uniformity.weight"] == 0.01
     # description and regularizers follow the recipe; the seed and data.num_workers change no group
-    assert grid_axes(configs) == ["recipe", "optim.lr"]
+    assert grid_axes(configs[:3]) == ["recipe", "optim.lr"]
     assert grid_axes(configs[:2]) == ["recipe"]
+    # a setting that only some runs have (MAE has no uniformity entry) is an axis where it splits them finer
+    assert grid_axes([configs[0], configs[1], configs[3]]) == ["recipe", "regularizers.uniformity.weight"]
 
 
 def test_groups_give_mean_std_interval_and_a_paired_difference(seeded_grid):
@@ -241,3 +244,16 @@ def test_a_group_with_two_runs_of_one_seed_is_compared_unpaired(seeded_grid, tmp
     sweep = next(r for r in rows if r["metric"] == "linear-sweep cls digits" and r["group"] == "recipe=digits/u-mae")
     assert (sweep["test"], sweep["n_pairs"]) == ("Welch t-test", 0)  # which seed-0 run would pair is unknown
     assert sweep["difference"] == pytest.approx(62.25 - (60.0 + 66.0 + 56.0 + 63.0 + 60.5) / 5)
+
+
+def test_a_study_folder_stands_for_its_runs(tmp_path):
+    from mimreg.eval.results import run_folders
+
+    for name in ("b_seed0", "a_seed1"):
+        (tmp_path / "study" / "runs" / name).mkdir(parents=True)
+        (tmp_path / "study" / "runs" / name / "config.yaml").write_text("recipe: x\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("recipe: x\n")
+    assert run_folders([tmp_path / "run", tmp_path / "study"]) == [
+        tmp_path / "run", tmp_path / "study" / "runs" / "a_seed1", tmp_path / "study" / "runs" / "b_seed0"]
+    assert run_folders([tmp_path / "missing"]) == [tmp_path / "missing"]  # named as given: the error says it

@@ -64,6 +64,16 @@ def save_result(run_dir: str | Path, meta: dict, *, protocol: str, variant: str 
     return write_json(Path(run_dir) / RESULTS_DIR / f"{stem}.json", record)
 
 
+def run_folders(paths: list[str | Path]) -> list[Path]:
+    """The run folders `paths` name: each path itself, or for a study folder (`mimreg study --out`,
+    holding runs/<point>/ with their config.yaml) each of its runs, sorted by name."""
+    found = []
+    for path in map(Path, paths):
+        runs = sorted(p.parent for p in path.glob("runs/*/config.yaml")) if not (path / "config.yaml").exists() else []
+        found += runs or [path]
+    return found
+
+
 def load_results(run_dir: str | Path) -> list[dict]:
     """Every evaluation of a run, each with its `file`: first those written by mimreg before results
     were kept apart (RUN/eval_<protocol>.json), then RUN/evals/*.json sorted by name."""

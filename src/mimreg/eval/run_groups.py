@@ -84,13 +84,13 @@ def _flatten(raw: dict, prefix: str) -> dict[str, object]:
 
 def grid_axes(configs: list[dict[str, object]]) -> list[str]:
     """The keys that tell the runs apart: `recipe`, then every key in config order whose value
-    differs among the runs, leaving out the seed, BOOKKEEPING, keys some runs lack (their parent
-    list says it: `regularizers`) and keys that split the runs no finer than the axes before them."""
+    differs among the runs (a key some runs lack counts as null there: MAE's uniformity weight),
+    leaving out the seed, BOOKKEEPING and keys that split the runs no finer than the axes before them."""
     keys = list(dict.fromkeys(k for config in configs for k in config))
     keys.sort(key=lambda k: k != "recipe")
     axes: list[str] = []
     for key in keys:
-        if key == SEED or key in BOOKKEEPING or any(key not in config for config in configs):
+        if key == SEED or key in BOOKKEEPING:
             continue
         if _partition(configs, axes + [key]) != _partition(configs, axes):
             axes.append(key)
