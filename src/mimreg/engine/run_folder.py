@@ -5,12 +5,9 @@ Layout: config.yaml, metrics.jsonl, summary.json, checkpoints/ckpt_<step>.pt, .l
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import socket
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -18,6 +15,7 @@ import yaml
 from mimreg.engine.checkpoint import latest_checkpoint
 from mimreg.engine.metrics import read_metrics
 from mimreg.errors import MimregError
+from mimreg.file_lock import LockHeld, take_lock
 from mimreg.io import atomic_write, write_json_atomic
 
 def check_out_folder(path: str | Path) -> None:
@@ -53,19 +51,11 @@ class RunFolder:
     # ------------------------------------------------------------ lock
     def open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / ".lock", "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+            handle = take_lock(self.path / ".lock")
+        except LockHeld as holder:
             raise MimregError(f"run folder {self.path} is in use by {holder}; wait for that run to end, "
                               "or pass --out NEW_FOLDER") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
         self._lock = handle
         self.remove_stale_temporaries()
 

@@ -7,14 +7,11 @@ the OS when its process dies) keeps two study commands from running one point at
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import socket
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mimreg.file_lock import LockHeld, take_lock
 from mimreg.io import write_json_atomic
 
 
@@ -46,8 +43,7 @@ def write_status(study_dir: Path, name: str, status: PointStatus) -> None:
     write_json_atomic(status_path(study_dir, name), asdict(status))
 
 
-class PointBusy(Exception):
-    """Another process holds the point's lock."""
+PointBusy = LockHeld  # another process runs the point; the message names it
 
 
 class PointLock:
@@ -58,20 +54,7 @@ class PointLock:
         self._handle = None
 
     def __enter__(self) -> "PointLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise PointBusy(holder) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        self._handle = handle
+        self._handle = take_lock(self.path)
         return self
 
     def __exit__(self, *exc) -> None:
