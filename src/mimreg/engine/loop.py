@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from mimreg import distributed as dist
@@ -280,7 +281,7 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         sync = micro == self.accum - 1
         with (contextlib.nullcontext() if sync else self.strategy.no_sync()):
-            with self.autocast:
+            with self.autocast():
                 result = self.forward(images, labels, epoch=epoch, monitor=monitor, generator=generator)
             self.scaler.scale(result.total / self.accum).backward()
         for event in result.events:  # e.g. a gate opening: a record, and its message printed
@@ -365,12 +366,25 @@ def _progress_bar(wanted: bool, total: int, initial: int, desc: str):
 
 
 def _autocast(precision: str, device: torch.device):
+    """A factory of the context a training forward runs in: nothing for fp32, else autocast."""
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return contextlib.nullcontext
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    if device.type != "cpu":
+        return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    return lambda: _cpu_bf16_context(dtype)
+
+
+@contextlib.contextmanager
+def _cpu_bf16_context(dtype: torch.dtype):
+    """bf16 autocast on CPU with attention on torch's math path: the fused (flash) CPU kernel's
+    backward is 5-9x slower in bf16 than in fp32 at ViT sizes and made the bf16 step slower than the
+    fp32 one; the math path computes in fp32 inside, as accurate as the fused kernel
+    (benchmarks/results/bf16_cpu.txt)."""
+    with torch.autocast(device_type="cpu", dtype=dtype), sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 @dataclass
