@@ -120,6 +120,8 @@ def is_main_process() -> bool:
 def resume_command(argv: list[str], out: Path | None) -> str:
     """The command line that continues the run `argv` started (pretraining or fine-tuning): the same,
     without its halt, with the folder it trains in (`out`, where --out was not given) and --resume."""
+    if argv[:1] == ["study"]:  # a study continues by running the same command again
+        return shlex.join(["mimreg", *argv])
     parts, skip = ["mimreg"], False
     for i, item in enumerate(argv):
         if skip:

@@ -75,8 +75,9 @@ def test_points_run_pinned_side_by_side_failures_and_busy_points_are_reported(tm
     assert losses(out / "runs" / good) != losses(out / "runs" / busy)  # seeds 0 and 1 differ
 
 
-@pytest.mark.slow  # three studies of 16 steps: ~50 s (make test-slow)
-def test_a_study_stopped_by_sigterm_resumes_its_run_exactly(tmp_path):
+@pytest.mark.slow  # three studies of 16 steps: ~50 s each (make test-slow)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_study_stopped_by_a_signal_resumes_its_run_exactly(tmp_path, stop):
     path = study_file(tmp_path, """
         recipes: [digits/mae]
         set: {data.subset: 64, optim.batch_size: 8, train.epochs: 2, train.ckpt_every_steps: 4}
@@ -92,7 +93,7 @@ def test_a_study_stopped_by_sigterm_resumes_its_run_exactly(tmp_path):
     while not (metrics.is_file() and len(losses(metrics.parent)) >= 3):
         assert time.monotonic() < deadline and study.poll() is None, "the run did not start"
         time.sleep(0.05)
-    study.send_signal(signal.SIGTERM)  # forwarded to the running point: it stops with a checkpoint
+    study.send_signal(stop)  # to the study alone; it forwards SIGTERM to the running point: a checkpoint
     output = study.communicate(timeout=120)[0]
     assert study.returncode == 1, output
     assert f"interrupted {name}: exit code 143; re-run the study to resume it" in output

@@ -69,24 +69,37 @@ def run_local(study: Study, study_dir: Path, points: list[Point], slots: list[Sl
               echo=print) -> list[Outcome]:
     """Run `points` in `slots`; returns one outcome per point, in the order they ended."""
     queue, outcomes = list(points), []
-    stopping = _forward_sigterm(slots)
     (study_dir / "logs").mkdir(parents=True, exist_ok=True)
+    previous = signal.getsignal(signal.SIGTERM)
+    stopping = _forward_sigterm(slots)
+    try:
+        _schedule(study, study_dir, queue, slots, device, outcomes, len(points), stopping, echo)
+    except KeyboardInterrupt:  # Ctrl-C: the points stop with a checkpoint; wait for them, then report
+        signal.raise_signal(signal.SIGTERM)
+        _schedule(study, study_dir, [], slots, device, outcomes, len(points), stopping, echo)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return outcomes
+
+
+def _schedule(study: Study, study_dir: Path, queue: list[Point], slots: list[Slot], device: str,
+              outcomes: list[Outcome], total: int, stopping, echo) -> None:
+    """Start queued points in free slots and collect the ended ones until none is left running."""
     while queue or any(s.process for s in slots):
         for slot in slots:
             if slot.process is None and queue and not stopping():
                 _start(slot, queue.pop(0), study, study_dir, device)
-                echo(f"[{len(outcomes) + sum(s.process is not None for s in slots)}/{len(points)}] started "
+                echo(f"[{len(outcomes) + sum(s.process is not None for s in slots)}/{total}] started "
                      f"{slot.point.name} on cores {slot.cores}" + (f", GPU {slot.gpu}" if slot.gpu is not None else ""))
             elif slot.process is not None and slot.process.poll() is not None:
                 outcome = _ended(slot, study_dir)
                 outcomes.append(outcome)
-                echo(f"[{len(outcomes)}/{len(points)}] {outcome.result} {outcome.point}"
+                echo(f"[{len(outcomes)}/{total}] {outcome.result} {outcome.point}"
                      + (f": {outcome.detail}" if outcome.detail else "") + f" ({outcome.minutes:.1f} min)")
                 slot.process = slot.point = None
         if stopping() and not any(s.process for s in slots):
             break
         time.sleep(0.2)
-    return outcomes
 
 
 def _start(slot: Slot, point: Point, study: Study, study_dir: Path, device: str) -> None:
@@ -98,12 +111,12 @@ def _start(slot: Slot, point: Point, study: Study, study_dir: Path, device: str)
     command = [sys.executable, "-m", "mimreg.study.worker", str(study.path), str(study_dir), point.name,
                "--cores", ",".join(map(str, slot.cores)), "--device", device,
                *[part for item in study.extra for part in ("--set", item)]]
+    slot.point, slot.began = point, time.time()
     with open(slot.log, "a") as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
         slot.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=env)
-    slot.point, slot.began = point, time.time()
 
 
 def _ended(slot: Slot, study_dir: Path) -> Outcome:
