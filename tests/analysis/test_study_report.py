@@ -26,8 +26,8 @@ def make_run(folder, recipe: str, seed: int, gain: float):
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(config_text(load_config(recipe, [f"train.seed={seed}"])))
     records = [{"kind": "start", "step": 0, "steps_per_epoch": 4}]
-    records += [{"kind": "train", "step": step, "loss": 1.0 - 0.1 * step + 0.01 * seed + gain / 100, "lr": 0.001}
-                for step in (2, 4, 6)]
+    records += [{"kind": "train", "step": step, "loss": 1.0 - 0.1 * step + 0.01 * seed + gain / 100, "lr": 0.001,
+                 **({"reg/uniformity": -1.0 - gain} if recipe == "u-mae" else {})} for step in (2, 4, 6)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     meta = {"checkpoint": "x", "step": 6, "epoch": 2, "recipe": f"digits/{recipe}", "latest": True, "data": "digits",
             "train_images": 100, "test_images": 50}
@@ -103,8 +103,9 @@ def test_the_tables_carry_the_numbers_of_results_group_by(page, study):
     assert section.count("<tr>") == 1 + 2 + 1 + 2 * 8 + 1 + 8  # groups, means, differences (with their heads)
 
 
-def test_curves_per_group_are_the_mean_and_a_min_max_band(page):
-    from mimreg.analysis.seed_report import aligned
+def test_curves_per_group_are_the_mean_and_a_min_max_band(page, study):
+    from mimreg.analysis.seed_report import aligned, epoch_scale, shared_train_keys
+    from mimreg.engine.metrics import read_metrics
 
     section = section_of(page)
     assert "Training curves per group" in section
@@ -114,6 +115,12 @@ def test_curves_per_group_are_the_mean_and_a_min_max_band(page):
             for seed, steps in enumerate([(2, 4, 6), (2, 4), (0, 2, 4, 6)])]
     steps, values = aligned(runs, "loss")
     assert steps.tolist() == [2, 4] and values.tolist() == [[2, 3, 4], [4, 5, 6]]
+    groups = [[read_metrics(study / "runs" / f"{recipe}_seed{seed}" / "metrics.jsonl") for seed in range(3)]
+              for recipe in ("mae", "u-mae")]
+    # a term only u-mae logs gets its panel (u-mae's line alone); a key one run of each group lacks does not
+    assert shared_train_keys(groups) == ["loss", "reg/uniformity", "lr"]
+    assert shared_train_keys([groups[0], [*groups[1][:2], runs[0]]]) == ["loss", "lr"]
+    assert epoch_scale(groups[1]) == 4 and epoch_scale([*groups[1], runs[0]]) is None  # x in epochs, else steps
 
 
 def test_one_seed_per_group_shows_points_and_means_and_says_no_interval(study, tmp_path):
@@ -131,3 +138,21 @@ def test_run_folders_without_grouping_keep_the_page_as_it_was(study, tmp_path):
     out = tmp_path / "plain.html"
     assert main(["report", str(study / "runs" / "mae_seed0"), "--out", str(out), "--no-analyze"]) == 0
     assert 'id="seeds"' not in out.read_text()
+
+
+def test_a_study_without_evaluations_shows_its_groups_and_curves_and_says_what_to_run(tmp_path, capsys):
+    import shutil
+
+    for recipe in ("mae", "u-mae"):
+        for seed in range(2):
+            run = make_run(tmp_path / "s" / "runs" / f"{recipe}_seed{seed}", recipe, seed, 0.5)
+            shutil.rmtree(run / "evals")
+    out = tmp_path / "page.html"
+    assert main(["report", str(tmp_path / "s"), "--out", str(out), "--baseline", "digits/u-mae"]) == 0
+    section = section_of(out.read_text())
+    assert "No evaluation results yet: <code>mimreg eval ...</code>" in section
+    assert "Baseline: recipe=digits/u-mae." in section
+    assert "Training curves per group" in section and len(images(section)) == 1
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s"), "--out", str(out), "--group-by", "optim.momentum"]) == 2
+    assert capsys.readouterr().err.startswith("error: --group-by optim.momentum: no run has that setting; give dotted")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from mimreg.analysis._plotting import new_figure, save_png
-from mimreg.analysis.curves import curve_keys, wants_log
+from mimreg.analysis.curves import curve_keys, steps_per_epoch, wants_log
 from mimreg.engine.metrics import read_metrics
 from mimreg.eval.grouped_results import NO_INTERVAL_NOTE, difference_cells, grouped_statistics, mean_cells
 from mimreg.eval.results import comparison
-from mimreg.eval.run_groups import group_runs, text
+from mimreg.eval.run_groups import find_group, group_runs, text
 from mimreg.eval.statistics import LEVEL
 
 # figures by the kind of metric (the first word of a column: "linear-sweep", "knn10_euclidean", "erank")
@@ -37,7 +37,8 @@ def seed_section(run_dirs: list[str | Path], folder: Path, figure: Callable, esc
     columns, rows = comparison(run_dirs)
     data = grouped_statistics(run_dirs, group_by, baseline) if columns else None
     names = {run: Path(run).name for run in run_dirs}
-    parts = [f'<section id="seeds"><h2>Seeds and intervals</h2>{_groups_table(axes, groups, names, data, esc)}']
+    base = find_group(groups, baseline).label  # checked here too: without evaluations there are no statistics
+    parts = [f'<section id="seeds"><h2>Seeds and intervals</h2>{_groups_table(axes, groups, names, base, esc)}']
     if data is None:
         parts.append('<p class="note">No evaluation results yet: <code>mimreg eval ...</code> on the runs '
                      "(or a study file's <code>evaluations</code>).</p>")
@@ -72,11 +73,10 @@ def seed_values(data: dict, by_run: dict, metric: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- HTML parts
-def _groups_table(axes, groups, names, data, esc) -> str:
+def _groups_table(axes, groups, names, baseline: str, esc) -> str:
     body = "".join(f'<tr><td class="text">{esc(g.label or "(all runs)")}</td><td>{len(g.runs)}</td>'
                    f'<td class="text">{esc(", ".join(map(str, g.seeds)))}</td>'
                    f'<td class="text">{esc(", ".join(names[r] for r in g.runs))}</td></tr>' for g in groups)
-    baseline = data["baseline"] if data else groups[0].label
     return (f'<p class="note">Runs grouped by {esc(", ".join(axes) or "nothing (one group)")}; the runs of a group '
             f"differ only by their seed. Baseline: {esc(baseline or '(all runs)')}. Intervals: {LEVEL:.0%}, "
             "Student's t, as <code>mimreg results --group-by</code> prints them.</p>"
@@ -122,7 +122,7 @@ def _table(rows: list[dict], columns: list[str], esc) -> str:
 
 def _curve_part(groups, folder: Path, figure) -> str:
     records = {short_label(g.values): [read_metrics(Path(run) / "metrics.jsonl") for run in g.runs] for g in groups}
-    keys = shared_train_keys([r for runs in records.values() for r in runs])
+    keys = shared_train_keys(list(records.values()))
     if not keys:
         return '<h3>Training curves per group</h3><p class="note">No training records every run logged.</p>'
     png = plot_group_curves(records, keys, folder / "seeds-curves.png")
@@ -227,11 +227,13 @@ def plot_differences(data: dict, by_run: dict, metrics: list[str], path) -> Path
     return save_png(fig, path)
 
 
-def shared_train_keys(runs: list[list[dict]]) -> list[str]:
-    """The keys of train records that every run logs, in curve panel order."""
-    trains = [[r for r in records if r.get("kind") == "train"] for records in runs]
-    logged = [set(curve_keys(t)) for t in trains]
-    return [k for k in curve_keys([r for t in trains for r in t]) if logged and all(k in s for s in logged)]
+def shared_train_keys(groups: list[list[list[dict]]]) -> list[str]:
+    """The keys of train records that every run of at least one group logs, in curve panel order
+    (a regularizer's term: the groups that have it)."""
+    trains = [[[r for r in records if r.get("kind") == "train"] for records in runs] for runs in groups]
+    logged = [[set(curve_keys(t)) for t in runs] for runs in trains]
+    every = curve_keys([r for runs in trains for t in runs for r in t])
+    return [k for k in every if any(runs and all(k in s for s in runs) for runs in logged)]
 
 
 def aligned(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -242,28 +244,41 @@ def aligned(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(steps, dtype=float), np.array([[s[step] for s in by_step] for step in steps], dtype=float)
 
 
+def epoch_scale(runs: list[list[dict]]) -> int | None:
+    """The steps per epoch all of a group's runs share (their start records), else None (x in steps)."""
+    found = {steps_per_epoch(records) for records in runs}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
 def plot_group_curves(groups: dict[str, list[list[dict]]], keys: list[str], path) -> Path:
     """One panel per key, one line per group (label -> its runs' records): the mean over seeds
-    at each step every seed logged, and a min..max band."""
+    at each step every seed logged, and a min..max band; against epochs when every group knows its
+    steps per epoch (groups of different batch sizes line up), else steps."""
     from matplotlib.ticker import MaxNLocator
 
+    scales = {label: epoch_scale(runs) for label, runs in groups.items()}
+    epochs = all(scales.values())
     fig, axes = _panels(len(keys))
     for ax, key in zip(axes, keys):
         curves = {label: aligned(runs, key) for label, runs in groups.items()}
         for i, (label, (steps, values)) in enumerate(curves.items()):
             if not len(steps):
                 continue
-            colour = f"C{i % 10}"
-            ax.plot(steps, values.mean(axis=1), color=colour, linewidth=1.6, label=label)
+            colour, xs = f"C{i % 10}", steps / scales[label] if epochs else steps
+            ax.plot(xs, values.mean(axis=1), color=colour, linewidth=1.6, label=label)
             if values.shape[1] > 1:
-                ax.fill_between(steps, values.min(axis=1), values.max(axis=1), color=colour, alpha=0.2, linewidth=0)
+                ax.fill_between(xs, values.min(axis=1), values.max(axis=1), color=colour, alpha=0.2, linewidth=0)
         if wants_log([float(v) for _, values in curves.values() for v in values.flat]):
             ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel("epoch" if epochs else "step", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4) or 1, fontsize=8, frameon=False)
+    legend = {}  # label -> line, from every panel (a group may not log every key)
+    for ax in axes:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    labels = [label for label in groups if label in legend]
+    fig.legend([legend[label] for label in labels], labels, loc="outside upper center", ncols=min(len(labels), 4) or 1,
+               fontsize=8, frameon=False)
     return save_png(fig, path)
