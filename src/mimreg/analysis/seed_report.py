@@ -27,6 +27,7 @@ PANEL_COLUMNS = 4
 MARKERS = "osD^vP*Xph"
 JITTER = 0.22  # half the width over which a group's seeds are spread, in group spacings
 BAND_CAPTION = "band: min..max over the group's seeds"
+MARKED_POINTS = 40  # curves with at most this many steps mark each one
 
 
 def seed_section(run_dirs: list[str | Path], folder: Path, figure: Callable, esc: Callable,
@@ -265,7 +266,8 @@ def plot_group_curves(groups: dict[str, list[list[dict]]], keys: list[str], path
             if not len(steps):
                 continue
             colour, xs = f"C{i % 10}", steps / scales[label] if epochs else steps
-            ax.plot(xs, values.mean(axis=1), color=colour, linewidth=1.6, label=label)
+            ax.plot(xs, values.mean(axis=1), color=colour, linewidth=1.6, label=label,  # a term logged at a
+                    marker="o" if len(xs) <= MARKED_POINTS else None, markersize=3)  # few steps stays visible
             if values.shape[1] > 1:
                 ax.fill_between(xs, values.min(axis=1), values.max(axis=1), color=colour, alpha=0.2, linewidth=0)
         if wants_log([float(v) for _, values in curves.values() for v in values.flat]):
