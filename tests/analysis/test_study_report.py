@@ -156,3 +156,20 @@ def test_a_study_without_evaluations_shows_its_groups_and_curves_and_says_what_t
     capsys.readouterr()
     assert main(["report", str(tmp_path / "s"), "--out", str(out), "--group-by", "optim.momentum"]) == 2
     assert capsys.readouterr().err.startswith("error: --group-by optim.momentum: no run has that setting; give dotted")
+
+
+def test_the_study_page_renders_cleanly_in_a_browser(page, tmp_path_factory):
+    from PIL import Image as PILImage
+
+    from browser import check_page, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH: apt-get install chromium (as .ci/run does) to run the browser check")
+    html = tmp_path_factory.mktemp("browser") / "page.html"
+    html.write_text(page)
+    check = check_page(html, html.parent / "shots")
+    print(f"\nscreenshots: {html.parent / 'shots'}")
+    assert check.console_errors == [] and check.requests == []
+    # the section's 5 and the comparison's overlaid curves (the runs are not analysed: no pictures of their own)
+    assert len(check.images) == 6 and all(image["ok"] and image["width"] > 100 for image in check.images)
+    assert PILImage.open(check.screenshots["full"]).size[0] <= 1366  # no sideways scrolling
