@@ -243,9 +243,9 @@ def cmd_report(args) -> int:
     import_consented(args, [run for run in runs if latest_checkpoint(Path(run) / "checkpoints")])
     keys = [k.strip() for k in (args.group_by or "").split(",") if k.strip()] or None
     title = args.title or (f"mimreg report: study {', '.join(study)}" if study else None)
-    path = write_report(runs, args.out, title=title, analyze_missing=not study if args.analyze is None else args.analyze,
-                        seeds=bool(study) or args.group_by is not None or args.baseline is not None, group_by=keys,
-                        baseline=args.baseline)
+    analyze = not study if args.analyze is None else args.analyze  # a study's many runs: only when asked
+    path = write_report(runs, args.out, title=title, analyze_missing=analyze, group_by=keys, baseline=args.baseline,
+                        seeds=bool(study) or args.group_by is not None or args.baseline is not None)
     print(f"report: {path}")
     return 0
 

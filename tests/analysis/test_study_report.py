@@ -33,7 +33,8 @@ def make_run(folder, recipe: str, seed: int, gain: float):
             "train_images": 100, "test_images": 50}
     for pool in ("cls", "mean"):
         base = 60.0 + SEED_EFFECT[seed] + (pool == "mean")
-        save_result(folder, meta, protocol="linear", variant="sweep", pool=pool, options={}, result={"top1": base + gain})
+        save_result(folder, meta, protocol="linear", variant="sweep", pool=pool, options={},
+                    result={"top1": base + gain})
         save_result(folder, meta, protocol="knn", variant=None, pool=pool, options={},
                     result={"knn10_euclidean": base - 5 + gain / 2, "knn20_cosine": base - 4})
         save_result(folder, meta, protocol="erank", variant=None, pool=pool, options={},

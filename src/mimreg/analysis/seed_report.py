@@ -22,7 +22,8 @@ from mimreg.eval.statistics import LEVEL
 
 # figures by the kind of metric (the first word of a column: "linear-sweep", "knn10_euclidean", "erank")
 FAMILIES = {"linear": "Linear probe top-1 (%)", "finetune": "Fine-tuning top-1 (%)", "knn": "kNN top-1 (%)",
-            "lowshot": "Low-shot top-1 (%)", "erank": "Effective rank", "cos": "Cosine similarity to the unmasked features"}
+            "lowshot": "Low-shot top-1 (%)", "erank": "Effective rank",
+            "cos": "Cosine similarity to the unmasked features"}
 PANEL_COLUMNS = 4
 MARKERS = "osD^vP*Xph"
 JITTER = 0.22  # half the width over which a group's seeds are spread, in group spacings
@@ -99,7 +100,8 @@ def _metric_parts(data: dict, by_run: dict, folder: Path, figure, esc) -> str:
         figures.append(figure(png, f"{FAMILIES.get(family, family)}: one point per seed (the same seed has the same "
                                    f"colour and marker in every group, and a grey line joins its points), the "
                                    f"group's mean (black bar) and its {LEVEL:.0%} interval", wide=True))
-    means = _table([mean_cells(r) for r in data["statistics"]], ["metric", "group", "n", "mean", "std", "interval"], esc)
+    means = _table([mean_cells(r) for r in data["statistics"]],
+                   ["metric", "group", "n", "mean", "std", "interval"], esc)
     parts = [f'<h3>Mean over seeds</h3><div class="grid">{"".join(figures)}</div>{means}']
     differences = [r for r in data["statistics"] if r["verdict"] is not None]
     if differences:
@@ -118,7 +120,8 @@ def _table(rows: list[dict], columns: list[str], esc) -> str:
     head = "".join(f"<th{words[c]}>{esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f'<td{words[c]}>{esc("–" if row.get(c) is None else row[c])}</td>'
                                     for c in columns) + "</tr>" for row in rows)
-    return f'<div class="table-wrap"><table class="seeds"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    return (f'<div class="table-wrap"><table class="seeds"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
 
 
 def _curve_part(groups, folder: Path, figure) -> str:
