@@ -137,10 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_analyze)
 
     p = sub.add_parser("report", help="one self-contained HTML page comparing run folders")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (the --out of mimreg pretrain)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders (the --out of mimreg pretrain), or a study folder (mimreg study --out)")
     p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
-    p.add_argument("--title", help="page title (default: the run names)")
-    p.add_argument("--no-analyze", action="store_true", help="do not analyse runs that have no analysis.json yet")
+    p.add_argument("--title", help="page title (default: the run names, or the study folder's)")
+    p.add_argument("--analyze", action=argparse.BooleanOptionalAction, default=None,
+                   help="analyse runs that have no analysis.json yet (default: yes for run folders, no for a "
+                        "study folder, whose many runs would take long)")
+    p.add_argument("--group-by", nargs="?", const="", metavar="KEY[,KEY...]",
+                   help="open the page with the runs grouped by these config keys (alone: every setting that "
+                        "differs but the seed; the default for a study folder): points per seed, mean and 95%% "
+                        "interval, differences to the baseline, curves per group")
+    p.add_argument("--baseline", metavar="GROUP",
+                   help="the group others are compared to (KEY=VALUE or its label; default: the first run's); "
+                        "implies --group-by")
     add_import_args(p)
     p.set_defaults(run=cmd_report)
 
@@ -226,9 +236,16 @@ def cmd_analyze(args) -> int:
 def cmd_report(args) -> int:
     from mimreg.analysis.report import write_report
     from mimreg.engine.checkpoint import latest_checkpoint
+    from mimreg.eval.results import run_folders
 
-    import_consented(args, [run for run in args.runs if latest_checkpoint(Path(run) / "checkpoints")])
-    path = write_report(args.runs, args.out, title=args.title, analyze_missing=not args.no_analyze)
+    runs = run_folders(args.runs)
+    study = [Path(p).name for p in args.runs if Path(p) not in runs]  # study folders, which name their runs
+    import_consented(args, [run for run in runs if latest_checkpoint(Path(run) / "checkpoints")])
+    keys = [k.strip() for k in (args.group_by or "").split(",") if k.strip()] or None
+    title = args.title or (f"mimreg report: study {', '.join(study)}" if study else None)
+    analyze = not study if args.analyze is None else args.analyze  # a study's many runs: only when asked
+    path = write_report(runs, args.out, title=title, analyze_missing=analyze, group_by=keys, baseline=args.baseline,
+                        seeds=bool(study) or args.group_by is not None or args.baseline is not None)
     print(f"report: {path}")
     return 0
 

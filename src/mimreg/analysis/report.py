@@ -21,6 +21,7 @@ import yaml
 from mimreg.analysis.curves import curve_keys, plot_run_curves
 from mimreg.analysis.embedding import TITLES, embedding_title, plot_embedding_panels
 from mimreg.analysis.evaluations import flat_metrics, linear_top1, read_evaluations
+from mimreg.analysis.seed_report import seed_section
 from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.resume_rules import changes_no_number, differing_keys
@@ -137,9 +138,12 @@ def read_config_yaml(path: Path) -> tuple[dict, str | None]:
     return written or {}, None
 
 
-def write_report(run_dirs, out, *, title: str | None = None, analyze_missing: bool = True, echo=print) -> Path:
+def write_report(run_dirs, out, *, title: str | None = None, analyze_missing: bool = True, echo=print,
+                 seeds: bool = False, group_by: list[str] | None = None, baseline: str | None = None) -> Path:
     """Write the HTML page for `run_dirs` to `out`; runs without analysis.json are analysed first
-    (`mimreg analyze` with its defaults) unless analyze_missing is False."""
+    (`mimreg analyze` with its defaults) unless analyze_missing is False. seeds: the page opens with
+    the runs grouped by `group_by` (default: every setting that differs but the seed), each group's
+    mean and interval over seeds and its difference to `baseline` (analysis/seed_report.py)."""
     if not run_dirs:
         raise MimregError("mimreg report needs at least one run folder")
     runs = [read_run(p) for p in run_dirs]
@@ -157,7 +161,8 @@ def write_report(run_dirs, out, *, title: str | None = None, analyze_missing: bo
     title = title or f"mimreg report: {', '.join(r.name for r in runs)}"
     with tempfile.TemporaryDirectory() as scratch:
         shared = study_pictures(runs, Path(scratch))
-        page = render_page(title, runs, shared)
+        section = seed_section(run_dirs, Path(scratch), figure, esc, group_by, baseline) if seeds else ""
+        page = render_page(title, runs, shared, section)
     path = atomic_write(out, lambda handle: handle.write(page), binary=False)
     path.chmod(0o644)  # a page to share: readable by others, as a plain file write would leave it
     return path
@@ -299,7 +304,8 @@ def run_section(i: int, run: RunView) -> str:
             f'<h3>Pictures</h3><div class="grid">{"".join(figures)}</div></section>')
 
 
-def render_page(title: str, runs: list[RunView], shared: dict[str, Path]) -> str:
+def render_page(title: str, runs: list[RunView], shared: dict[str, Path], seeds: str = "") -> str:
+    """The page: `seeds` (the seeds-and-intervals section's HTML, when given) first, the comparison, each run."""
     study = []
     for method in ("pacmap", "tsne", "umap"):
         if method in shared:
@@ -311,11 +317,12 @@ def render_page(title: str, runs: list[RunView], shared: dict[str, Path]) -> str
     toc = "".join(f'<li><a href="#run-{i}">{esc(r.name)}</a></li>' for i, r in enumerate(runs))
     sections = "".join(run_section(i, r) for i, r in enumerate(runs))
     made = time.strftime("%Y-%m-%d %H:%M")
+    seeds_link = '<li><a href="#seeds">Seeds and intervals</a></li>' if seeds else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)}</title><style>{STYLE_FILE.read_text()}</style></head><body><main>"
             f'<header><h1>{esc(title)}</h1><p class="note">Made by mimreg on {made} from '
             f"{len(runs)} run folder{'s' if len(runs) > 1 else ''}.</p>"
-            f'<nav><ul class="toc"><li><a href="#compare">Comparison</a></li>{toc}</ul></nav></header>'
-            f'<section id="compare"><h2>Comparison</h2>{comparison_table(runs)}'
+            f'<nav><ul class="toc">{seeds_link}<li><a href="#compare">Comparison</a></li>{toc}</ul></nav></header>'
+            f'{seeds}<section id="compare"><h2>Comparison</h2>{comparison_table(runs)}'
             f'<div class="grid">{"".join(study)}</div></section>{sections}</main></body></html>\n')

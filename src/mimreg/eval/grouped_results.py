@@ -92,11 +92,11 @@ def _markdown(data: dict) -> str:
              format_table([{"group": g["group"], "n": len(g["runs"]), "seeds": _list(g["seeds"]),
                             "runs": _list(g["runs"])} for g in data["groups"]], ["group", "n", "seeds", "runs"]),
              f"\nmean over seeds, {LEVEL:.0%} interval (Student's t)",
-             format_table([_mean_cells(r) for r in stats], ["metric", "group", "n", "mean", "std", "interval"])]
+             format_table([mean_cells(r) for r in stats], ["metric", "group", "n", "mean", "std", "interval"])]
     differences = [r for r in stats if r["verdict"] is not None]
     if differences:
         parts += [f"\ndifference to the baseline ({data['baseline']}), {LEVEL:.0%} interval",
-                  format_table([_difference_cells(r) for r in differences],
+                  format_table([difference_cells(r) for r in differences],
                                ["metric", "group", "difference", "interval", "test", "p", "verdict"])]
     if any(r["n"] == 1 for r in stats):
         parts.append("\n" + NO_INTERVAL_NOTE)
@@ -115,13 +115,15 @@ def _interval(low, high, metric: str) -> str:
     return "none (one seed)" if low is None else f"[{_number(low, metric)}, {_number(high, metric)}]"
 
 
-def _mean_cells(row: dict) -> dict:
+def mean_cells(row: dict) -> dict:
+    """A statistics row as the table of means prints it (also the report page's)."""
     metric = row["metric"]
     return {"metric": metric, "group": row["group"], "n": row["n"], "mean": _number(row["mean"], metric),
             "std": _number(row["std"], metric), "interval": _interval(row["ci_low"], row["ci_high"], metric)}
 
 
-def _difference_cells(row: dict) -> dict:
+def difference_cells(row: dict) -> dict:
+    """A statistics row as the table of differences to the baseline prints it (also the report page's)."""
     metric, diff = row["metric"], row["difference"]
     test = row["test"] and (f"{row['test']}, {row['n_pairs']} pairs" if row["n_pairs"] else row["test"])
     return {"metric": metric, "group": row["group"], "difference": ("+" if diff >= 0 else "") + _number(diff, metric),
