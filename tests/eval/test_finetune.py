@@ -238,7 +238,7 @@ def test_a_probe_initialised_head_scores_as_the_probe_before_any_step(tiny_run):
     probe = init_head_from_probe(model, train_plain, torch.device("cpu"), seed=0)
     # the standardisation folded into the head: the classifier scores the train split as the probe did
     assert evaluate_classifier(model, train_plain, torch.device("cpu"))["top1"] == pytest.approx(probe["train_top1"])
-    assert probe["train_top1"] > 90 and probe["lr"] > 0
+    assert probe["train_top1"] > 90 and probe["weight_decay"] > 0
 
 
 def test_resume_with_nothing_to_resume_still_starts_from_the_probe_head(tiny_run, tmp_path):

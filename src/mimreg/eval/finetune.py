@@ -119,7 +119,7 @@ def init_head_from_probe(model: torch.nn.Module, train_plain: TransformedDataset
     model.head.weight.copy_(fit["head"]["weight"])
     model.head.bias.copy_(fit["head"]["bias"])
     model.train()
-    return {"train_top1": fit["train_top1"], "lr": fit["lr"], "weight_decay": fit["weight_decay"]}
+    return {"train_top1": fit["train_top1"], "weight_decay": fit["weight_decay"]}
 
 
 def _loss_and_mixup(cfg: FinetuneConfig, num_classes: int):
