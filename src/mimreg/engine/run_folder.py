@@ -18,6 +18,7 @@ from mimreg.errors import MimregError
 from mimreg.file_lock import LockHeld, take_lock
 from mimreg.io import atomic_write, write_json_atomic
 
+
 def check_out_folder(path: str | Path) -> None:
     """Refuse, in one line, a run folder that cannot be made or written: `path` or a folder above
     it is a file, or the nearest existing folder refuses a new folder (read-only, no permission).
