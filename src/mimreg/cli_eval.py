@@ -35,6 +35,11 @@ def add_import_args(p: argparse.ArgumentParser) -> None:
                    help="import every module the checkpoint's config names (runs their code)")
 
 
+def add_skip_bad_images(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out image files that do not decode (with a warning) instead of stopping")
+
+
 def import_consented(args, checkpoints) -> None:
     """Import the modules passed with --import, and with --trust-imports those `checkpoints` name."""
     from mimreg.engine.checkpoint import stored_imports
@@ -53,8 +58,7 @@ def add_eval_parser(sub) -> None:
         q = protocols.add_parser(name, help=text.replace("%", "%%"), description=text)
         add_checkpoint_args(q)
         q.add_argument("--train-images", type=int, help="embed a random subset of the training split")
-        q.add_argument("--skip-bad-images", action="store_true",
-                       help="leave out image files that do not decode (with a warning) instead of stopping")
+        add_skip_bad_images(q)
         if name == "robustness":
             q.add_argument("--pool", choices=POOLS, default="cls", help="feature (default cls)")
         else:
@@ -95,8 +99,7 @@ def add_finetune_parser(protocols) -> None:
     add_checkpoint_args(q)
     q.add_argument("--out", help="fine-tuning folder for its checkpoints (default RUN/finetune/<result name>)")
     q.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out from its last checkpoint")
-    q.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out image files that do not decode (with a warning) instead of stopping")
+    add_skip_bad_images(q)
     hints = typing.get_type_hints(FinetuneConfig)
     for f in dataclasses.fields(FinetuneConfig):
         if f.name == "test_images":

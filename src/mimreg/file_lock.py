@@ -32,3 +32,17 @@ def take_lock(path: Path) -> IO:
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
     return handle
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock on `path` ("pid N on HOST since ..."), or None when nobody does (the file
+    is left as it is)."""
+    if not Path(path).is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None

@@ -89,11 +89,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load with `weights_only=True`: a checkpoint holds tensors and plain Python values only."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Load with `weights_only=True`: a checkpoint holds tensors and plain Python values only.
+
+    mmap: map the tensors from the file instead of reading them (cheap when only the config is read).
+    """
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch's own messages point at its documentation, not at the file
         raise MimregError(f"cannot read checkpoint {path}: {_load_failure(err, path)}") from None
     if not isinstance(state, dict):
@@ -156,7 +159,7 @@ def config_of(state: dict, path: Path, consent: str = CONSENT) -> dict:
 
 
 def stored_imports(checkpoint: str | Path) -> list[str]:
-    """The modules a checkpoint's config asks to import (for --trust-imports)."""
-    state = load_checkpoint(checkpoint)
+    """The modules a checkpoint's config asks to import (for --trust-imports); the tensors stay on disk."""
+    state = load_checkpoint(checkpoint, mmap=True)
     imports = state.get("config", {}).get("imports") if isinstance(state.get("config"), dict) else None
     return [str(n) for n in imports] if isinstance(imports, list) else []

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mimreg.file_lock import LockHeld, take_lock
+from mimreg.file_lock import LockHeld, lock_holder, take_lock
 from mimreg.io import write_json_atomic
 
 
@@ -41,6 +41,14 @@ def read_status(study_dir: Path, name: str) -> PointStatus:
 
 def write_status(study_dir: Path, name: str, status: PointStatus) -> None:
     write_json_atomic(status_path(study_dir, name), asdict(status))
+
+
+def shown_state(study_dir: Path, name: str, status: PointStatus) -> str:
+    """The state to show: a point whose status says running but whose lock nobody holds (its process
+    was killed) is "interrupted"; the next run of the study resumes it."""
+    if status.state == "running" and lock_holder(Path(study_dir) / "status" / f"{name}.lock") is None:
+        return "interrupted"
+    return status.state
 
 
 PointBusy = LockHeld  # another process runs the point; the message names it

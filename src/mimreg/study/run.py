@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mimreg.errors import ConfigError
 from mimreg.io import atomic_write
-from mimreg.study.ledger import read_status
+from mimreg.study.ledger import read_status, shown_state
 from mimreg.study.spec import Point, Study
 
 
@@ -45,7 +45,7 @@ def grid_lines(study: Study, study_dir: Path) -> list[str]:
     rows = []
     for point in study.points:
         status = read_status(study_dir, point.name)
-        state = status.state if status.state != "running" else "interrupted"
+        state = shown_state(study_dir, point.name, status)
         rows.append({"point": point.name, "recipe": point.recipe, **dict(point.axes), "seed": point.seed,
                      "state": state})
     axes = list(dict.fromkeys(key for point in study.points for key, _ in point.axes))
