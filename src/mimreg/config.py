@@ -46,6 +46,9 @@ class DataConfig:
     device_memory_gb: float = bounded(4.0, gt=0)  # auto picks the device pipeline when the decoded images fit in this
     cache_dir: str | None = None  # decoded image files for the device pipeline (None: <root>/.mimreg-cache)
     decode_on_device: bool = False  # loader pipeline: workers read files, the training device decodes and augments
+    # loader pipeline, image files: decode a JPEG at 1/2-1/8 scale when its crop still covers the
+    # output (Pillow's draft mode; benchmarks/imagenet_decode.py); false: always the full image
+    jpeg_draft: bool = True
 
 
 @dataclass

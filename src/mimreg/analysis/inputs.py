@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mimreg.config import Config, config_from_dict
-from mimreg.data import BadSample, dataset_stats, eval_transform, load_dataset
+from mimreg.data import BadSample, dataset_stats, eval_crop_fraction, eval_transform, load_dataset
 from mimreg.engine.build import build_method
 from mimreg.engine.checkpoint import config_of, load_checkpoint, resolve_checkpoint
 from mimreg.errors import DataError
@@ -69,7 +69,7 @@ def load_test_images(name: str, root: str | None, img_size: int, indices=None, c
         chosen = np.random.default_rng(seed).choice(len(raw), min(count or len(raw), len(raw)), replace=False)
         indices = np.sort(chosen)
     mean, std = dataset_stats(name)
-    transform = eval_transform(img_size, mean, std)
+    transform = eval_transform(img_size, mean, std, eval_crop_fraction(name))
     images, labels, kept = [], [], []
     for index in indices:
         sample = raw[int(index)]

@@ -111,12 +111,17 @@ class ImageFileDataset(RawDataset):
         except Exception as exc:
             if self.skip_bad_images:
                 return BadSample(path)
-            raise DataError(
-                f"Image file {path} could not be decoded ({type(exc).__name__}: {exc}). "
-                "Delete or replace the file, or skip such files: set data.skip_bad_images: true to "
-                "pretrain, pass --skip-bad-images to mimreg eval linear/knn/erank/lowshot/robustness/finetune."
-            ) from exc
+            raise undecodable(path, exc) from exc
         return image, int(self.labels[index])
+
+
+def undecodable(path: str, exc: Exception) -> DataError:
+    """The error for an image file no decoder could read, naming the ways past it."""
+    return DataError(
+        f"Image file {path} could not be decoded ({type(exc).__name__}: {exc}). "
+        "Delete or replace the file, or skip such files: set data.skip_bad_images: true to "
+        "pretrain, pass --skip-bad-images to mimreg eval linear/knn/erank/lowshot/robustness/finetune."
+    )
 
 
 def sample_paths(raw: RawDataset) -> list[str] | None:

@@ -10,6 +10,7 @@ from mimreg.data.base import RawDataset
 from mimreg.data.cifar import load_cifar10, load_cifar100
 from mimreg.data.digits import load_digits_dataset
 from mimreg.data.folder import load_imagefolder
+from mimreg.data.imagenet import load_imagenet, load_imagenet100
 from mimreg.data.stl10 import load_stl10
 from mimreg.data.synthetic import load_synthetic
 from mimreg.data.tiny_imagenet import load_tiny_imagenet
@@ -23,6 +24,8 @@ LOADERS: dict[str, Callable[..., RawDataset]] = {
     "cifar100": load_cifar100,
     "stl10": load_stl10,
     "tiny-imagenet": load_tiny_imagenet,
+    "imagenet": load_imagenet,
+    "imagenet100": load_imagenet100,
     "imagefolder": load_imagefolder,
     "digits": load_digits_dataset,
     "synthetic": load_synthetic,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -66,15 +67,21 @@ class TransformedDataset(Dataset):
         if isinstance(sample, BadSample):
             return sample
         image, label = sample
-        seed = sample_seed(self.seed, self.epoch, int(index))
-        python_state = random.getstate()
-        try:
-            # devices=[] keeps CUDA out of it; seeding the CPU generator directly (not
-            # torch.manual_seed) leaves every CUDA generator alone too.
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(seed)
-                random.seed(seed)
-                tensor = self.transform(image)
-        finally:
-            random.setstate(python_state)
+        with seeded_draws(sample_seed(self.seed, self.epoch, int(index))):
+            tensor = self.transform(image)
         return tensor, label
+
+
+@contextmanager
+def seeded_draws(seed: int):
+    """Inside: torch's CPU generator and python's `random` seeded with `seed`; after: both as before."""
+    python_state = random.getstate()
+    try:
+        # devices=[] keeps CUDA out of it; seeding the CPU generator directly (not
+        # torch.manual_seed) leaves every CUDA generator alone too.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            random.seed(seed)
+            yield
+    finally:
+        random.setstate(python_state)

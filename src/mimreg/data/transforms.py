@@ -28,6 +28,8 @@ DATASET_STATS: dict[str, Stats] = _StatsTable({
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "stl10": IMAGENET_STATS,
     "tiny-imagenet": IMAGENET_STATS,
+    "imagenet": IMAGENET_STATS,
+    "imagenet100": IMAGENET_STATS,
     "imagefolder": IMAGENET_STATS,
     "digits": ((0.3057,) * 3, (0.3235,) * 3),
     "synthetic": ((0.3434, 0.3394, 0.3408), (0.2269, 0.2217, 0.2250)),
@@ -35,8 +37,17 @@ DATASET_STATS: dict[str, Stats] = _StatsTable({
 
 DEFAULT_IMG_SIZES = {
     "cifar10": 32, "cifar100": 32, "digits": 32, "synthetic": 32,
-    "stl10": 96, "tiny-imagenet": 64, "imagefolder": 224,
+    "stl10": 96, "tiny-imagenet": 64, "imagefolder": 224, "imagenet": 224, "imagenet100": 224,
 }
+
+# Evaluation's centre crop as a fraction of the resized short side: ImageNet's is 224 of 256 (the
+# protocol of MAE's and the other papers' linear probes and fine-tuning); datasets at their native
+# size keep the whole image.
+EVAL_CROP_FRACTION = {"imagenet": 0.875, "imagenet100": 0.875}
+
+
+def eval_crop_fraction(name: str) -> float:
+    return EVAL_CROP_FRACTION.get(name, 1.0)
 
 
 def dataset_stats(name: str) -> Stats:
@@ -120,10 +131,11 @@ def pretrain_transform(img_size: int, crop_scale: tuple[float, float] = (0.2, 1.
 
 
 def eval_transform(img_size: int, mean: Sequence[float] = IMAGENET_STATS[0],
-                   std: Sequence[float] = IMAGENET_STATS[1]) -> T.Compose:
-    """Deterministic: resize the short side to `img_size` (bicubic), centre crop, normalise."""
+                   std: Sequence[float] = IMAGENET_STATS[1], crop_fraction: float = 1.0) -> T.Compose:
+    """Deterministic: resize the short side to `img_size / crop_fraction` (bicubic; 256 for 224 at
+    ImageNet's 0.875), centre crop `img_size`, normalise."""
     return T.Compose([
-        T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.Resize(round(img_size / crop_fraction), interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(img_size),
         T.ToTensor(),
         T.Normalize(tuple(mean), tuple(std)),

@@ -15,6 +15,7 @@ from mimreg.console import say
 from mimreg.data import Batch, MultiView, TransformedDataset, collate_skipping_bad, dataset_stats, load_dataset, msn_views
 from mimreg.data.batch_augment import BatchAugment
 from mimreg.data.base import BadSample
+from mimreg.data.draft import DraftCropDataset
 from mimreg.data.decoded import DecodedImages, MixedSizesError, decode_images, decoded_nbytes
 from mimreg.data.encoded import EncodedFiles, collate_encoded, decode_on
 from mimreg.data.files import sample_paths
@@ -177,13 +178,17 @@ def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device
     if cfg.data.decode_on_device:
         paths = sample_paths(raw)
         if paths is None:
-            raise ConfigError(f"data.decode_on_device needs a dataset of image files (imagefolder, tiny-imagenet), "
+            raise ConfigError(f"data.decode_on_device needs a dataset of image files (imagefolder, tiny-imagenet, imagenet, imagenet100), "
                               f"not {cfg.data.name!r}; leave it off")
         return DecodeOnDevicePretrainData(paths, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
                                           num_classes, torch.device(device), cfg.data.skip_bad_images)
     decoded = _device_images(cfg, raw, rank)
     if decoded is None:
-        dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
+        if cfg.data.jpeg_draft and sample_paths(raw) is not None:
+            dataset = DraftCropDataset(raw, pretrain_view_specs(cfg), mean, std, cfg.train.seed, _views_as_list(cfg),
+                                       cfg.data.skip_bad_images)
+        else:
+            dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
         return LoaderData(dataset, batches, num_classes, len(raw))
     return DevicePretrainData(decoded, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
                               num_classes, torch.device(device))

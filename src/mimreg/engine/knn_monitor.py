@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mimreg.config import Config
-from mimreg.data import dataset_stats, eval_transform, load_dataset
+from mimreg.data import dataset_stats, eval_crop_fraction, eval_transform, load_dataset
 from mimreg.data.base import BadSample
 from mimreg.errors import ConfigError, DataError
 from mimreg.neighbours import knn_classify
@@ -57,7 +57,7 @@ class KnnMonitor:
                               "train.knn_every=0") from None
         if every is None:
             every = max(1, math.ceil(cfg.train.epochs / AUTO_MEASUREMENTS))
-        transform = eval_transform(cfg.img_size, *dataset_stats(cfg.data.name))
+        transform = eval_transform(cfg.img_size, *dataset_stats(cfg.data.name), eval_crop_fraction(cfg.data.name))
         rng = np.random.default_rng([cfg.train.seed, 0x6B6E6E])  # fixed subsets, apart from other draws
         return cls(_decoded(train, cfg.train.knn_bank, rng, transform), _decoded(test, cfg.train.knn_queries, rng, transform),
                    every=every, epochs=cfg.train.epochs, device=device, num_classes=train.num_classes)

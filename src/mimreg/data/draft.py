@@ -1,0 +1,100 @@
+"""Random resized crops straight from image files, JPEGs decoded at reduced scale when the crop allows.
+
+libjpeg can decode a JPEG at 1/2, 1/4 or 1/8 of its size (DCT scaling, Pillow's `Image.draft`),
+which skips most of the inverse DCT and colour conversion. A crop that is resized down to the
+output anyway loses nothing it would keep when it is decoded at the largest such reduction that
+still leaves it at least the output size. The crop box is drawn on the full-size image first, with
+torchvision's draws, so the crops have the same distribution (and, for one view, the same boxes for
+the same seed) as RandomResizedCrop on the fully decoded image.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from mimreg.data.base import BadSample, RawDataset
+from mimreg.data.files import decode_rgb, sample_paths, undecodable
+from mimreg.data.seeded import TransformedDataset, sample_seed, seeded_draws
+from mimreg.data.transforms import ViewSpec, view_transform
+
+REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at, largest first
+
+Box = tuple[int, int, int, int]  # top, left, height, width, as RandomResizedCrop.get_params gives
+
+
+def draft_reduction(box: Box, out_size: int) -> int:
+    """The largest of 8, 4, 2 that leaves the crop `box` at least `out_size` on both sides, else 1."""
+    _, _, height, width = box
+    return next((r for r in REDUCTIONS if min(height, width) / r >= out_size), 1)
+
+
+def crop_boxes(size: tuple[int, int], specs: Sequence[ViewSpec]) -> list[Box]:
+    """One RandomResizedCrop box per view, drawn on an image of `size` (width, height) with torch's RNG."""
+    probe = Image.new("L", size)  # get_params reads only the size
+    return [T.RandomResizedCrop.get_params(probe, list(s.crop_scale), list(s.crop_ratio)) for s in specs]
+
+
+def decode_for_crops(image: Image.Image, boxes: list[Box], specs: Sequence[ViewSpec]) -> tuple[Image.Image, float]:
+    """The opened (not yet decoded) `image` in RGB, and its scale (decoded size / full size): a
+    JPEG at the reduction that every view's box allows, any other file at full size."""
+    if image.format != "JPEG":
+        return decode_rgb(image.filename), 1.0
+    reduction = min(draft_reduction(box, spec.size) for box, spec in zip(boxes, specs))
+    scale = 1.0
+    if reduction > 1:
+        full_width = image.size[0]
+        # pixel k of the reduced image covers full-size pixels [k r, (k + 1) r): the scale is
+        # exactly 1 / r (draft's box says which r libjpeg took), not the ratio of the rounded sizes
+        drafted = image.draft("RGB", (image.size[0] // reduction, image.size[1] // reduction))
+        if drafted is not None:
+            scale = drafted[1][2] / full_width
+    return image.convert("RGB"), scale
+
+
+def resized_crop(image: Image.Image, box: Box, scale: float, out_size: int) -> Image.Image:
+    """The crop `box` (full-size pixels) of `image` (at `scale` of full size) resized to out_size (bicubic)."""
+    top, left, height, width = box
+    if scale == 1.0:  # exactly what RandomResizedCrop does on the full image
+        return image.crop((left, top, left + width, top + height)).resize((out_size, out_size), Image.BICUBIC)
+    region = (left * scale, top * scale, (left + width) * scale, (top + height) * scale)
+    return image.resize((out_size, out_size), Image.BICUBIC, box=region)
+
+
+class DraftCropDataset(TransformedDataset):
+    """The views of `specs` of an image-file dataset, each a random resized crop (decoded at
+    reduced scale when it allows) followed by the rest of its view pipeline; draws fixed per
+    (seed, epoch, index) as TransformedDataset's. A list of views when `as_list`, else the one view.
+
+    With several views all boxes are drawn before the other augmentations (one decode serves
+    them all): the same distributions as the PIL path, not the same draws.
+    """
+
+    def __init__(self, raw: RawDataset, specs: Sequence[ViewSpec], mean, std, seed: int,
+                 as_list: bool, skip_bad_images: bool):
+        super().__init__(raw, transform=None, seed=seed)
+        paths = sample_paths(raw)
+        if paths is None:
+            raise ValueError("DraftCropDataset needs a dataset of image files")
+        self.paths, self.specs, self.as_list, self.skip_bad_images = paths, list(specs), as_list, skip_bad_images
+        # each view's pipeline after its crop: flip, colour, tensor, normalise
+        self.rests = [T.Compose(view_transform(s, mean, std).transforms[1:]) for s in self.specs]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | list[torch.Tensor], int] | BadSample:
+        path = self.paths[index]
+        with seeded_draws(sample_seed(self.seed, self.epoch, int(index))):
+            try:
+                with Image.open(path) as image:
+                    boxes = crop_boxes(image.size, self.specs)  # the size is in the header
+                    decoded, scale = decode_for_crops(image, boxes, self.specs)
+            # decoders raise many unrelated types; any of them means this one file is unusable
+            except Exception as exc:
+                if self.skip_bad_images:
+                    return BadSample(path)
+                raise undecodable(path, exc) from exc
+            views = [rest(resized_crop(decoded, box, scale, spec.size))
+                     for box, spec, rest in zip(boxes, self.specs, self.rests)]
+        return (views if self.as_list else views[0]), int(self.labels[index])
