@@ -1,0 +1,148 @@
+"""img/s per core of 224-px random resized crops (+ flip) from ImageNet-sized JPEGs, by decoder path.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/imagenet_decode.py [--images 150] [--repeats 5]
+
+Paths, each on the same boxes and flips (drawn once per image, on the full size):
+  pillow        Image.open + convert("RGB") + crop + bicubic resize (what RandomResizedCrop does)
+  pillow-draft  mimreg.data.draft: the JPEG decoded at 1/2, 1/4 or 1/8 scale when the crop allows
+  tv-decode     torchvision.io.decode_jpeg on the CPU + crop + bicubic antialiased resize on the tensor
+each ending in a (3, 224, 224) uint8 tensor; and the two pretraining datasets end to end (float,
+normalised): TransformedDataset (PIL RandomResizedCrop) and DraftCropDataset. JPEGs are CIFAR-10
+images upscaled (bicubic) with added grain, at quality 90, to ImageNet's typical 500x375 and to
+its larger tail (1000x750). One core (torch.set_num_threads(1)), paths interleaved per repeat,
+median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.transforms.v2 import functional as TF
+
+from mimreg.data.draft import DraftCropDataset, crop_boxes, decode_for_crops, draft_reduction, resized_crop
+from mimreg.data.files import ImageFileDataset
+from mimreg.data.seeded import TransformedDataset
+from mimreg.data.transforms import IMAGENET_STATS, mae_view, view_transform
+
+CIFAR = Path("/work/data/c10/train")
+OUT = 224
+
+
+def make_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[str]:
+    sources = sorted(CIFAR.glob("*/*.jpg"))[:: max(1, 50000 // count)][:count]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, source in enumerate(sources):
+        big = np.asarray(Image.open(source).convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32)
+        grain = rng.normal(0, 6, big.shape)  # photo-like detail, so the entropy decoding has work to do
+        path = folder / f"{size[0]}x{size[1]}_{i:04d}.JPEG"
+        Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def to_uint8(image: Image.Image, flip: bool) -> torch.Tensor:
+    tensor = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+    return tensor.flip(-1) if flip else tensor
+
+
+def pillow(path, box, flip):
+    with Image.open(path) as image:
+        return to_uint8(resized_crop(image.convert("RGB"), box, 1.0, OUT), flip)
+
+
+def pillow_draft(path, box, flip):
+    with Image.open(path) as image:
+        decoded, scale = decode_for_crops(image, [box], [mae_view(OUT)])
+    return to_uint8(resized_crop(decoded, box, scale, OUT), flip)
+
+
+def tv_decode(path, box, flip):
+    top, left, height, width = box
+    image = decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+    out = TF.resized_crop(image, top, left, height, width, [OUT, OUT],
+                          interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return out.flip(-1) if flip else out
+
+
+def sample_draws(paths, seed=0):
+    torch.manual_seed(seed)
+    draws = []
+    for path in paths:
+        with Image.open(path) as image:
+            draws.append((crop_boxes(image.size, [mae_view(OUT)])[0], bool(torch.rand(1) < 0.5)))
+    return draws
+
+
+def time_paths(paths, draws, datasets, repeats):
+    fns = {"pillow": pillow, "pillow-draft": pillow_draft, "tv-decode": tv_decode}
+    rates = {name: [] for name in [*fns, *datasets]}
+    for repeat in range(repeats):
+        order = list(rates)[repeat % len(rates):] + list(rates)[:repeat % len(rates)]
+        for name in order:
+            start = time.perf_counter()
+            if name in fns:
+                for path, (box, flip) in zip(paths, draws):
+                    fns[name](path, box, flip)
+            else:
+                for i in range(len(paths)):
+                    datasets[name][i]
+            rates[name].append(len(paths) / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def differences(paths, draws):
+    """Mean |draft - pillow| and |tv-decode - pillow| in grey levels, over every pixel of every crop."""
+    out = {"pillow-draft": [], "tv-decode": []}
+    for path, (box, flip) in zip(paths, draws):
+        ref = pillow(path, box, flip).float()
+        out["pillow-draft"].append((pillow_draft(path, box, flip).float() - ref).abs().mean().item())
+        out["tv-decode"].append((tv_decode(path, box, flip).float() - ref).abs().mean().item())
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def run(size, count, repeats, folder):
+    paths = make_jpegs(folder, count, size)
+    draws = sample_draws(paths)
+    reductions = np.bincount([draft_reduction(box, OUT) for box, _ in draws], minlength=9)
+    raw = ImageFileDataset(paths, np.zeros(len(paths), dtype=np.int64), ["x"])
+    spec = mae_view(OUT)
+    datasets = {"dataset-pil": TransformedDataset(raw, view_transform(spec, *IMAGENET_STATS), seed=0),
+                "dataset-draft": DraftCropDataset(raw, [spec], *IMAGENET_STATS, 0, False, False)}
+    rates = time_paths(paths, draws, datasets, repeats)
+    kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
+    lines = [f"{size[0]}x{size[1]} JPEGs (q90, mean {kb:.0f} KB), {count} images, {repeats} repeats; "
+             f"draft reductions of the 224-px crops: " +
+             ", ".join(f"1/{r}: {reductions[r]}" for r in (1, 2, 4, 8) if reductions[r])]
+    for name, rate in rates.items():
+        base = rates["pillow"] if not name.startswith("dataset") else rates["dataset-pil"]
+        lines.append(f"  {name:14s} {rate:7.1f} img/s per core  ({rate / base:.2f}x)")
+    diffs = differences(paths, draws)
+    lines.append("  mean |difference| to pillow's crop, grey levels: " +
+                 ", ".join(f"{k} {v:.2f}" for k, v in diffs.items()))
+    return lines, rates
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in ((500, 375), (1000, 750)):
+            lines, _ = run(size, args.images, args.repeats, Path(tmp))
+            print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
