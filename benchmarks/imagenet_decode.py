@@ -4,8 +4,10 @@
 
 Paths, each on the same boxes and flips (drawn once per image, on the full size):
   pillow        Image.open + convert("RGB") + crop + bicubic resize (what RandomResizedCrop does)
-  pillow-draft  mimreg.data.draft: the JPEG decoded at 1/2, 1/4 or 1/8 scale when the crop allows
+  pillow-draft  as pillow, the JPEG decoded at 1/2, 1/4 or 1/8 scale (Image.draft) when the crop allows
   tv-decode     torchvision.io.decode_jpeg on the CPU + crop + bicubic antialiased resize on the tensor
+  mimreg        mimreg.data.draft (the default): draft decode when a reduction applies, else decode_jpeg;
+                torch's bicubic resize on uint8
 each ending in a (3, 224, 224) uint8 tensor; and the two pretraining datasets end to end (float,
 normalised): TransformedDataset (PIL RandomResizedCrop) and DraftCropDataset. JPEGs are CIFAR-10
 images upscaled (bicubic) with added grain, at quality 90, to ImageNet's typical 500x375 and to
@@ -51,16 +53,28 @@ def make_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[str]:
 
 
 def to_uint8(image: Image.Image, flip: bool) -> torch.Tensor:
-    tensor = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     return tensor.flip(-1) if flip else tensor
 
 
 def pillow(path, box, flip):
+    top, left, height, width = box
     with Image.open(path) as image:
-        return to_uint8(resized_crop(image.convert("RGB"), box, 1.0, OUT), flip)
+        crop = image.convert("RGB").crop((left, top, left + width, top + height)).resize((OUT, OUT), Image.BICUBIC)
+    return to_uint8(crop, flip)
 
 
 def pillow_draft(path, box, flip):
+    top, left, height, width = box
+    with Image.open(path) as image:
+        r = draft_reduction(box, OUT)
+        scale = image.draft("RGB", (image.size[0] // r, image.size[1] // r))[1][2] / image.size[0] if r > 1 else 1.0
+        region = (left * scale, top * scale, (left + width) * scale, (top + height) * scale)
+        crop = image.convert("RGB").resize((OUT, OUT), Image.BICUBIC, box=region)
+    return to_uint8(crop, flip)
+
+
+def mimreg_path(path, box, flip):
     with Image.open(path) as image:
         decoded, scale = decode_for_crops(image, [box], [mae_view(OUT)])
     return to_uint8(resized_crop(decoded, box, scale, OUT), flip)
@@ -84,7 +98,7 @@ def sample_draws(paths, seed=0):
 
 
 def time_paths(paths, draws, datasets, repeats):
-    fns = {"pillow": pillow, "pillow-draft": pillow_draft, "tv-decode": tv_decode}
+    fns = {"pillow": pillow, "pillow-draft": pillow_draft, "tv-decode": tv_decode, "mimreg": mimreg_path}
     rates = {name: [] for name in [*fns, *datasets]}
     for repeat in range(repeats):
         order = list(rates)[repeat % len(rates):] + list(rates)[:repeat % len(rates)]
@@ -101,12 +115,13 @@ def time_paths(paths, draws, datasets, repeats):
 
 
 def differences(paths, draws):
-    """Mean |draft - pillow| and |tv-decode - pillow| in grey levels, over every pixel of every crop."""
-    out = {"pillow-draft": [], "tv-decode": []}
+    """Mean |path - pillow| in grey levels, over every pixel of every crop, per path."""
+    fns = {"pillow-draft": pillow_draft, "tv-decode": tv_decode, "mimreg": mimreg_path}
+    out = {name: [] for name in fns}
     for path, (box, flip) in zip(paths, draws):
         ref = pillow(path, box, flip).float()
-        out["pillow-draft"].append((pillow_draft(path, box, flip).float() - ref).abs().mean().item())
-        out["tv-decode"].append((tv_decode(path, box, flip).float() - ref).abs().mean().item())
+        for name, fn in fns.items():
+            out[name].append((fn(path, box, flip).float() - ref).abs().mean().item())
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 

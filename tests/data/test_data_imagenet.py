@@ -9,7 +9,7 @@ from PIL import Image
 
 from mimreg.data import eval_crop_fraction, eval_transform, load_dataset
 from mimreg.data.base import BadSample
-from mimreg.data.draft import DraftCropDataset, draft_reduction, resized_crop
+from mimreg.data.draft import DraftCropDataset, draft_reduction, pil_to_tensor, resized_crop
 from mimreg.data.imagenet import imagenet100_wnids
 from mimreg.data.seeded import TransformedDataset
 from mimreg.data.transforms import ViewSpec, mae_view, view_transform
@@ -143,16 +143,19 @@ def test_draft_crops_are_close_to_full_decode_crops(tmp_path):
         with Image.open(path) as image:
             reduction = draft_reduction(box, out)
             mode, region = image.draft("RGB", (500 // reduction, 375 // reduction))
-            drafted = resized_crop(image.convert("RGB"), box, region[2] / 500, out)
+            drafted = resized_crop(pil_to_tensor(image.convert("RGB")), box, region[2] / 500, out)
         assert reduction > 1
-        plain = np.asarray(resized_crop(full, box, 1.0, out), dtype=np.float64)
+        top, left, height, width = box  # RandomResizedCrop's crop and resize, all in Pillow
+        plain = np.asarray(full.crop((left, top, left + width, top + height)).resize((out, out), Image.BICUBIC),
+                           dtype=np.float64)
         difference = np.abs(np.asarray(drafted, dtype=np.float64) - plain)
         assert difference.mean() < 1.0 and difference.max() <= 8, (box, reduction, difference.mean())
 
 
 def test_draft_dataset_draws_the_plain_path_boxes(tmp_path):
     """For one view, the draft path's crops come from the same boxes and flips as the PIL path's
-    (same seed, epoch, index): identical tensors where no reduction applies, close where it does."""
+    (same seed, epoch, index): within 0.1 grey level where no reduction applies (torch's bicubic
+    vs Pillow's), within 2 where it does."""
     make_imagenet(tmp_path, WNIDS, per_class=3)
     raw = load_dataset("imagenet", "train", tmp_path)
     spec = mae_view(32, (0.2, 1.0))
@@ -169,7 +172,7 @@ def test_draft_dataset_draws_the_plain_path_boxes(tmp_path):
             assert label_a == label_b and a.shape == b.shape == (3, 32, 32)
             # in grey levels: normalised by std 0.5 of [0, 1], so 1/255 is 2/255 here
             assert (a - b).abs().mean() * 255 / 2 < 2.0, (epoch, i)
-        assert torch.equal(big[0][0], plain_big[0][0])
+        assert (big[0][0] - plain_big[0][0]).abs().mean() * 255 / 2 < 0.1
 
 
 def test_draft_dataset_views_and_bad_files(tmp_path):
