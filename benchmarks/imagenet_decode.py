@@ -67,8 +67,8 @@ def pillow(path, box, flip):
 def pillow_draft(path, box, flip):
     top, left, height, width = box
     with Image.open(path) as image:
-        r = draft_reduction(box, OUT)
-        scale = image.draft("RGB", (image.size[0] // r, image.size[1] // r))[1][2] / image.size[0] if r > 1 else 1.0
+        r, full_width = draft_reduction(box, OUT), image.size[0]
+        scale = image.draft("RGB", (image.size[0] // r, image.size[1] // r))[1][2] / full_width if r > 1 else 1.0
         region = (left * scale, top * scale, (left + width) * scale, (top + height) * scale)
         crop = image.convert("RGB").resize((OUT, OUT), Image.BICUBIC, box=region)
     return to_uint8(crop, flip)
