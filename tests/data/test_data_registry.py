@@ -5,8 +5,8 @@ from mimreg.errors import DataError
 
 
 def test_dataset_names_and_splits():
-    assert DATASET_NAMES == ("cifar10", "cifar100", "stl10", "tiny-imagenet", "imagefolder", "digits",
-                             "synthetic")
+    assert DATASET_NAMES == ("cifar10", "cifar100", "stl10", "tiny-imagenet", "imagenet", "imagenet100",
+                             "imagefolder", "digits", "synthetic")
     assert SPLITS == ("pretrain", "train", "test")
 
 
