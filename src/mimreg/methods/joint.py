@@ -51,6 +51,7 @@ class JointEmbedding(Method):
     """
 
     num_views = 2
+    accepts_resnet = True
 
     def __init__(self, encoder: ViTEncoder, options, projector: nn.Module):
         super().__init__(encoder, options)
