@@ -31,6 +31,9 @@ def build_classifier(encoder: ViTEncoder, num_classes: int, head: str, drop_path
     token after the pretrained final norm. The fixed sin-cos positions are loaded and trained
     further, as MAE does.
     """
+    if not isinstance(encoder, ViTEncoder):
+        raise MimregError(f"fine-tuning builds a ViT classifier; this checkpoint's encoder is {encoder.arch}: "
+                          "evaluate it with the frozen protocols (linear, knn, erank, lowshot)")
     model = FinetuneViT(img_size=encoder.img_size, patch_size=encoder.patch_size, embed_dim=encoder.embed_dim,
                               depth=encoder.depth, num_heads=encoder.num_heads, mlp_ratio=4.0, qkv_bias=True,
                               num_classes=num_classes, global_pool="avg" if head == "gap" else "token",
