@@ -189,3 +189,15 @@ def test_analyze_skips_the_vit_pictures_with_a_note(resnet_run, monkeypatch):
                                   "pca": "resnet18 has no attention and no patches"}
     assert set(payload["pictures"]) == {"spectrum"} and set(payload["effective_rank"]) == {"cls"}
     assert "attention skipped: resnet18 has no attention and no patches" in lines
+
+
+def test_fine_tuning_refuses_a_resnet_before_it_starts(resnet_run):
+    from mimreg.eval.finetune_config import resolve_config
+    from mimreg.eval.finetune_model import build_classifier
+    from mimreg.eval.frozen import load_encoder
+
+    message = r"^fine-tuning builds a ViT classifier; this checkpoint's encoder is resnet18: evaluate it with"
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("resnet18", 4, {})
+    with pytest.raises(ConfigError, match=message):
+        build_classifier(load_encoder(resnet_run)[0], 10, "gap", 0.0)
