@@ -72,7 +72,7 @@ def matmul_ms(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20) -> 
 
 def matmul_table(cfg, batch: int) -> None:
     """fp32 vs bf16 time of the encoder's and decoder's Linear shapes (forward), and a large square one."""
-    from mimreg.models.vit import ARCHS
+    from mimreg.models.vit import VIT_ARCHS as ARCHS
     dim = ARCHS[cfg.model.arch][0]
     grid = 32 // cfg.model.patch_size
     visible = int(grid * grid * (1 - cfg.method.options.mask_ratio)) + 1

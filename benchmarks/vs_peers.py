@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mimreg.config import load_config
-from mimreg.models import ARCHS
+from mimreg.models import VIT_ARCHS as ARCHS
 from mimreg.models.pos_embed import sincos_2d
 
 # name -> (arch, image size, patch, decoder dim, depth, heads, batch): the two settings

@@ -1,7 +1,7 @@
 """The smoke matrix's runner: every recipe, in sequence in one interpreter (torch and timm start once),
 trained 2 steps uninterrupted and again halted after step 1 and resumed, under one setting (a mode).
 
-    python tests/smoke_worker.py OUT MODE [RECIPE ...]          # one process (default: every recipe)
+    python tests/smoke_worker.py OUT MODE [RECIPE ...]          # one process (default: every recipe, RECIPE@ARCH too)
     torchrun --nproc_per_node=2 tests/smoke_worker.py OUT MODE  # ddp, fsdp
 
 Each recipe leaves OUT/<recipe>/full and OUT/<recipe>/resumed; rank 0 writes OUT/results.json with,
@@ -51,38 +51,51 @@ METHOD_SETS = {
 }
 
 
-def smoke_sets(recipe: str, mode: str, world: int) -> list[str]:
-    """The `--set` strings of one recipe's smoke run: tiny, on `STEPS * BATCH * world * accum` synthetic
+# beyond the recipes (on vit_micro): `RECIPE@ARCH` runs the recipe on that encoder; a ResNet with a
+# joint method and T-REGS, and with MAGMA's ResNet variant (layer3 pooled as reference, output regularized)
+RESNET_ENTRIES = ("byol+t-regs@resnet18", "m-vicreg@resnet18")
+
+
+def smoke_entries() -> list[str]:
+    from mimreg.config import recipe_names
+
+    return [*recipe_names(), *RESNET_ENTRIES]
+
+
+def smoke_sets(entry: str, mode: str, world: int) -> list[str]:
+    """The `--set` strings of one entry's smoke run: tiny, on `STEPS * BATCH * world * accum` synthetic
     images (exactly STEPS optimizer steps), the online k-NN monitor on a small bank."""
     from mimreg.config import load_config
 
+    recipe, _, arch = entry.partition("@")
     accum = 2 if mode == "accum" else 1
-    base = [s for s in TINY_SETS if not s.startswith("method.")]
+    base = [s for s in TINY_SETS if not s.startswith("method.")] + ([f"model.arch={arch}"] if arch else [])
     method = load_config(f"digits/{recipe}", base).method.name
     return [*base, *METHOD_SETS.get(method, ()), *MODES[mode], f"optim.batch_size={BATCH}",
             f"data.subset={STEPS * BATCH * world * accum}", "optim.warmup_epochs=0", "train.knn_bank=32",
             "train.knn_queries=32"]
 
 
-def run_recipe(recipe: str, mode: str, out: Path, world: int) -> dict:
+def run_recipe(entry: str, mode: str, out: Path, world: int) -> dict:
     from mimreg import distributed as dist
     from mimreg.config import load_config
     from mimreg.engine.loop import pretrain
 
-    sets = smoke_sets(recipe, mode, world)
+    sets = smoke_sets(entry, mode, world)
+    recipe = entry.partition("@")[0]
     seconds = {}
     start = time.perf_counter()
-    pretrain(load_config(f"digits/{recipe}", sets), out / recipe / "full")
+    pretrain(load_config(f"digits/{recipe}", sets), out / entry / "full")
     seconds["full"] = time.perf_counter() - start
     halt = load_config(f"digits/{recipe}", [*sets, f"train.halt_after_steps={HALT}"])
-    halted = pretrain(halt, out / recipe / "resumed")
+    halted = pretrain(halt, out / entry / "resumed")
     assert halted.halted and halted.steps == HALT, (halted.halted, halted.steps)
-    resumed = pretrain(load_config(f"digits/{recipe}", sets), out / recipe / "resumed", resume=True)
+    resumed = pretrain(load_config(f"digits/{recipe}", sets), out / entry / "resumed", resume=True)
     seconds["halt_and_resume"] = time.perf_counter() - start - seconds["full"]
     return {"error": None, "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "loss": resumed.last_metrics.get("loss"),
             # the main process wrote the checkpoints; another may get here before the last is written
-            "weight_difference": weight_difference(out / recipe) if dist.is_main_process() else None}
+            "weight_difference": weight_difference(out / entry) if dist.is_main_process() else None}
 
 
 def weight_difference(folder: Path) -> float:
@@ -98,14 +111,13 @@ def weight_difference(folder: Path) -> float:
 
 
 def run_all(out: Path, mode: str, recipes: list[str]) -> dict:
-    """Every recipe under `mode` into OUT; returns (and rank 0 writes) the results by recipe."""
+    """Every recipe (smoke entry) under `mode` into OUT; returns (and rank 0 writes) the results by entry."""
     from mimreg import distributed as dist
-    from mimreg.config import recipe_names
 
     world = dist.world_size()
     results = {}
     with one_thread():
-        for recipe in recipes or recipe_names():
+        for recipe in recipes or smoke_entries():
             try:
                 results[recipe] = run_recipe(recipe, mode, out, world)
             except Exception:  # recorded; the next recipe still runs (a config error fails on every rank)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimreg.config import recipe_names
 from mimreg.engine.checkpoint import load_checkpoint
 from mimreg.engine.metrics import read_metrics
+from smoke_worker import smoke_entries
 
 WORKER = Path(__file__).with_name("smoke_worker.py")
 STEPS, HALT = 2, 1  # smoke_worker's
@@ -75,7 +75,7 @@ def final_checkpoint(run: Path) -> dict:
     return load_checkpoint(path)
 
 
-@pytest.mark.parametrize("recipe", recipe_names())
+@pytest.mark.parametrize("recipe", smoke_entries())  # every recipe, and a few on a ResNet (RECIPE@resnet18)
 @pytest.mark.parametrize("mode", MODES)
 def test_recipe_halts_and_resumes_to_the_uninterrupted_run(matrix, mode, recipe):
     folder, results = matrix(mode)

@@ -13,6 +13,7 @@ from mimreg.eval.frozen import load_encoder
 from mimreg.engine.checkpoint import resolve_checkpoint
 from mimreg.errors import MimregError
 from mimreg.io import atomic_write, write_json_atomic
+from mimreg.models import ResNetEncoder
 
 __all__ = ["PROTOCOLS", "analyze", "embed_train_test", "evaluate", "export_timm", "robustness", "run_dir_of",
            "summary_row", "timm_model_kwargs"]
@@ -25,8 +26,8 @@ def timm_model_kwargs(encoder) -> dict:
 
 
 def export_timm(checkpoint, out: str | Path) -> dict:
-    """Save the encoder as a timm VisionTransformer state dict (OUT) plus OUT with suffix .json (the
-    create_model arguments); both written atomically, neither over the checkpoint it reads."""
+    """Save the encoder as a timm VisionTransformer or ResNet state dict (OUT) plus OUT with suffix
+    .json (the create_model arguments); both written atomically, neither over the checkpoint it reads."""
     source = resolve_checkpoint(checkpoint)
     out = Path(out)
     sidecar = out.with_suffix(".json")
@@ -37,12 +38,27 @@ def export_timm(checkpoint, out: str | Path) -> dict:
         if target.exists() and target.resolve() == source.resolve():
             raise MimregError(f"--out {out} would replace the checkpoint {source} it exports; choose another path")
     encoder, cfg, meta = load_encoder(source)
-    kwargs = timm_model_kwargs(encoder)
-    info = {"timm_model": "vit_base_patch16_224", "kwargs": kwargs, "recipe": meta["recipe"],
-            "checkpoint": str(source),
-            "usage": f"timm.create_model('vit_base_patch16_224', pretrained=False, "
-                     f"{', '.join(f'{k}={v}' for k, v in kwargs.items())}).load_state_dict(torch.load(PATH))"}
-    weights = encoder.vit.state_dict()
+    info = timm_resnet_info(encoder) if isinstance(encoder, ResNetEncoder) else timm_vit_info(encoder)
+    info.update(recipe=meta["recipe"], checkpoint=str(source))
+    weights = (encoder.resnet if isinstance(encoder, ResNetEncoder) else encoder.vit).state_dict()
     atomic_write(out, lambda handle: torch.save(weights, handle))
     write_json_atomic(sidecar, info)
     return info
+
+
+def timm_vit_info(encoder) -> dict:
+    kwargs = timm_model_kwargs(encoder)
+    return {"timm_model": "vit_base_patch16_224", "kwargs": kwargs,
+            "usage": f"timm.create_model('vit_base_patch16_224', pretrained=False, "
+                     f"{', '.join(f'{k}={v}' for k, v in kwargs.items())}).load_state_dict(torch.load(PATH))"}
+
+
+def timm_resnet_info(encoder: ResNetEncoder) -> dict:
+    """timm builds only the ImageNet stem: a CIFAR-stem export says to swap it in before loading."""
+    build = f"timm.create_model('{encoder.arch}', pretrained=False, num_classes=0)"
+    if encoder.stem == "cifar":
+        build = f"mimreg.models.use_cifar_stem({build})"
+    return {"timm_model": encoder.arch, "kwargs": {"num_classes": 0}, "stem": encoder.stem,
+            "usage": f"{build}.load_state_dict(torch.load(PATH))"
+                     + (" (the CIFAR stem: conv1 a 3x3 stride-1 convolution, no max-pool)" if encoder.stem == "cifar"
+                        else "")}

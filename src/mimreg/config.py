@@ -51,10 +51,14 @@ class DataConfig:
     jpeg_draft: bool = True
 
 
+VIT_PATCH_SIZE = 4  # a ViT's model.patch_size when no layer gives one
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "vit_micro"
-    patch_size: int = bounded(4, ge=1)
+    arch: str = "vit_micro"  # vit_* (every method) or resnet18/resnet50 (the joint-embedding methods)
+    patch_size: int | None = bounded(None, ge=1)  # ViTs only (None: VIT_PATCH_SIZE); a ResNet has no patches
+    stem: str = one_of("auto", "auto", "cifar", "imagenet")  # ResNets only; auto: cifar up to 64 px
     drop_path: float = bounded(0.0, ge=0, lt=1)
 
 
@@ -169,7 +173,9 @@ def load_config(source: str | Path | dict, overrides: list[str] = (), *, world: 
     raw = read_recipe(source)
     defaults = raw.pop("regularizer_defaults", None)
     method_defaults = raw.pop("method_defaults", None)
+    vit_defaults = raw.pop("vit_defaults", None)
     apply_overrides(raw, overrides)
+    apply_vit_defaults(raw, vit_defaults)
     apply_method_defaults(raw, method_defaults)
     apply_regularizer_defaults(raw, defaults)
     from mimreg.plugins import absolute_import_paths
@@ -197,8 +203,27 @@ def read_recipe(source: str | Path | dict) -> dict:
         path = _preset_path(preset)
         base = _read_yaml(path)
         check_layer(base, str(path))
-        raw = layer_over(base, raw)
+        raw = layer_over(take_vit_defaults(base), raw)
     return raw
+
+
+def take_vit_defaults(preset: dict) -> dict:
+    """A preset's `model.patch_size` is a default for ViTs only (a ResNet has no patches, and a
+    patch size given for one is refused): moved to `vit_defaults`, applied once the arch is known."""
+    model = preset.get("model")
+    if isinstance(model, dict) and "patch_size" in model:
+        preset = {**preset, "model": {k: v for k, v in model.items() if k != "patch_size"},
+                  "vit_defaults": {"patch_size": model["patch_size"]}}
+    return preset
+
+
+def apply_vit_defaults(raw: dict, defaults: dict | None) -> None:
+    from mimreg.models import is_vit
+
+    model = raw.setdefault("model", {})
+    if defaults and isinstance(model, dict) and is_vit(model.get("arch", ModelConfig.arch)):
+        for key, value in defaults.items():
+            model.setdefault(key, value)
 
 
 def apply_method_defaults(raw: dict, defaults: dict | None) -> None:
@@ -450,6 +475,10 @@ def config_from_dict(raw: dict, *, check_run_length: bool = True, world: int | N
         optim = settle(raw["optim"], OptimConfig.alternatives, "config.optim")
         raw["optim"] = resolve_run_fractions(optim, OptimConfig, epochs, "config.optim")
     cfg = build_dataclass(Config, raw, "config")
+    from mimreg.models import is_vit
+
+    if is_vit(cfg.model.arch) and cfg.model.patch_size is None:
+        cfg.model.patch_size = VIT_PATCH_SIZE
     cfg.method = _named_entry(MethodConfig, method_raw, METHODS, "method")
     cfg.regularizers = []
     for i, entry in enumerate(regs_raw):
@@ -539,6 +568,7 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
     for key, value, allowed in (("data.name", cfg.data.name, DATASET_NAMES), ("model.arch", cfg.model.arch, sorted(ARCHS))):
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
+    check_model(cfg)
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
         raise ConfigError(f"train.compile_mode={cfg.train.compile_mode!r} needs train.compile: true (it is false); "
                           "set train.compile: true or drop train.compile_mode")
@@ -562,11 +592,34 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
     check_geometry(cfg)
 
 
+def check_model(cfg: Config) -> None:
+    """Each model key is for one kind of encoder: `patch_size` for ViTs, `stem` for ResNets; and a
+    ResNet encodes whole images, which only the joint-embedding methods use."""
+    from mimreg.methods import METHODS
+    from mimreg.models import is_vit
+
+    model = cfg.model
+    if is_vit(model.arch):
+        if model.stem != "auto":
+            raise ConfigError(f"model.stem={model.stem!r} is for resnet archs, {model.arch} has a patch embedding; "
+                              "drop model.stem")
+        return
+    if model.patch_size is not None:
+        raise ConfigError(f"model.patch_size={model.patch_size}: {model.arch} has no patches; drop model.patch_size "
+                          "(it is for vit_* archs)")
+    if not METHODS[cfg.method.name].accepts_resnet:
+        raise ConfigError(f"method {cfg.method.name} needs a ViT encoder (model.arch vit_*); {model.arch} has no "
+                          "patches (ResNets serve the joint-embedding methods: simclr, vicreg, byol, barlow, mse)")
+
+
 def check_geometry(cfg: Config) -> None:
     """Whole patches; then the method refuses what its options cannot do on this patch grid
-    (e.g. a mask that leaves a view no visible patch)."""
+    (e.g. a mask that leaves a view no visible patch). A ResNet takes any image size."""
     from mimreg.methods import METHODS
+    from mimreg.models import is_vit
 
+    if not is_vit(cfg.model.arch):
+        return
     size, patch = cfg.img_size, cfg.model.patch_size
     if size % patch:
         raise ConfigError(f"data.img_size={size} is not a multiple of model.patch_size={patch}; set data.img_size "

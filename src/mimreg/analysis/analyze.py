@@ -24,8 +24,10 @@ from mimreg.errors import MimregError
 from mimreg.eval import format_table, write_json
 from mimreg.io import atomic_write
 from mimreg.methods import Method
+from mimreg.models import ResNetEncoder
 
 PICTURES = ("reconstructions", "attention", "pca", "embeddings", "curves", "spectrum")
+VIT_PICTURES = ("attention", "pca")  # read a ViT's attention and patch tokens: skipped, with a note, for a ResNet
 DEFAULT_EMBEDDINGS = ("pacmap", "tsne")  # UMAP on request: it adds ~10 s of numba start-up per process
 PICTURE_IMAGES = 8  # test images shown in the reconstruction, attention and PCA pictures
 SAMPLE_CLASSES, SAMPLE_PER_CLASS = 10, 100  # the embeddings' and DBI's random 10-class sample
@@ -95,6 +97,8 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
             continue  # joint-embedding methods predict no pixels
         elif picture == "curves" and not read_metrics(run_dir / "metrics.jsonl"):
             continue  # a checkpoint copied without its run folder has no logged values
+        elif picture in VIT_PICTURES and isinstance(model.encoder, ResNetEncoder):
+            payload.setdefault("skipped", {})[picture] = f"{model.encoder.arch} has no attention and no patches"
         else:
             payload["pictures"][picture] = str(timer(picture, pictures_of[picture]))
     payload["seconds"] = timer.seconds
@@ -163,3 +167,5 @@ def report_to(echo, payload: dict, skipped: list[str]) -> None:
         echo(f"{picture}: {path} ({payload['seconds'][picture]:.1f} s)")
     for method in skipped:
         echo(f"{TITLES[method]} skipped: pip install 'mimreg[viz]' to draw it")
+    for picture, why in payload.get("skipped", {}).items():
+        echo(f"{picture} skipped: {why}")

@@ -14,7 +14,7 @@ from mimreg.engine.build import build_method
 from mimreg.engine.checkpoint import config_of, load_checkpoint, resolve_checkpoint
 from mimreg.errors import DataError
 from mimreg.methods import Method
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder, ResNetEncoder
 
 
 @dataclass
@@ -23,7 +23,7 @@ class TrainedModel:
     evaluation reads (MSN: the target encoder); meta: step, epoch, recipe of the checkpoint."""
 
     method: Method
-    encoder: ViTEncoder
+    encoder: Encoder
     cfg: Config
     meta: dict
 
@@ -102,14 +102,17 @@ def load_test_labels(name: str, root: str | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode(encoder: ViTEncoder, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{'cls': (N, D), 'mean': (N, D)} float32 features of unmasked images."""
+def encode(encoder: Encoder, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{'cls': (N, D), 'mean': (N, D)} float32 features of unmasked images; a ResNet's only 'cls'
+    (its pooled output: the mean over its last stage would be the same numbers)."""
     device = next(encoder.parameters()).device
     encoded = encoder.forward_masked(images.to(device), None)
+    if isinstance(encoder, ResNetEncoder):
+        return {"cls": encoded.cls.float().cpu()}
     return {"cls": encoded.cls.float().cpu(), "mean": encoded.tokens.mean(dim=1).float().cpu()}
 
 
-def sample_features(encoder: ViTEncoder, name: str, root: str | None, img_size: int, indices,
+def sample_features(encoder: Encoder, name: str, root: str | None, img_size: int, indices,
                     chunk: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], np.ndarray]:
     """Features ('cls', 'mean'), labels, class names and split indices of the readable test images
     at `indices`, read `chunk` at a time."""
@@ -120,5 +123,5 @@ def sample_features(encoder: ViTEncoder, name: str, root: str | None, img_size: 
         labels.append(batch.labels)
         kept.append(batch.indices)
         names = batch.class_names
-    features = {pool: torch.cat([p[pool] for p in parts]) for pool in ("cls", "mean")}
+    features = {pool: torch.cat([p[pool] for p in parts]) for pool in parts[0]}
     return features, torch.cat(labels), names, np.concatenate(kept)

@@ -267,7 +267,7 @@ def key_config(run: RunView) -> list[tuple[str, str]]:
             ("regularizers", reg_text),
             ("monitored", ", ".join(m.get("name", str(m)) if isinstance(m, dict) else str(m)
                                     for m in cfg.get("monitor") or []) or "none"),
-            ("model", f"{model.get('arch')}/{model.get('patch_size')}"),
+            ("model", f"{model.get('arch')}" + (f"/{model['patch_size']}" if model.get("patch_size") else "")),
             ("data", f"{data.get('name')}" + (f", {data.get('subset')} images" if data.get("subset") else "")),
             ("optimisation", f"batch {optim.get('batch_size')} × accum {optim.get('accum_steps', 1)}, {lr}, "
                              f"{train.get('epochs')} epochs, seed {train.get('seed')}, {train.get('precision')}"),

@@ -5,16 +5,20 @@ from __future__ import annotations
 from mimreg.config import Config, RegularizerConfig
 from mimreg.errors import ConfigError
 from mimreg.methods import METHODS, Method
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder, ResNetEncoder, ViTEncoder, is_vit
 from mimreg.regularizers import REGULARIZERS, Regularizer
 from mimreg.engine.trainee import Trainee
 
 
-def build_encoder(cfg: Config) -> ViTEncoder:
-    return ViTEncoder(cfg.model.arch, cfg.img_size, cfg.model.patch_size, cfg.model.drop_path)
+def build_encoder(cfg: Config) -> Encoder:
+    """The encoder model.arch names: a ViTEncoder or a ResNetEncoder."""
+    model = cfg.model
+    if is_vit(model.arch):
+        return ViTEncoder(model.arch, cfg.img_size, model.patch_size, model.drop_path)
+    return ResNetEncoder(model.arch, cfg.img_size, model.stem, model.drop_path)
 
 
-def build_method(cfg: Config, encoder: ViTEncoder | None = None) -> Method:
+def build_method(cfg: Config, encoder: Encoder | None = None) -> Method:
     return METHODS[cfg.method.name](encoder or build_encoder(cfg), cfg.method.options)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mimreg.engine.resume_rules import NO_EFFECT  # settings that change no number of the result
 from mimreg.errors import ConfigError
+from mimreg.models import is_vit
 
 HEADS = ("gap", "cls")
 HEAD_INITS = ("zero", "probe")
@@ -78,8 +79,16 @@ def preset_for(arch: str) -> str:
     return ARCH_PRESETS.get(arch, "small")
 
 
+def check_finetunable(arch: str) -> None:
+    """Fine-tuning builds a timm ViT classifier from the encoder: a ResNet encoder is refused."""
+    if not is_vit(arch):
+        raise ConfigError(f"fine-tuning builds a ViT classifier; this checkpoint's encoder is {arch}: "
+                          "evaluate it with the frozen protocols (linear, knn, erank, lowshot)")
+
+
 def resolve_config(arch: str, depth: int, overrides: dict) -> tuple[FinetuneConfig, str]:
     """The settings for an encoder: `overrides` (field -> value; None = not given) over its preset."""
+    check_finetunable(arch)
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     unknown = set(overrides) - names
     if unknown:

@@ -8,6 +8,7 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from mimreg.errors import MimregError
+from mimreg.eval.finetune_config import check_finetunable
 from mimreg.models import ViTEncoder
 
 MAE_HEAD_INIT_STD = 2e-5  # MAE main_finetune.py: trunc_normal_(head.weight, std=2e-5)
@@ -31,6 +32,7 @@ def build_classifier(encoder: ViTEncoder, num_classes: int, head: str, drop_path
     token after the pretrained final norm. The fixed sin-cos positions are loaded and trained
     further, as MAE does.
     """
+    check_finetunable(encoder.arch)
     model = FinetuneViT(img_size=encoder.img_size, patch_size=encoder.patch_size, embed_dim=encoder.embed_dim,
                               depth=encoder.depth, num_heads=encoder.num_heads, mlp_ratio=4.0, qkv_bias=True,
                               num_classes=num_classes, global_pool="avg" if head == "gap" else "token",

@@ -16,7 +16,7 @@ from mimreg.engine.build import build_encoder
 from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint, load_matching_state, resolve_checkpoint
 from mimreg.errors import MimregError
 from mimreg.methods import METHODS
-from mimreg.models import ViTEncoder, mask_noise, random_mask
+from mimreg.models import Encoder, ResNetEncoder, ViTEncoder, mask_noise, random_mask
 
 # cls: cls token after the final norm; mean: mean of the patch tokens after the final norm;
 # cls_prenorm: the last block's cls token before the final norm (MSN's forward_blocks features).
@@ -31,7 +31,7 @@ class Split:
     labels: torch.Tensor
 
 
-def load_encoder(checkpoint: str | Path) -> tuple[ViTEncoder, Config, dict]:
+def load_encoder(checkpoint: str | Path) -> tuple[Encoder, Config, dict]:
     """The trained encoder (eval mode), the run's config, and the checkpoint's metadata."""
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
@@ -52,12 +52,14 @@ def is_latest(checkpoint: str | Path) -> bool:
     return path.is_dir() or latest_checkpoint(path.parent) in (None, path)
 
 
-def pooled_features(encoder: ViTEncoder, images: torch.Tensor, keep_ids: torch.Tensor | None,
+def pooled_features(encoder: Encoder, images: torch.Tensor, keep_ids: torch.Tensor | None,
                     pools: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """The requested POOLS of one encoder pass over `images` (patches `keep_ids` only, when given)."""
     unknown = set(pools) - set(POOLS)
     if unknown:
         raise MimregError(f"unknown feature pool(s) {sorted(unknown)}; choose from {list(POOLS)}")
+    if isinstance(encoder, ResNetEncoder):
+        return resnet_features(encoder, images, keep_ids, pools)
     captured = {}
     hook = None
     if "cls_prenorm" in pools:  # read on the way, so the forward stays the encoder's own
@@ -71,14 +73,35 @@ def pooled_features(encoder: ViTEncoder, images: torch.Tensor, keep_ids: torch.T
     return {pool: pooled[pool] for pool in pools}
 
 
+def resnet_features(encoder: ResNetEncoder, images: torch.Tensor, keep_ids: torch.Tensor | None,
+                    pools: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A ResNet's one pool: `cls`, its pooled output."""
+    check_resnet_pools(encoder, pools, masked=keep_ids is not None)
+    return {"cls": encoder.forward_masked(images, None).cls}
+
+
+def check_resnet_pools(encoder: Encoder, pools: tuple[str, ...], masked: bool) -> None:
+    """A ResNet has no tokens (`mean`), no cls token (`cls_prenorm`) and no patches to mask."""
+    if not isinstance(encoder, ResNetEncoder):
+        return
+    vit_only = [p for p in pools if p != "cls"]
+    if vit_only:
+        raise MimregError(f"feature pool(s) {vit_only} are for ViT encoders; {encoder.arch} has 'cls' (its pooled "
+                          "output): evaluate with --pool cls")
+    if masked:
+        raise MimregError(f"{encoder.arch} cannot encode masked images (it has no patches); the robustness "
+                          "protocol needs a ViT encoder")
+
+
 @torch.no_grad()
-def embed_split(encoder: ViTEncoder, name: str, split: str, root: str | None, *, img_size: int,
+def embed_split(encoder: Encoder, name: str, split: str, root: str | None, *, img_size: int,
                 pools: tuple[str, ...] = ("cls", "mean"), max_images: int | None = None, seed: int = 0,
                 batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
                 mask_ratio: float = 0.0, skip_bad_images: bool = False) -> Split:
     """Features of eval-transformed images, unmasked or with `mask_ratio` of their patches dropped
     at random (seeded); a random subset when max_images is set. Files that do not decode are an
     error, or left out with a warning when skip_bad_images."""
+    check_resnet_pools(encoder, pools, masked=mask_ratio > 0)
     raw = load_dataset(name, split, root, skip_bad_images=skip_bad_images)
     if max_images is not None and max_images < len(raw):
         chosen = np.random.default_rng(seed).choice(len(raw), max_images, replace=False)

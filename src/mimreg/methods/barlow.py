@@ -10,7 +10,7 @@ from mimreg.bounds import bounded
 from mimreg.distributed import all_reduce_sum_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder
 from mimreg.numerics import fp32_loss
 
 
@@ -52,7 +52,7 @@ class BarlowTwins(JointEmbedding):
     summary = "drive the cross-correlation of two views' embeddings to the identity"
     Options = BarlowOptions
 
-    def __init__(self, encoder: ViTEncoder, options: BarlowOptions):
+    def __init__(self, encoder: Encoder, options: BarlowOptions):
         dims = [encoder.embed_dim, options.proj_hidden_dim, options.proj_hidden_dim, options.proj_output_dim]
         super().__init__(encoder, options, mlp(dims))
 

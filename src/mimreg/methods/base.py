@@ -55,6 +55,7 @@ class Method(nn.Module):
     summary: ClassVar[str]
     Options: ClassVar[type]
     eval_encoder: ClassVar[str] = "encoder"  # the attribute holding the encoder to evaluate and export
+    accepts_resnet: ClassVar[bool] = False  # True: reads only whole-image features (no patches, no masks)
 
     def __init__(self, encoder: ViTEncoder, options):
         super().__init__()

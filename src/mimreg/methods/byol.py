@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mimreg.bounds import bounded
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder
 from mimreg.numerics import fp32_loss
 
 
@@ -44,7 +44,7 @@ class BYOL(JointEmbedding):
     summary = "online network predicts an EMA target network's embedding of the other view"
     Options = BYOLOptions
 
-    def __init__(self, encoder: ViTEncoder, options: BYOLOptions):
+    def __init__(self, encoder: Encoder, options: BYOLOptions):
         o = options
         super().__init__(encoder, options, mlp([encoder.embed_dim, o.proj_hidden_dim, o.proj_output_dim]))
         self.predictor = mlp([o.proj_output_dim, o.pred_hidden_dim, o.proj_output_dim])

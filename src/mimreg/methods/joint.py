@@ -9,7 +9,7 @@ from torch import nn
 
 from mimreg.errors import ConfigError
 from mimreg.methods.base import Method, pooled_block_indices
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder
 
 
 def mlp(dims: list[int], batch_norm: bool = True, last_batch_norm: bool = False) -> nn.Sequential:
@@ -51,8 +51,9 @@ class JointEmbedding(Method):
     """
 
     num_views = 2
+    accepts_resnet = True
 
-    def __init__(self, encoder: ViTEncoder, options, projector: nn.Module):
+    def __init__(self, encoder: Encoder, options, projector: nn.Module):
         super().__init__(encoder, options)
         self.projector = projector
 
@@ -68,7 +69,7 @@ class JointEmbedding(Method):
         return list(images)
 
     def embed(self, images, needs: frozenset[str], projector: nn.Module | None = None,
-              encoder: ViTEncoder | None = None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+              encoder: Encoder | None = None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Projector outputs per view, and the features (all views encoded in one batched pass)."""
         views = self.check_views(images)
         encoder = encoder or self.encoder

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mimreg.bounds import bounded
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder
 from mimreg.numerics import fp32_loss
 
 
@@ -34,7 +34,7 @@ class MSE(JointEmbedding):
     summary = "invariance only (mean squared error between two views' embeddings); pair it with mst"
     Options = MSEOptions
 
-    def __init__(self, encoder: ViTEncoder, options: MSEOptions):
+    def __init__(self, encoder: Encoder, options: MSEOptions):
         dims = [encoder.embed_dim, options.proj_hidden_dim, options.proj_hidden_dim, options.proj_output_dim]
         super().__init__(encoder, options, mlp(dims))
 

@@ -11,7 +11,7 @@ from mimreg.bounds import bounded
 from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder
 from mimreg.numerics import fp32_loss
 
 
@@ -44,7 +44,7 @@ class SimCLR(JointEmbedding):
     summary = "contrastive: two views of an image attract, all other images in the global batch repel"
     Options = SimCLROptions
 
-    def __init__(self, encoder: ViTEncoder, options: SimCLROptions):
+    def __init__(self, encoder: Encoder, options: SimCLROptions):
         super().__init__(encoder, options, mlp([encoder.embed_dim, options.proj_hidden_dim, options.proj_output_dim]))
 
     def forward(self, images, *, needs=frozenset(), generator=None) -> MethodOutput:

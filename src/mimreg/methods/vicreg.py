@@ -11,7 +11,7 @@ from mimreg.bounds import bounded
 from mimreg.distributed import gather_with_grad
 from mimreg.methods.base import MethodOutput, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
-from mimreg.models import ViTEncoder
+from mimreg.models import Encoder
 from mimreg.numerics import fp32_loss
 
 
@@ -60,7 +60,7 @@ class VICReg(JointEmbedding):
     summary = "invariance + variance + covariance regularisation of two views' embeddings"
     Options = VICRegOptions
 
-    def __init__(self, encoder: ViTEncoder, options: VICRegOptions):
+    def __init__(self, encoder: Encoder, options: VICRegOptions):
         dims = [encoder.embed_dim, options.proj_hidden_dim, options.proj_hidden_dim, options.proj_output_dim]
         super().__init__(encoder, options, mlp(dims))
 

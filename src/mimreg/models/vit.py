@@ -15,7 +15,7 @@ from mimreg.models.masking import take_tokens
 from mimreg.models.pos_embed import sincos_2d
 
 # name -> (embed_dim, depth, num_heads)
-ARCHS: dict[str, tuple[int, int, int]] = {
+VIT_ARCHS: dict[str, tuple[int, int, int]] = {
     "vit_micro": (128, 6, 4),
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
@@ -47,11 +47,11 @@ class ViTEncoder(nn.Module):
     def __init__(self, arch: str = "vit_micro", img_size: int = 32, patch_size: int = 4,
                  drop_path: float = 0.0):
         super().__init__()
-        if arch not in ARCHS:
-            raise ConfigError(f"unknown model.arch {arch!r}; choose one of {sorted(ARCHS)}")
+        if arch not in VIT_ARCHS:
+            raise ConfigError(f"unknown model.arch {arch!r} for a ViT; choose one of {sorted(VIT_ARCHS)}")
         if img_size % patch_size:
             raise ConfigError(f"image size {img_size} is not a multiple of model.patch_size {patch_size}")
-        dim, depth, heads = ARCHS[arch]
+        dim, depth, heads = VIT_ARCHS[arch]
         self.arch, self.img_size, self.patch_size = arch, img_size, patch_size
         self.embed_dim, self.depth, self.num_heads = dim, depth, heads
         self.vit = VisionTransformer(
