@@ -14,7 +14,10 @@
   BatchNorm, LARS (timm), base lr 0.1 with lr = blr x batch / 256, batch 16384, no weight decay,
   90 epochs with 10 of linear warm-up then a half cosine to 0, per iteration; the last incomplete
   batch dropped. On stored features there is no augmentation beyond the eval transform (MAE's
-  probe uses RandomResizedCrop + flip on images; features are computed once).
+  probe uses RandomResizedCrop + flip on images; features are computed once). A recipe for the
+  papers' scale only: LARS moves the weight by lr x 1e-3 of its norm per step and lr grows with the
+  batch, so what it learns grows with rows x epochs; on 600 rows of 6 separable blobs it stays near
+  chance (10%) where `mae` reaches 100%, on 30000 rows it matches `mae`.
 
 The SGD protocols (magma, mae, lars) can read the train features from a memory-mapped feature
 store a mini-batch at a time (`stream=True`); `sweep` fits on the whole matrix in memory.
