@@ -71,3 +71,12 @@ def test_evaluate_trains_on_the_subset_and_stores_its_features(tiny_run, folder,
     assert meta["rows"] == 6 and (store / "train_cls.f32").stat().st_size == 6 * meta["dims"]["cls"] * 4
     assert out["files"][0].endswith("subsettwo.json")
     assert json.loads(open(out["files"][0]).read())["options"]["subset"] == "two"
+
+
+def test_lowshot_with_a_subset_fits_once_on_the_listed_images(tiny_run, folder, tmp_path):
+    listing = tmp_path / "one.txt"
+    listing.write_text("n01_2.JPEG\nn02_2.JPEG\nn03_2.JPEG\n")
+    out = evaluate(tiny_run, ["lowshot"], data="imagefolder", data_root=str(folder), device="cpu",
+                   subset=str(listing), echo=lambda *a: None)
+    result = out["results"]["lowshot"]["cls"]
+    assert list(result) == ["subset"] and result["subset"]["n_labelled"] == 3 and len(result["subset"]["runs"]) == 1

@@ -51,12 +51,17 @@ def embed_train_test(checkpoint, *, data=None, data_root=None, pools=("cls",), t
 
 
 def _one(protocol: str, pool: str, train: Split | None, test: Split, *, linear_protocol: str,
-         linear_epochs: int | None, device: torch.device) -> dict:
+         linear_epochs: int | None, device: torch.device, subset: str | None = None) -> dict:
     if protocol == "linear":
         return linear_probe(train.features[pool], train.labels, test.features[pool], test.labels,
                             protocol=linear_protocol, epochs=linear_epochs, device=device, stream=train.on_disk)
     if protocol == "knn":
         return knn_protocols(train.features[pool], train.labels, test.features[pool], test.labels, device=device)
+    if protocol == "lowshot" and subset is not None:
+        # MSN's logistic_eval with a subset file: one fit on every image the list names.
+        fit = lowshot_logistic(train.features[pool], train.labels, test.features[pool], test.labels, shots=(),
+                               fractions=(1.0,), seeds=(0,))
+        return {"subset": fit["100pct"]}
     if protocol == "lowshot":
         return lowshot_logistic(train.features[pool], train.labels, test.features[pool], test.labels)
     spectrum = singular_values(test.features[pool])
@@ -81,7 +86,7 @@ def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=No
                                          feature_store=feature_store)
     out_dir = Path(out_dir) if out_dir else run_dir_of(checkpoint)
     results = {protocol: {pool: _one(protocol, pool, train, test, linear_protocol=linear_protocol,
-                                     linear_epochs=linear_epochs, device=dev) for pool in pools}
+                                     linear_epochs=linear_epochs, device=dev, subset=subset) for pool in pools}
                for protocol in protocols}
     rows = [{"pool": pool, **summary_row(results, pool)} for pool in pools]
     echo(format_table(rows, list(rows[0])))  # before writing: a write that fails (disk full) loses no result
