@@ -267,3 +267,22 @@ def test_lars_reaches_the_mae_probe_on_enough_separable_rows():
     mae = linear_probe(*train, *test, protocol="mae", epochs=10)
     assert lars["batch_size"] == 1024 and lars["lr"] == pytest.approx(0.4)
     assert mae["top1"] > 70 and lars["top1"] > mae["top1"] - 2.0  # within 2 points (a test row is 0.08)
+
+
+def test_a_lars_step_is_maes_lars_rule(split):
+    """MAE's util/lars.py: the weight moves lr x 1e-3 |W| / |grad| x grad (even without weight
+    decay), the 1-D bias plain lr x grad; the first momentum buffer is the step itself."""
+    from mimreg.eval.heads import LinearHeads
+
+    x, y = split[0][:64], split[1][:64]
+    make = lambda lr: LinearHeads(16, 6, [lr], [0.0], momentum=0.9, batch_norm=True,  # noqa: E731
+                                  generator=torch.Generator().manual_seed(0), device="cpu")
+    plain, lars = make(1.0), make(0.8)
+    w0, b0 = plain.weight.clone(), plain.bias.clone()
+    plain.train_step(x, y, 1.0)  # SGD, lr 1, first step: W - grad
+    grad_w, grad_b = w0 - plain.weight, b0 - plain.bias
+    lars.use_lars()
+    lars.train_step(x, y, 0.5)  # lr 0.8 x schedule 0.5
+    expected = w0 - 0.4 * 1e-3 * w0.norm() / grad_w.norm() * grad_w
+    torch.testing.assert_close(lars.weight, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(lars.bias, b0 - 0.4 * grad_b, rtol=1e-5, atol=1e-7)
