@@ -1,6 +1,5 @@
 """Features written to disk in chunks give the same k-NN and probe numbers as features in memory."""
 
-import numpy as np
 import pytest
 import torch
 

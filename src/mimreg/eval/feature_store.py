@@ -64,8 +64,3 @@ def read_features(folder: str | Path, split: str) -> tuple[dict[str, torch.Tenso
         features[pool] = torch.from_numpy(rows)
     return features, torch.from_numpy(np.load(folder / f"{split}_labels.npy"))
 
-
-def row_chunks(x: torch.Tensor, size: int):
-    """(start, rows) for consecutive blocks of `size` rows: what a memory-mapped matrix is read by."""
-    for start in range(0, x.shape[0], size):
-        yield start, x[start : start + size]

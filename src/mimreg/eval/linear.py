@@ -94,6 +94,14 @@ def warmup_cosine(epoch: float, epochs: int, warmup_epochs: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)))
 
 
+def _use_lars(heads: LinearHeads, steps_per_epoch: int, epochs: int):
+    """Switch `heads` to LARS; MAE's per-iteration lr factor (warm-up, then cosine) and the warm-up
+    epochs: 10 of 90, the same share of a shorter run."""
+    heads.use_lars()
+    warmup = min(LARS_RECIPE["warmup_epochs"], epochs / 9)
+    return (lambda epoch, step: warmup_cosine(step / steps_per_epoch, epochs, warmup)), warmup
+
+
 def _feature_stats(fit_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of `fit_x`; a constant dimension keeps scale 1 (sklearn's StandardScaler rule),
     so it stays 0 on the fit rows instead of dividing by zero."""
@@ -242,11 +250,8 @@ def linear_probe(train_x, train_y, test_x, test_y, *, protocol: str = "sweep", e
                         batch_norm=batch_norm, generator=generator, device=dev)
     x, y = (train_x, train_y) if stream else (train_x.to(dev), train_y.to(dev))
     if protocol == "lars":
-        heads.use_lars()
-        steps = x.shape[0] // batch_size
-        warmup = min(LARS_RECIPE["warmup_epochs"], epochs / 9)  # 10 of 90; a shorter run keeps the share
-        lr_scale = lambda epoch, step: warmup_cosine(step / steps, epochs, warmup)  # noqa: E731
-        min_batch = batch_size
+        lr_scale, warmup = _use_lars(heads, x.shape[0] // batch_size, epochs)
+        min_batch = batch_size  # MAE's loader drops the last incomplete batch
     else:
         lr_scale = lambda epoch, step: _lr_at(epoch, 1.0, milestones, gamma)  # noqa: E731
         min_batch = 2 if batch_norm else 1
