@@ -80,3 +80,15 @@ def test_lowshot_with_a_subset_fits_once_on_the_listed_images(tiny_run, folder, 
                    subset=str(listing), echo=lambda *a: None)
     result = out["results"]["lowshot"]["cls"]
     assert list(result) == ["subset"] and result["subset"]["n_labelled"] == 3 and len(result["subset"]["runs"]) == 1
+
+
+def test_a_split_above_the_threshold_goes_to_run_features_and_a_small_one_stays_in_memory(tiny_run, folder,
+                                                                                             monkeypatch):
+    import mimreg.eval.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "STORE_ABOVE", 10)  # train: 18 images, test: 6
+    out = evaluate(tiny_run, ["linear"], data="imagefolder", data_root=str(folder), linear_protocol="mae",
+                   linear_epochs=3, device="cpu", echo=lambda *a: None)
+    assert json.loads((tiny_run / "features" / "train.json").read_text())["rows"] == 18
+    assert not (tiny_run / "features" / "test.json").exists()
+    assert 0 <= out["results"]["linear"]["cls"]["top1"] <= 100 and out["train_images"] == 18
