@@ -65,15 +65,23 @@ def add_eval_parser(sub) -> None:
             q.add_argument("--pool", action="append", choices=POOLS,
                            help="feature(s), repeatable; default cls (cls_prenorm: last block's cls before "
                                 "the final norm, MSN's low-shot features)")
+        if name in ("linear", "knn", "lowshot"):
+            q.add_argument("--subset", metavar="FILE|NAME",
+                           help="train only on the images a list names (one file name or relative path a line), "
+                                "or a named list: 1percent, 10percent (SimCLR), 1img-split1 ... 5img-split3 (MSN)")
+            q.add_argument("--feature-store", metavar="DIR",
+                           help="write the features to DIR in chunks and read them back from disk (default: "
+                                "RUN/features, only for splits of more than 200000 images)")
         if name == "linear":
-            q.add_argument("--linear-protocol", default="sweep", choices=["sweep", "magma", "mae"],
+            q.add_argument("--linear-protocol", default="sweep", choices=["sweep", "magma", "mae", "lars"],
                            help="sweep (default): logistic regression on standardised features fit to "
                                 "convergence (L-BFGS), its weight decay (1e-6..1) chosen by 5-fold "
                                 "cross-validation on the train split, refit; magma: MAGMA's SGD recipe on raw "
-                                "features; mae: MAE's BatchNorm (no affine) before the layer")
-            q.add_argument("--epochs", type=int, default=100,
-                           help="linear probe epochs (default 100); for sweep, the most L-BFGS iterations "
-                                "of each fit (each a full pass over the features)")
+                                "features; mae: MAE's BatchNorm (no affine) before the layer; lars: MAE's "
+                                "ImageNet-1k recipe (BatchNorm, LARS, lr 0.1 x batch/256, batch 16384, 90 epochs)")
+            q.add_argument("--epochs", type=int,
+                           help="linear probe epochs (default 100, lars 90); for sweep, the most L-BFGS "
+                                "iterations of each fit (each a full pass over the features)")
         q.set_defaults(run=cmd_eval)
     add_finetune_parser(protocols)
 
@@ -193,7 +201,9 @@ def cmd_eval(args) -> int:
         robustness(args.checkpoint, pool=args.pool, **common)
         return 0
     linear = {"linear_protocol": args.linear_protocol, "linear_epochs": args.epochs} if args.protocol == "linear" else {}
-    evaluate(args.checkpoint, [args.protocol], pools=tuple(dict.fromkeys(args.pool or ["cls"])), **linear, **common)
+    stored = {"subset": args.subset, "feature_store": args.feature_store} if args.protocol != "erank" else {}
+    evaluate(args.checkpoint, [args.protocol], pools=tuple(dict.fromkeys(args.pool or ["cls"])), **linear, **stored,
+             **common)
     return 0
 
 

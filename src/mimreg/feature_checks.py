@@ -6,6 +6,8 @@ import torch
 
 from mimreg.errors import MimregError
 
+_CHECK_ROWS = 65536
+
 
 def as_features(x, name: str) -> torch.Tensor:
     """Return `x` as a finite float32 (N, D) tensor, or raise MimregError."""
@@ -20,7 +22,8 @@ def as_features(x, name: str) -> torch.Tensor:
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
         raise MimregError(f"{name} has dtype {x.dtype}; pass float features")
     x = x.to(torch.float32)
-    if not torch.isfinite(x).all():
+    # Checked a block of rows at a time: a memory-mapped (N, D) store is never read whole.
+    if not all(torch.isfinite(x[start : start + _CHECK_ROWS]).all() for start in range(0, x.shape[0], _CHECK_ROWS)):
         raise MimregError(
             f"{name} contains NaN or inf; check the encoder output (diverged weights or fp16 overflow)"
         )

@@ -236,3 +236,53 @@ def test_sweep_heads_equal_separate_single_setting_runs(split):
     alone = trained([0.3], [0.0])
     torch.testing.assert_close(together.weight[1], alone.weight[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(together.bias[1], alone.bias[0], rtol=1e-5, atol=1e-6)
+
+
+def test_lars_scales_the_base_lr_with_the_batch_and_shrinks_the_batch_with_the_data(split):
+    from mimreg.eval.linear import lars_batch_size
+
+    assert lars_batch_size(1_281_167) == 16384  # MAE's ImageNet-1k batch
+    assert lars_batch_size(10_000) == 512 and lars_batch_size(600) == 32 and lars_batch_size(3) == 2
+    result = linear_probe(*split, protocol="lars", epochs=2)
+    assert result["batch_size"] == 32 and result["lr"] == pytest.approx(0.1 * 32 / 256)
+    assert result["base_lr"] == 0.1 and result["epochs"] == 2
+    assert linear_probe(*split, protocol="lars", epochs=1, batch_size=64, lr=0.2)["lr"] == pytest.approx(0.05)
+    assert linear_probe(*split, protocol="lars")["epochs"] == 90
+
+
+def test_lars_warms_up_linearly_then_follows_a_half_cosine():
+    from mimreg.eval.linear import warmup_cosine
+
+    assert [warmup_cosine(e, 90, 10) for e in (0, 5, 10)] == [0.0, 0.5, 1.0]
+    assert warmup_cosine(50, 90, 10) == pytest.approx(0.5) and warmup_cosine(90, 90, 10) == pytest.approx(0.0)
+
+
+def test_lars_reaches_the_mae_probe_on_enough_separable_rows():
+    # LARS moves the weight by lr x 1e-3 x |W| per step, and lr grows with the batch: what it can
+    # learn grows with the images seen (rows x epochs), not with the batch. 30000 rows x 90 epochs
+    # are enough here; 600 rows stay near chance (see the lars docstring).
+    train = blobs(per_class=5000, spread=2.0, seed=0)
+    test = blobs(per_class=200, spread=2.0, seed=1)
+    lars = linear_probe(*train, *test, protocol="lars")
+    mae = linear_probe(*train, *test, protocol="mae", epochs=10)
+    assert lars["batch_size"] == 1024 and lars["lr"] == pytest.approx(0.4)
+    assert mae["top1"] > 70 and lars["top1"] > mae["top1"] - 2.0  # within 2 points (a test row is 0.08)
+
+
+def test_a_lars_step_is_maes_lars_rule(split):
+    """MAE's util/lars.py: the weight moves lr x 1e-3 |W| / |grad| x grad (even without weight
+    decay), the 1-D bias plain lr x grad; the first momentum buffer is the step itself."""
+    from mimreg.eval.heads import LinearHeads
+
+    x, y = split[0][:64], split[1][:64]
+    make = lambda lr: LinearHeads(16, 6, [lr], [0.0], momentum=0.9, batch_norm=True,  # noqa: E731
+                                  generator=torch.Generator().manual_seed(0), device="cpu")
+    plain, lars = make(1.0), make(0.8)
+    w0, b0 = plain.weight.clone(), plain.bias.clone()
+    plain.train_step(x, y, 1.0)  # SGD, lr 1, first step: W - grad
+    grad_w, grad_b = w0 - plain.weight, b0 - plain.bias
+    lars.use_lars()
+    lars.train_step(x, y, 0.5)  # lr 0.8 x schedule 0.5
+    expected = w0 - 0.4 * 1e-3 * w0.norm() / grad_w.norm() * grad_w
+    torch.testing.assert_close(lars.weight, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(lars.bias, b0 - 0.4 * grad_b, rtol=1e-5, atol=1e-7)

@@ -25,7 +25,7 @@ from torchvision import transforms as T
 
 from mimreg import distributed as dist
 from mimreg.config import OptimConfig, TrainConfig
-from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
+from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_crop_fraction, eval_transform, load_dataset
 from mimreg.engine.data import EpochBatches, LoaderData
 from mimreg.engine.loop import checkpoint_to_resume, join_processes, run_task
 from mimreg.engine.metrics import read_metrics
@@ -95,7 +95,7 @@ def _datasets(name: str, root, img_size: int, cfg: FinetuneConfig, skip_bad_imag
         test = test.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(test), cfg.test_images, replace=False)))
     mean, std = dataset_stats(name)
     augment = train_transform(img_size, cfg.randaug, cfg.reprob, mean, std, cfg.crop_scale, cfg.hflip)
-    plain = eval_transform(img_size, mean, std)
+    plain = eval_transform(img_size, mean, std, eval_crop_fraction(name))
     return (TransformedDataset(train, NumpySeeded(augment), seed=cfg.seed), TransformedDataset(test, plain, seed=cfg.seed),
             TransformedDataset(train, plain, seed=cfg.seed), int(train.num_classes))
 

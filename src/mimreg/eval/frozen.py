@@ -11,10 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimreg.config import Config, config_from_stored
-from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_transform, load_dataset
+from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_crop_fraction, eval_transform, load_dataset
 from mimreg.engine.build import build_encoder
 from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint, load_matching_state, resolve_checkpoint
 from mimreg.errors import MimregError
+from mimreg.eval.feature_store import FeatureWriter
+from mimreg.eval.subsets import select_subset
 from mimreg.methods import METHODS
 from mimreg.models import Encoder, ResNetEncoder, ViTEncoder, mask_noise, random_mask
 
@@ -25,10 +27,12 @@ POOLS = ("cls", "mean", "cls_prenorm")
 
 @dataclass
 class Split:
-    """features: pool name (see POOLS) -> (N, D) float32; labels: (N,) int64."""
+    """features: pool name (see POOLS) -> (N, D) float32; labels: (N,) int64. on_disk: the features
+    are memory-mapped from a feature store (read them in chunks, never whole)."""
 
     features: dict[str, torch.Tensor]
     labels: torch.Tensor
+    on_disk: bool = False
 
 
 def load_encoder(checkpoint: str | Path) -> tuple[Encoder, Config, dict]:
@@ -97,20 +101,26 @@ def check_resnet_pools(encoder: Encoder, pools: tuple[str, ...], masked: bool) -
 def embed_split(encoder: Encoder, name: str, split: str, root: str | None, *, img_size: int,
                 pools: tuple[str, ...] = ("cls", "mean"), max_images: int | None = None, seed: int = 0,
                 batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
-                mask_ratio: float = 0.0, skip_bad_images: bool = False) -> Split:
+                mask_ratio: float = 0.0, skip_bad_images: bool = False, subset: str | None = None,
+                store: str | Path | None = None, store_above: int = 0) -> Split:
     """Features of eval-transformed images, unmasked or with `mask_ratio` of their patches dropped
-    at random (seeded); a random subset when max_images is set. Files that do not decode are an
-    error, or left out with a warning when skip_bad_images."""
+    at random (seeded); only the images a `subset` file names (see eval/subsets.py), and of those a
+    random subset when max_images is set. Files that do not decode are an error, or left out with a
+    warning when skip_bad_images. With `store`, a split of more than `store_above` images is written
+    there chunk by chunk (eval/feature_store.py) and comes back memory-mapped."""
     check_resnet_pools(encoder, pools, masked=mask_ratio > 0)
     raw = load_dataset(name, split, root, skip_bad_images=skip_bad_images)
+    if subset is not None:
+        raw = select_subset(raw, subset, root)
     if max_images is not None and max_images < len(raw):
         chosen = np.random.default_rng(seed).choice(len(raw), max_images, replace=False)
         raw = raw.subset(np.sort(chosen).tolist())
     mean, std = dataset_stats(name)
-    dataset = TransformedDataset(raw, eval_transform(img_size, mean, std), seed=seed)
+    dataset = TransformedDataset(raw, eval_transform(img_size, mean, std, eval_crop_fraction(name)), seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skipping_bad)
     encoder = encoder.to(device)
+    writer = FeatureWriter(store, split, pools) if store is not None and len(raw) > store_above else None
     chunks: dict[str, list[torch.Tensor]] = {p: [] for p in pools}
     labels, bad_files = [], []
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -122,12 +132,18 @@ def embed_split(encoder: Encoder, name: str, split: str, root: str | None, *, im
         if mask_ratio > 0:
             noise = mask_noise(len(batch.labels), encoder.num_patches, device, generator)
             keep = random_mask(noise, mask_ratio).keep_ids
-        for pool, features in pooled_features(encoder, batch.images.to(device), keep, pools).items():
-            chunks[pool].append(features.float().cpu())
+        pooled = pooled_features(encoder, batch.images.to(device), keep, pools)
+        if writer is not None:
+            writer.append(pooled)
+        else:
+            for pool, features in pooled.items():
+                chunks[pool].append(features.float().cpu())
         labels.append(batch.labels)
     if bad_files:
         print(f"warning: left out {len(bad_files)} {split} image(s) of {name} that do not decode, "
               f"e.g. {bad_files[0]}", file=sys.stderr)
     if not labels:
         raise MimregError(f"no {split} image of {name} decodes; check data.root")
+    if writer is not None:
+        return Split(writer.close(torch.cat(labels)), torch.cat(labels), on_disk=True)
     return Split({p: torch.cat(c) for p, c in chunks.items()}, torch.cat(labels))

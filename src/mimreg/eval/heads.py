@@ -43,6 +43,7 @@ class LinearHeads:
         self.momentum = momentum
         self.buffers: list[torch.Tensor] | None = None
         self.batch_norm = batch_norm
+        self.lars = None
         if batch_norm:
             self.running_mean = torch.zeros(dim, device=device)
             self.running_var = torch.ones(dim, device=device)
@@ -63,10 +64,24 @@ class LinearHeads:
         """Evaluation-mode logits (H, B, C)."""
         return self._logits(self.inputs(x, training=False))
 
+    def use_lars(self, trust_coeff: float = 0.001) -> None:
+        """Step with timm's LARS (MAE's linear probe) instead of SGD: the weight's update is scaled by
+        trust_coeff |W| / |grad| (always, as MAE's LARS does even without weight decay); the bias,
+        like MAE's 1-D parameters, takes plain momentum SGD. One head only: the trust ratio is per tensor."""
+        from timm.optim import Lars
+
+        if self.num_heads != 1:
+            raise ValueError("LARS trains one head at a time")
+        lr, decay = float(self.lrs[0]), float(self.weight_decays[0])
+        self.lars = Lars([{"params": [self.weight], "always_adapt": True, "weight_decay": decay},
+                          {"params": [self.bias], "weight_decay": 0.0}],
+                         lr=lr, momentum=self.momentum, trust_coeff=trust_coeff)
+
     @torch.no_grad()
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr_scale: float) -> torch.Tensor:
-        """One SGD step of every head on the batch (x (B, D), y (B,)); returns each head's summed
-        cross-entropy over the batch (H,), before the step."""
+        """One SGD (or LARS, see use_lars) step of every head on the batch (x (B, D), y (B,)); returns
+        each head's summed cross-entropy over the batch (H,), before the step."""
+        x, y = x.to(self.weight.device), y.to(self.weight.device)  # a batch read from a store on the host
         inputs = self.inputs(x, training=True)
         log_probs = self._logits(inputs).log_softmax(dim=2)
         targets = y.view(1, -1, 1).expand(self.num_heads, -1, 1)
@@ -76,7 +91,13 @@ class LinearHeads:
         grad_logits /= x.shape[0]
         heads, classes, dim = self.weight.shape
         grad_weight = (grad_logits.transpose(0, 1).reshape(-1, heads * classes).T @ inputs).view(heads, classes, dim)
-        self._sgd([self.weight, self.bias], [grad_weight, grad_logits.sum(dim=1)], lr_scale)
+        if self.lars is None:
+            self._sgd([self.weight, self.bias], [grad_weight, grad_logits.sum(dim=1)], lr_scale)
+        else:
+            self.weight.grad, self.bias.grad = grad_weight, grad_logits.sum(dim=1)
+            for group in self.lars.param_groups:
+                group["lr"] = lr_scale * float(self.lrs[0])
+            self.lars.step()
         return -log_probs.gather(2, targets).sum(dim=(1, 2))
 
     def _sgd(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr_scale: float) -> None:
@@ -98,12 +119,13 @@ class LinearHeads:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, k: int = 1) -> dict[str, torch.Tensor]:
         """Per head (H,): top-1 and top-k percentages and the mean cross-entropy, in chunks to bound
         the logits' memory. A head whose weights went non-finite scores -1 and loss inf."""
-        hits1 = torch.zeros(self.num_heads, device=x.device)
+        hits1 = torch.zeros(self.num_heads, device=self.weight.device)
         hitsk = torch.zeros_like(hits1)
         loss = torch.zeros_like(hits1)
-        for start in range(0, x.shape[0], _EVAL_CHUNK):
-            logits = self.logits(x[start : start + _EVAL_CHUNK])
-            labels = y[start : start + _EVAL_CHUNK].view(1, -1, 1).expand(self.num_heads, -1, 1)
+        device = self.weight.device
+        for start in range(0, x.shape[0], _EVAL_CHUNK):  # x may be memory-mapped on the host
+            logits = self.logits(x[start : start + _EVAL_CHUNK].to(device))
+            labels = y[start : start + _EVAL_CHUNK].to(device).view(1, -1, 1).expand(self.num_heads, -1, 1)
             top = logits.topk(k, dim=2).indices
             hits1 += (top[..., :1] == labels).sum(dim=(1, 2))
             hitsk += (top == labels).any(dim=2).sum(dim=1)

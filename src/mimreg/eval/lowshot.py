@@ -25,7 +25,7 @@ def _fraction_key(fraction: float) -> str:
 def _fit_and_score(x, y, test_x, test_y, chosen, *, C, max_iter, tol, centering) -> float:
     from sklearn.linear_model import LogisticRegression
 
-    train = x[chosen]
+    train = x[chosen].double().numpy()
     mean = train.mean(axis=0) if centering == "train_mean" else None
     classifier = LogisticRegression(C=C, fit_intercept=False, max_iter=max_iter, tol=tol, solver="lbfgs")
     classifier.fit(_preprocess(train, mean), y[chosen])
@@ -74,7 +74,7 @@ def lowshot_logistic(
         if not 0 < f <= 1:
             raise MimregError(f"fractions must lie in (0, 1], got {f!r}; 1% is 0.01")
     train_x, train_y, test_x, test_y, _ = check_split(train_x, train_y, test_x, test_y)
-    x = train_x.double().numpy()
+    x = train_x  # rows are taken (and made float64) per fit: the train split may be memory-mapped
     y = train_y.numpy()
     tx = test_x.double().numpy()
     ty = test_y.numpy()

@@ -1,0 +1,94 @@
+"""Training images chosen by a subset file (MSN's low-shot lists, SimCLR's 1%), by file name."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from mimreg.data import load_dataset
+from mimreg.data.files import sample_paths
+from mimreg.errors import ConfigError, DataError
+from mimreg.eval.evaluate import evaluate
+from mimreg.eval.subsets import NAMED, select_subset, shipped, subset_lines
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """ROOT/{train,test}/<class>/<class>_<j>.JPEG, 3 classes, 6 train and 2 test images each."""
+    root = tmp_path / "images"
+    for split, count in (("train", 6), ("test", 2)):
+        for c, name in enumerate(("n01", "n02", "n03")):
+            for j in range(count):
+                path = root / split / name / f"{name}_{j}.JPEG"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (24, 20), (80 * c, 40 * j, 100)).save(path)
+    return root
+
+
+def test_a_subset_file_picks_images_by_file_name_or_relative_path(folder, tmp_path):
+    listing = tmp_path / "two.txt"
+    listing.write_text("# two per class\nn01_0.JPEG\nn01_3.JPEG\nn02/n02_1.JPEG\n\nn02_5.JPEG\ntrain/n03/n03_2.JPEG\n"
+                       "n03_4.JPEG\n")
+    raw = load_dataset("imagefolder", "train", folder)
+    chosen = select_subset(raw, str(listing), str(folder))
+    names = sorted(p.split("/")[-1] for p in sample_paths(chosen))
+    assert names == ["n01_0.JPEG", "n01_3.JPEG", "n02_1.JPEG", "n02_5.JPEG", "n03_2.JPEG", "n03_4.JPEG"]
+    assert list(chosen.labels) == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_subset_naming_no_image_of_the_dataset_is_an_error(folder, tmp_path, capsys):
+    listing = tmp_path / "other.txt"
+    listing.write_text("n09_1.JPEG\n")
+    raw = load_dataset("imagefolder", "train", folder)
+    with pytest.raises(DataError, match="none of the 1 images of subset"):
+        select_subset(raw, str(listing), str(folder))
+    listing.write_text("n09_1.JPEG\nn01_1.JPEG\n")
+    assert len(select_subset(raw, str(listing), str(folder))) == 1
+    assert "1 of the 2 images of subset" in capsys.readouterr().err
+
+
+def test_named_subsets_are_shipped_or_say_where_to_get_them():
+    for name in shipped():
+        lines = subset_lines(name)
+        assert lines and all(line.endswith(".JPEG") for line in lines)
+    assert len(subset_lines("1img-split1")) == 1000  # MSN: one image of each ImageNet-1k class
+    missing = [name for name in NAMED if name not in shipped()]
+    if missing:
+        with pytest.raises(ConfigError, match="download it from https://github.com/"):
+            subset_lines(missing[0])
+    with pytest.raises(ConfigError, match="neither a file nor a named subset"):
+        subset_lines("2percent")
+
+
+def test_evaluate_trains_on_the_subset_and_stores_its_features(tiny_run, folder, tmp_path):
+    listing = tmp_path / "two.txt"
+    listing.write_text("\n".join(f"n0{c}_{j}.JPEG" for c in (1, 2, 3) for j in (0, 1)))
+    store = tmp_path / "store"
+    out = evaluate(tiny_run, ["linear"], data="imagefolder", data_root=str(folder), linear_protocol="mae",
+                   linear_epochs=3, device="cpu", subset=str(listing), feature_store=str(store), echo=lambda *a: None)
+    assert out["train_images"] == 6 and out["test_images"] == 6
+    meta = json.loads((store / "train.json").read_text())
+    assert meta["rows"] == 6 and (store / "train_cls.f32").stat().st_size == 6 * meta["dims"]["cls"] * 4
+    assert out["files"][0].endswith("subsettwo.json")
+    assert json.loads(open(out["files"][0]).read())["options"]["subset"] == "two"
+
+
+def test_lowshot_with_a_subset_fits_once_on_the_listed_images(tiny_run, folder, tmp_path):
+    listing = tmp_path / "one.txt"
+    listing.write_text("n01_2.JPEG\nn02_2.JPEG\nn03_2.JPEG\n")
+    out = evaluate(tiny_run, ["lowshot"], data="imagefolder", data_root=str(folder), device="cpu",
+                   subset=str(listing), echo=lambda *a: None)
+    result = out["results"]["lowshot"]["cls"]
+    assert list(result) == ["subset"] and result["subset"]["n_labelled"] == 3 and len(result["subset"]["runs"]) == 1
+
+
+def test_a_split_above_the_threshold_goes_to_run_features_and_a_small_one_stays_in_memory(tiny_run, folder,
+                                                                                             monkeypatch):
+    import mimreg.eval.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "STORE_ABOVE", 10)  # train: 18 images, test: 6
+    out = evaluate(tiny_run, ["linear"], data="imagefolder", data_root=str(folder), linear_protocol="mae",
+                   linear_epochs=3, device="cpu", echo=lambda *a: None)
+    assert json.loads((tiny_run / "features" / "train.json").read_text())["rows"] == 18
+    assert not (tiny_run / "features" / "test.json").exists()
+    assert 0 <= out["results"]["linear"]["cls"]["top1"] <= 100 and out["train_images"] == 18
