@@ -13,7 +13,6 @@ from mimreg.cli import main
 from mimreg.config import RECIPES_DIR, config_to_dict, load_config, preset_names, recipe_names
 from mimreg.engine.checkpoint import list_checkpoints
 from mimreg.eval.frozen import load_encoder
-from mimreg.eval.results import load_results
 from mimreg.methods import METHODS
 from mimreg.regularizers import REGULARIZERS
 
@@ -164,7 +163,7 @@ def test_eval_on_a_full_disk_prints_its_result_then_one_line_naming_the_file(tin
     code, out, err = run_cli(capsys, "eval", "linear", "--checkpoint", tiny_run, "--epochs", "5")
     target = tiny_run / "evals" / "linear-sweep_synthetic_cls_epochs5.json"
     err = "\n".join(line for line in err.splitlines() if not line.startswith("warning: "))  # the probe's own
-    assert code == 2 and err.startswith(f"error: no space left on ") and f" writing {target} " in err
+    assert code == 2 and err.startswith("error: no space left on ") and f" writing {target} " in err
     assert len(err.strip().splitlines()) == 1 and not target.exists()
     header, rule, row = out.strip().splitlines()  # the result, printed before the write failed
     assert "linear top1" in header and row.split("|")[1].strip() == "cls"

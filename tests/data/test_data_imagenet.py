@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mimreg.data import eval_crop_fraction, eval_transform, load_dataset

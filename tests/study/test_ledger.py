@@ -15,7 +15,7 @@ def test_a_killed_point_shows_interrupted_and_a_live_one_running(tmp_path):
     assert shown_state(tmp_path, "p", PointStatus(state="running")) == "interrupted"  # the lock file stays
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from mimreg.study.ledger import PointLock\n"
-        f"lock = PointLock(sys.argv[1], 'p').__enter__(); print('held', flush=True); time.sleep(60)"),
+        "lock = PointLock(sys.argv[1], 'p').__enter__(); print('held', flush=True); time.sleep(60)"),
         str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -8,7 +8,6 @@ by the batched augmentation.
 
 from __future__ import annotations
 
-import os
 
 import torch
 from torch.utils.data import Dataset

@@ -25,7 +25,8 @@ from torchvision import transforms as T
 
 from mimreg import distributed as dist
 from mimreg.config import OptimConfig, TrainConfig
-from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_crop_fraction, eval_transform, load_dataset
+from mimreg.data import (TransformedDataset, collate_skipping_bad, dataset_stats, eval_crop_fraction, eval_transform,
+                         load_dataset)
 from mimreg.engine.data import EpochBatches, LoaderData
 from mimreg.engine.loop import checkpoint_to_resume, join_processes, run_task
 from mimreg.engine.metrics import read_metrics

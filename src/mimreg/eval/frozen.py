@@ -11,14 +11,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimreg.config import Config, config_from_stored
-from mimreg.data import TransformedDataset, collate_skipping_bad, dataset_stats, eval_crop_fraction, eval_transform, load_dataset
+from mimreg.data import (TransformedDataset, collate_skipping_bad, dataset_stats, eval_crop_fraction, eval_transform,
+                         load_dataset)
 from mimreg.engine.build import build_encoder
 from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint, load_matching_state, resolve_checkpoint
 from mimreg.errors import MimregError
 from mimreg.eval.feature_store import FeatureWriter
 from mimreg.eval.subsets import select_subset
 from mimreg.methods import METHODS
-from mimreg.models import Encoder, ResNetEncoder, ViTEncoder, mask_noise, random_mask
+from mimreg.models import Encoder, ResNetEncoder, mask_noise, random_mask
 
 # cls: cls token after the final norm; mean: mean of the patch tokens after the final norm;
 # cls_prenorm: the last block's cls token before the final norm (MSN's forward_blocks features).

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from mimreg.bounds import bounded
 from mimreg.methods.base import MethodOutput, register
