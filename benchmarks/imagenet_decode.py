@@ -18,6 +18,7 @@ median of the repeats.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import tempfile
@@ -75,9 +76,12 @@ def pillow_draft(path, box, flip):
 
 
 def mimreg_path(path, box, flip):
-    with Image.open(path) as image:
-        decoded, scale = decode_for_crops(image, [box], [mae_view(OUT)])
-    return to_uint8(resized_crop(decoded, box, scale, OUT), flip)
+    with open(path, "rb") as file:
+        data = file.read()
+    with Image.open(io.BytesIO(data)) as image:
+        decoded, scale = decode_for_crops(data, image, [box], [mae_view(OUT)])
+    out = resized_crop(decoded, box, scale, OUT)
+    return out.flip(-1) if flip else out
 
 
 def tv_decode(path, box, flip):

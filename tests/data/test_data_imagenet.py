@@ -9,7 +9,7 @@ from PIL import Image
 
 from mimreg.data import eval_crop_fraction, eval_transform, load_dataset
 from mimreg.data.base import BadSample
-from mimreg.data.draft import DraftCropDataset, draft_reduction, pil_to_tensor, resized_crop
+from mimreg.data.draft import DraftCropDataset, draft_reduction, resized_crop
 from mimreg.data.imagenet import imagenet100_wnids
 from mimreg.data.seeded import TransformedDataset
 from mimreg.data.transforms import ViewSpec, mae_view, view_transform
@@ -143,7 +143,7 @@ def test_draft_crops_are_close_to_full_decode_crops(tmp_path):
         with Image.open(path) as image:
             reduction = draft_reduction(box, out)
             mode, region = image.draft("RGB", (500 // reduction, 375 // reduction))
-            drafted = resized_crop(pil_to_tensor(image.convert("RGB")), box, region[2] / 500, out)
+            drafted = resized_crop(image.convert("RGB"), box, region[2] / 500, out).permute(1, 2, 0)
         assert reduction > 1
         top, left, height, width = box  # RandomResizedCrop's crop and resize, all in Pillow
         plain = np.asarray(full.crop((left, top, left + width, top + height)).resize((out, out), Image.BICUBIC),
