@@ -43,7 +43,8 @@ def draft_reduction(box: Box, out_size: int) -> int:
 
 def crop_boxes(size: tuple[int, int], specs: Sequence[ViewSpec]) -> list[Box]:
     """One RandomResizedCrop box per view, drawn on an image of `size` (width, height) with torch's RNG."""
-    probe = Image.new("L", size)  # get_params reads only the size
+    # get_params reads only the shape: a zero-stride tensor of it allocates nothing
+    probe = torch.empty(1, 1, 1).expand(1, size[1], size[0])
     return [T.RandomResizedCrop.get_params(probe, list(s.crop_scale), list(s.crop_ratio)) for s in specs]
 
 
