@@ -8,8 +8,10 @@ Paths, each on the same boxes and flips (drawn once per image, on the full size)
   tv-decode     torchvision.io.decode_jpeg on the CPU + crop + bicubic antialiased resize on the tensor
   mimreg        mimreg.data.draft (the default): draft decode when a reduction applies, else decode_jpeg;
                 torch's bicubic resize on uint8
-each ending in a (3, 224, 224) uint8 tensor; and the two pretraining datasets end to end (float,
-normalised): TransformedDataset (PIL RandomResizedCrop) and DraftCropDataset. JPEGs are CIFAR-10
+each ending in a (3, 224, 224) uint8 tensor; decode-only (decode_jpeg of the whole file, no crop: the
+floor of the decode_jpeg paths); and the pretraining datasets end to end (float, normalised):
+TransformedDataset (PIL RandomResizedCrop, the old path) and DraftCropDataset, for one MAE view
+(dataset-*) and a SimCLR sample of two views with colour jitter and grayscale (simclr2-*). JPEGs are CIFAR-10
 images upscaled (bicubic) with added grain, at quality 90, to ImageNet's typical 500x375 and to
 its larger tail (1000x750). One core (torch.set_num_threads(1)), paths interleaved per repeat,
 median of the repeats.
@@ -18,6 +20,7 @@ median of the repeats.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import tempfile
@@ -33,7 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 from mimreg.data.draft import DraftCropDataset, crop_boxes, decode_for_crops, draft_reduction, resized_crop
 from mimreg.data.files import ImageFileDataset
 from mimreg.data.seeded import TransformedDataset
-from mimreg.data.transforms import IMAGENET_STATS, mae_view, view_transform
+from mimreg.data.transforms import IMAGENET_STATS, MultiView, mae_view, simclr_view, view_transform
 
 CIFAR = Path("/work/data/c10/train")
 OUT = 224
@@ -75,9 +78,12 @@ def pillow_draft(path, box, flip):
 
 
 def mimreg_path(path, box, flip):
-    with Image.open(path) as image:
-        decoded, scale = decode_for_crops(image, [box], [mae_view(OUT)])
-    return to_uint8(resized_crop(decoded, box, scale, OUT), flip)
+    with open(path, "rb") as file:
+        data = file.read()
+    with Image.open(io.BytesIO(data)) as image:
+        decoded, scale = decode_for_crops(data, image, [box], [mae_view(OUT)])
+    out = resized_crop(decoded, box, scale, OUT)
+    return out.flip(-1) if flip else out
 
 
 def tv_decode(path, box, flip):
@@ -86,6 +92,10 @@ def tv_decode(path, box, flip):
     out = TF.resized_crop(image, top, left, height, width, [OUT, OUT],
                           interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
     return out.flip(-1) if flip else out
+
+
+def decode_only(path, box, flip):
+    return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
 
 
 def sample_draws(paths, seed=0):
@@ -98,7 +108,8 @@ def sample_draws(paths, seed=0):
 
 
 def time_paths(paths, draws, datasets, repeats):
-    fns = {"pillow": pillow, "pillow-draft": pillow_draft, "tv-decode": tv_decode, "mimreg": mimreg_path}
+    fns = {"pillow": pillow, "pillow-draft": pillow_draft, "tv-decode": tv_decode, "mimreg": mimreg_path,
+           "decode-only": decode_only}
     rates = {name: [] for name in [*fns, *datasets]}
     for repeat in range(repeats):
         order = list(rates)[repeat % len(rates):] + list(rates)[:repeat % len(rates)]
@@ -130,16 +141,18 @@ def run(size, count, repeats, folder):
     draws = sample_draws(paths)
     reductions = np.bincount([draft_reduction(box, OUT) for box, _ in draws], minlength=9)
     raw = ImageFileDataset(paths, np.zeros(len(paths), dtype=np.int64), ["x"])
-    spec = mae_view(OUT)
+    spec, simclr = mae_view(OUT), simclr_view(OUT)
     datasets = {"dataset-pil": TransformedDataset(raw, view_transform(spec, *IMAGENET_STATS), seed=0),
-                "dataset-draft": DraftCropDataset(raw, [spec], *IMAGENET_STATS, 0, False, False)}
+                "dataset-draft": DraftCropDataset(raw, [spec], *IMAGENET_STATS, 0, False, False),
+                "simclr2-pil": TransformedDataset(raw, MultiView(view_transform(simclr, *IMAGENET_STATS), 2), seed=0),
+                "simclr2-draft": DraftCropDataset(raw, [simclr] * 2, *IMAGENET_STATS, 0, True, False)}
     rates = time_paths(paths, draws, datasets, repeats)
     kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
     lines = [f"{size[0]}x{size[1]} JPEGs (q90, mean {kb:.0f} KB), {count} images, {repeats} repeats; "
              f"draft reductions of the 224-px crops: " +
              ", ".join(f"1/{r}: {reductions[r]}" for r in (1, 2, 4, 8) if reductions[r])]
     for name, rate in rates.items():
-        base = rates["pillow"] if not name.startswith("dataset") else rates["dataset-pil"]
+        base = rates[{"dataset": "dataset-pil", "simclr2": "simclr2-pil"}.get(name.split("-")[0], "pillow")]
         lines.append(f"  {name:14s} {rate:7.1f} img/s per core  ({rate / base:.2f}x)")
     diffs = differences(paths, draws)
     lines.append("  mean |difference| to pillow's crop, grey levels: " +
