@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from mimreg.eval.grouped_results import grouped_table
+from mimreg.eval.grouped_results import grouped_statistics, grouped_table
+from mimreg.eval.report import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 # title, run-name patterns (globs under STUDY/runs), grouping key, baseline group
@@ -40,6 +41,12 @@ COMPARISONS = [
 ]
 
 
+# the metrics of the verdict summary: (column title, metric name prefix)
+HEADLINE = [("linear cls", "linear-sweep cls "), ("linear mean", "linear-sweep mean "),
+            ("kNN-10 cls", "knn10_euclidean cls "), ("kNN-10 mean", "knn10_euclidean mean "),
+            ("erank cls", "erank cls "), ("erank mean", "erank mean ")]
+
+
 def finished(run: Path, study: Path) -> bool:
     status = study / "status" / f"{run.name}.json"
     return status.is_file() and json.loads(status.read_text()).get("state") == "done"
@@ -60,6 +67,47 @@ def section(study: Path, title: str, patterns: list[str], key: str, baseline: st
     return head + f"```\n{command}\n```\n\n{table}\n"
 
 
+def finished_runs(study: Path, patterns: list[str]) -> list[Path]:
+    runs = sorted({run for pattern in patterns for run in (study / "runs").glob(pattern)})
+    return [run for run in runs if finished(run, study)]
+
+
+def verdict_rows(study: Path, title: str, patterns: list[str], key: str, baseline: str) -> list[dict]:
+    """One row per group other than the baseline: each headline metric's paired difference to the
+    baseline, its 95% interval and verdict."""
+    done = finished_runs(study, patterns)
+    if len({run.name.rsplit("_seed", 1)[0] for run in done}) < 2:
+        return []
+    try:
+        data = grouped_statistics(done, [key], baseline)
+    except Exception:  # the baseline has not finished yet
+        return []
+    rows: dict[str, dict] = {}
+    for stat in data["statistics"]:
+        column = next((name for name, prefix in HEADLINE if stat["metric"].startswith(prefix)), None)
+        if column is None or stat["difference"] is None:
+            continue
+        row = rows.setdefault(stat["group"], {"comparison": f"{stat['group'].split('=', 1)[1]} vs "
+                                                            f"{baseline.split('=', 1)[1]} (n={stat['n']})"})
+        row[column] = (f"{stat['difference']:+.1f} [{stat['difference_ci_low']:.1f}, "
+                       f"{stat['difference_ci_high']:.1f}] {VERDICT_MARK[stat['verdict']]}")
+    return list(rows.values())
+
+
+VERDICT_MARK = {"higher": "higher", "lower": "lower", "no difference shown": "n.d."}
+
+
+def verdict_summary(study: Path) -> str:
+    rows = [row for comparison in COMPARISONS for row in verdict_rows(study, *comparison)]
+    if not rows:
+        return ""
+    table = format_table(rows, ["comparison", *(name for name, _ in HEADLINE)])
+    return ("## Verdicts\n\nPaired difference to the baseline over seeds (points; erank in its own units), "
+            "its 95% interval, and the verdict at the 95% level (n.d. = no difference shown). "
+            f"{len(rows) * len(HEADLINE)} comparisons, each at 95%, no correction for multiplicity: about "
+            "one in twenty 'higher'/'lower' where nothing differs is expected by chance.\n\n" + table + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="the study folder (mimreg study --out)")
@@ -73,6 +121,7 @@ def main() -> int:
             "Each table: mean over seeds with its 95% interval (Student's t) per group; differences to the "
             "baseline with their 95% interval, paired by seed where both groups share seeds (paired t-test, "
             "scipy), and the verdict at the 95% level.\n"]
+    text.append(verdict_summary(study))
     text += [section(study, *comparison) for comparison in COMPARISONS]
     Path(args.results).write_text("\n".join(text))
     print(f"wrote {args.results}")
