@@ -77,7 +77,8 @@ def gflop_per_image(cfg: Config) -> float:
         flops = options.num_masks * TRAIN_PASS * encoder_flops(cfg)
     elif method == "msn":  # masked anchor + focal views trained, the EMA target forward only
         focal = cfg.data.focal_views * encoder_flops(cfg, img_size=msn_focal_size(cfg))
-        flops = TRAIN_PASS * (encoder_flops(cfg, keep=1 - options.mask_ratio) + focal) + FORWARD_PASS * encoder_flops(cfg)
+        anchor = encoder_flops(cfg, keep=1 - options.mask_ratio)
+        flops = TRAIN_PASS * (anchor + focal) + FORWARD_PASS * encoder_flops(cfg)
     else:  # joint embedding: every view trained; BYOL's EMA target sees them forward only
         views = cfg.data.num_views
         target = views * FORWARD_PASS * encoder_flops(cfg) if method == "byol" else 0.0

@@ -58,7 +58,8 @@ def magma_rows() -> list[PaperRow]:
     rows = [PaperRow("MAGMA", "Tab. 1", f"{method} {data}", f"{preset}/{method}", numbers[i], MAGMA_LIN_KNN)
             for method, numbers in MAGMA_TAB1.items() for i, (data, preset) in enumerate(MAGMA_PRESETS.items())]
     rows += [PaperRow("MAGMA", "Tab. 2", f"{method} IN100 -> C100/STL10/TIN/IN100", f"magma-in100-vitb16/{method}",
-                      number, ("linear --linear-protocol magma", "finetune"), "transfer: probe / fine-tune on each target")
+                      number, ("linear --linear-protocol magma", "finetune"),
+                      "transfer: probe / fine-tune on each target")
              for method, number in (("mae", "31.5/76.9, 67.8/82.2, 27.8/63.1, 58.0/79.8"),
                                     ("m-mae", "51.6/75.6, 84.8/85.5, 43.1/63.1, 69.0/80.6"))]
     rows += [PaperRow("MAGMA", "Tab. 3", f"{method} IN1k", f"magma-in1k-vitb16/{method}", number,
