@@ -277,7 +277,9 @@ def check_what_it_did(argv: list[str], folder: Path, printed: str, written: list
     if argv[0] == "torchrun":
         argv = ["mimreg", *argv[argv.index("-m") + 2:]]
     command = argv[1]
-    if command == "recipes":
+    if argv[1:3] == ["recipes", "--papers"]:
+        assert printed.startswith("| paper | table | row | command |") and "magma-in100-vitb16/m-mae" in printed
+    elif command == "recipes":
         assert "recipes (" in printed and "\n  u-mae " in printed and "regularizers:\n" in printed, printed
         assert "\n  magma " in printed
     elif command in ("pretrain", "submit"):

@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("recipes", help="list recipes, presets and regularizers")
+    p.add_argument("--papers", action="store_true",
+                   help="instead: the seed papers' table rows, each with its command, number, protocol and cost")
     p.set_defaults(run=cmd_recipes)
 
     p = sub.add_parser("demo", help="pretrain and compare MAE, U-MAE, M-MAE, MU-MAE on a small dataset")
@@ -270,14 +272,20 @@ def cmd_recipes(args) -> int:
     from mimreg.methods import METHODS
     from mimreg.regularizers import REGULARIZERS
 
+    if args.papers:
+        from mimreg.recipes.papers import papers_table
+
+        print(papers_table())
+        return 0
     print("recipes (mimreg pretrain [PRESET/]RECIPE; default preset digits):")
     for name in recipe_names():
         text = yaml.safe_load((RECIPES_DIR / "methods" / f"{name}.yaml").read_text())
         print(f"  {name:<14} {text.get('description', '')}")
     print("presets (data, model, optimisation):")
+    width = max(map(len, preset_names()))
     for name in preset_names():
         first = (RECIPES_DIR / "presets" / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
-        print(f"  {name:<14} {first}")
+        print(f"  {name:<{width}} {first}")
     print("methods:")
     for name, cls in sorted(METHODS.items()):
         print(f"  {name:<14} {cls.summary} [{cls.paper}]")

@@ -80,3 +80,11 @@ def check_schedules(cfg, world: int | None = None) -> None:
             raise ConfigError(f"{key}: the window start_epoch={reg.start_epoch}, duration={reg.duration} ends after "
                               f"the run (train.epochs={epochs}); set duration <= {epochs - reg.start_epoch}, "
                               "null (until the end), or percentages of the run, e.g. duration: 50%")
+
+
+def step_counts(images: int, batch: int, world: int, accum: int, epochs: int,
+                warmup_epochs: float) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, warm-up steps, total steps) of a run over `images` pretraining
+    images: an epoch is whole global micro-batches (the tail dropped) in whole cycles of `accum`."""
+    per_epoch = images // (batch * world) // accum
+    return per_epoch, int(round(warmup_epochs * per_epoch)), epochs * per_epoch

@@ -103,3 +103,16 @@ def test_a_config_stored_before_these_checks_loads_as_that_run_ran():
     assert config_from_stored(config_to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match=r"optim\.lr=-1"):  # ranges still hold
         config_from_stored({**raw, "optim": {"lr": -1}})
+
+
+@pytest.mark.parametrize("images,batch,world,accum", [(50_000, 256, 1, 1), (1_281_167, 128, 8, 1), (1000, 7, 3, 4),
+                                                      (126_689, 64, 2, 2)])
+def test_step_counts_are_the_batches_the_loader_cuts(images, batch, world, accum):
+    """step_counts (the loop's, and the papers presets' checks') against EpochBatches' micro-steps."""
+    from mimreg.engine.data import EpochBatches
+    from mimreg.run_length import step_counts
+
+    per_epoch, warmup, total = step_counts(images, batch, world, accum, epochs=3, warmup_epochs=1.5)
+    batches = EpochBatches(images, batch, world, rank=0, seed=0, accum=accum)
+    assert per_epoch == batches.steps // accum == len(batches.for_epoch(0)) // accum
+    assert (warmup, total) == (round(1.5 * per_epoch), 3 * per_epoch)

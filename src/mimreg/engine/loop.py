@@ -39,6 +39,7 @@ from mimreg.engine.strategy import Strategy
 from mimreg.engine.task import StepResult, Task
 from mimreg.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from mimreg.plugins import refuse_unconsented
+from mimreg.run_length import step_counts
 
 
 @dataclass
@@ -136,12 +137,12 @@ class Trainer:
         self.autocast = _autocast(task.train.precision, device)
 
         self.accum = task.optim.accum_steps
-        self.steps_per_epoch = task.data.batches.steps // self.accum  # whole accumulation cycles
+        self.steps_per_epoch, self.warmup_steps, self.total_steps = step_counts(
+            task.data.batches.size, task.optim.batch_size, self.world, self.accum, task.train.epochs,
+            task.optim.warmup_epochs)  # the images the loader cuts into batches
         if self.steps_per_epoch < 1:
             raise ConfigError(f"one epoch of {task.data.num_images} images gives no optimizer step at batch "
                               f"{task.optim.batch_size} x accum {self.accum} x {self.world} processes")
-        self.total_steps = task.train.epochs * self.steps_per_epoch
-        self.warmup_steps = int(round(task.optim.warmup_epochs * self.steps_per_epoch))
         self.schedule_steps = int(round(self.total_steps * task.optim.schedule_stretch))
         self.base_lr = learning_rate(task.optim, self.world)
         self.step = 0
