@@ -99,8 +99,6 @@ def test_row_loads_and_names_real_protocols(row):
         key, _, value = item.partition("=")
         assert setting(cfg, key) == yaml.safe_load(value), item
     for protocol in row.evals:
-        if "lars" in protocol:
-            continue  # MAE's LARS probe is issue 16 §2's, on another branch: parse it once it is merged
         build_parser().parse_args(["eval", *protocol.split(), "--checkpoint", "RUN"])
 
 
