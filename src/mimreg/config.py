@@ -87,6 +87,7 @@ class OptimConfig:
     # one learning-rate rule is in force: blr (the default) or an absolute lr
     alternatives: ClassVar[tuple[tuple[str, ...], ...]] = (("blr",), ("lr",))
 
+    name: str = one_of("adamw", "adamw", "lars")  # lars: timm's Lars (SGD momentum, layer-wise trust ratio)
     batch_size: int = bounded(128, ge=1)  # per process and micro-step; effective = batch_size * accum_steps * world
     accum_steps: int = bounded(1, ge=1)
     blr: float | None = bounded(1.5e-4, gt=0)  # lr = blr * effective_batch / 256
@@ -94,10 +95,20 @@ class OptimConfig:
     min_lr: float = bounded(0.0, ge=0)
     weight_decay: float = bounded(0.05, ge=0)
     weight_decay_end: float | None = bounded(None, ge=0)  # cosine schedule to this value (MSN: 0.04 -> 0.4)
-    betas: tuple[float, float] = bounded((0.9, 0.95), ge=0, lt=1)
+    # each optimizer's own settings (OPTIMIZER_SETTINGS): null takes its default at load; one given
+    # for the other optimizer is refused
+    betas: tuple[float, float] | None = bounded(None, ge=0, lt=1)  # adamw (0.9, 0.95)
+    momentum: float | None = bounded(None, ge=0, lt=1)  # lars (0.9)
+    lars_eta: float | None = bounded(None, gt=0)  # lars: the trust coefficient (0.001; solo-learn CIFAR 0.02)
+    lars_clip: bool | None = None  # lars: trust ratio / lr clipped at 1 (LARC, solo-learn's clip_lr; false)
     warmup_epochs: float = bounded(1.0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
     schedule_stretch: float = bounded(1.0, ge=1)  # cosine lr/wd schedules span stretch x the run (MSN official: 1.25)
     clip_grad: float | None = bounded(None, gt=0)
+
+    def setting(self, key: str):
+        """An optimizer setting in force: its value, or the default of `name`'s optimizer when null."""
+        value = getattr(self, key)
+        return OPTIMIZER_SETTINGS[self.name][key] if value is None else value
 
     def lr_in_force(self, world: int) -> float:
         """Absolute lr: `lr` if set, else blr * effective_batch / 256 (MAE's scaling rule)."""
@@ -112,6 +123,11 @@ class OptimConfig:
             return f"optim.lr={self.lr:g}"
         return (f"optim.blr={self.blr:g} x {self.batch_size} (batch) x {self.accum_steps} (accum) x {world} (world) "
                 f"/ 256 = {self.lr_in_force(world):g}")
+
+
+# the settings of each optim.name, with their defaults (AdamW: MAE's betas; LARS: solo-learn's)
+OPTIMIZER_SETTINGS = {"adamw": {"betas": (0.9, 0.95)},
+                      "lars": {"momentum": 0.9, "lars_eta": 0.001, "lars_clip": False}}
 
 
 @dataclass
@@ -569,6 +585,7 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
         if value not in allowed:
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
     check_model(cfg)
+    settle_optimizer(cfg.optim)
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
         raise ConfigError(f"train.compile_mode={cfg.train.compile_mode!r} needs train.compile: true (it is false); "
                           "set train.compile: true or drop train.compile_mode")
@@ -590,6 +607,20 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
     if check_run_length:
         check_schedules(cfg, world)
     check_geometry(cfg)
+
+
+def settle_optimizer(optim: OptimConfig) -> None:
+    """A setting of the other optimizer than optim.name is refused (it would not be in force); the
+    settings of this one left null take their defaults, so config.yaml states them."""
+    for other, settings in OPTIMIZER_SETTINGS.items():
+        for key in settings:
+            value = getattr(optim, key)
+            if other != optim.name and value is not None:
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ConfigError(f"optim.{key}={shown} is a setting of {other}, and optim.name is {optim.name}; "
+                                  f"drop it (--set optim.{key}=null) or set optim.name: {other}")
+    for key in OPTIMIZER_SETTINGS[optim.name]:
+        setattr(optim, key, optim.setting(key))
 
 
 def check_model(cfg: Config) -> None:

@@ -71,9 +71,24 @@ def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> N
             group["weight_decay"] = weight_decay
 
 
-def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over `groups`, fused: on CPU the default per-parameter loop costs seconds per step for a ViT-Tiny."""
-    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.betas), fused=True)
+def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """`optim.name`'s optimizer over `groups`: AdamW, fused (on CPU the default per-parameter loop
+    costs seconds per step for a ViT-Tiny), or LARS."""
+    if cfg.name == "lars":
+        return build_lars(groups, cfg)
+    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.setting("betas")), fused=True)
+
+
+def build_lars(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """timm's Lars with solo-learn's `exclude_bias_n_norm`: the parameters without weight decay
+    (biases, norms, tokens) take a plain momentum-SGD step. timm adapts a group only where its
+    decay is not 0, or with `always_adapt`: set on the decayed group, so that it stays adapted while
+    a decay schedule (or optim.weight_decay) is at 0, and left off on the other, which never decays."""
+    from timm.optim import Lars
+
+    groups = [{**group, "always_adapt": group.get("decay", group["weight_decay"] > 0)} for group in groups]
+    return Lars(groups, lr=0.0, momentum=cfg.setting("momentum"), trust_coeff=cfg.setting("lars_eta"),
+                trust_clip=cfg.setting("lars_clip"))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
