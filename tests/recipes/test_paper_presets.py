@@ -41,10 +41,10 @@ PAPER = {
     "msn-in1k-vits16": ("msn", 16, "imagenet", 224, 16, 22, 1024, 1e-3, 800, 15, None, {}),  # lr 1e-3 absolute
     "mimae-in1k-vitb16": ("mi-mae", 8, "imagenet", 224, 16, 86, 1024, 6e-4, 200, 10, (512, 8, 16),
                           {"infonce_masks": (10, None, 1.0), "club": (10, None, 10.0)}),
-    "tregs-c10-r18": ("byol+t-regs", 1, "cifar10", 32, None, 11, 256, 1e-3, 500, 10, None, {"mst": (0, None, 1.0)}),
-    "tregs-c100-r18": ("byol+t-regs", 1, "cifar100", 32, None, 11, 256, 1e-3, 500, 10, None, {"mst": (0, None, 1.0)}),
-    "tregs-in100-r18": ("byol+t-regs", 1, "imagenet100", 224, None, 11, 256, 1e-3, 400, 10, None, {"mst": (0, None, 1.0)}),
-    "tregs-in1k-r50": ("byol+t-regs", 8, "imagenet", 224, None, 23.5, 1024, 4e-3, 100, 10, None, {"mst": (0, None, 1.0)}),
+    "tregs-c10-r18": ("byol+t-regs", 1, "cifar10", 32, None, 11, 256, 1.0, 500, 10, None, {"mst": (0, None, 1.0)}),
+    "tregs-c100-r18": ("byol+t-regs", 1, "cifar100", 32, None, 11, 256, 1.0, 500, 10, None, {"mst": (0, None, 1.0)}),
+    "tregs-in100-r18": ("byol+t-regs", 1, "imagenet100", 224, None, 11, 256, 0.5, 400, 10, None, {"mst": (0, None, 1.0)}),
+    "tregs-in1k-r50": ("byol+t-regs", 8, "imagenet", 224, None, 23.5, 1024, 0.1125, 100, 10, None, {"mst": (0, None, 1.0)}),
 }
 # the steps those give on the real datasets, worked out by hand: (steps per epoch, warm-up, total)
 STEPS = {"magma-in100-vitb16": (494, 19_760, 197_600),  # 126689 // 256
@@ -90,6 +90,22 @@ def test_preset_matches_its_paper(preset):
     steps = step_counts(TRAIN_IMAGES[data], cfg.optim.batch_size, gpus, cfg.optim.accum_steps, epochs, warmup)
     assert steps == STEPS.get(preset, steps)
     assert steps[2] == epochs * steps[0] and steps[0] == TRAIN_IMAGES[data] // batch
+
+
+# solo-learn's BYOL optimizer for T-REGS's presets (scripts/pretrain/{cifar,imagenet-100,imagenet}/byol.yaml):
+# (weight decay, trust coefficient eta, clip_lr); LARS with momentum 0.9 throughout
+TREGS_LARS = {"tregs-c10-r18": (1e-5, 0.02, True), "tregs-c100-r18": (1e-5, 0.02, True),
+              "tregs-in100-r18": (1e-6, 0.02, True), "tregs-in1k-r50": (1e-6, 0.001, False)}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER))
+def test_optimizer_is_the_protocols(preset):
+    optim = load_config(f"{preset}/{PAPER[preset][0]}", world=PAPER[preset][1]).optim
+    if preset in TREGS_LARS:
+        assert (optim.name, optim.momentum, optim.betas) == ("lars", 0.9, None)
+        assert (optim.weight_decay, optim.lars_eta, optim.lars_clip) == TREGS_LARS[preset]
+    else:  # the ViT papers: AdamW
+        assert (optim.name, optim.lars_eta, optim.momentum) == ("adamw", None, None)
 
 
 @pytest.mark.parametrize("row", paper_rows(), ids=lambda r: f"{r.paper} {r.table} {r.row}")
