@@ -169,3 +169,13 @@ def test_settings_fsdp_cannot_honour_are_refused(tiny_config, monkeypatch, setti
         Strategy(cfg.train, torch.device("cuda"))
     monkeypatch.setattr(distributed, "is_distributed", lambda: False)  # one process: nothing to shard
     assert not Strategy(cfg.train, torch.device("cpu")).sharded
+
+
+def test_lars_under_fsdp_is_refused(tiny_config, monkeypatch):
+    cfg = tiny_config("mae", "train.strategy=fsdp", "optim.name=lars", "optim.betas=null")
+    from mimreg import distributed
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)  # as under torchrun
+    with pytest.raises(ConfigError, match="optim.name lars with train.strategy fsdp.*train.strategy ddp"):
+        Strategy(cfg.train, torch.device("cpu"), cfg.optim.name)
+    assert Strategy(cfg.train, torch.device("cpu"), "adamw").sharded

@@ -129,7 +129,7 @@ class Trainer:
         self.task, self.device = task, device
         self.optim, self.train = task.optim, task.train
         self.world, self.rank, self.main = dist.world_size(), dist.rank(), dist.is_main_process()
-        self.strategy = Strategy(task.train, device)  # train.strategy: ddp or fsdp
+        self.strategy = Strategy(task.train, device, task.optim.name)  # train.strategy: ddp or fsdp
         self.module = task.module
         self.forward = step_model(self.strategy.wrap(self.module), task.train, device)
         self.optimizer = build_optimizer(task.parameter_groups(self.module), task.optim)

@@ -50,14 +50,14 @@ class Strategy:
     of an accumulation cycle); `model_state` / `optimizer_state` gather a checkpoint's state
     (complete on the main process); `load_model` / `load_optimizer` put one back."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device, optimizer: str = "adamw"):
         if cfg.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy: unknown value {cfg.strategy!r}; choose one of {list(STRATEGIES)}")
         self.sharded = cfg.strategy == "fsdp" and dist.is_distributed()
         self.cfg, self.device = cfg, device
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         if self.sharded:
-            refuse_unsharded_options(cfg, device)
+            refuse_unsharded_options(cfg, device, optimizer)
 
     def wrap(self, trainee: nn.Module) -> nn.Module:
         """The module to call: `trainee` itself in one process and under FSDP (whose sharding lives on
@@ -145,8 +145,12 @@ def shard(trainee: nn.Module) -> nn.Module:
     return trainee
 
 
-def refuse_unsharded_options(cfg: TrainConfig, device: torch.device) -> None:
+def refuse_unsharded_options(cfg: TrainConfig, device: torch.device, optimizer: str = "adamw") -> None:
     """Settings that would not do what they say on sharded parameters: refused, not overridden."""
+    if optimizer == "lars":  # its trust ratio needs each weight's whole norm; on shards it is untested
+        raise ConfigError("optim.name lars with train.strategy fsdp: LARS's layer-wise trust ratio would have to "
+                          "be computed on each process's shard of a weight, which mimreg has not verified; use "
+                          "train.strategy ddp")
     if cfg.precision == "fp16" and device.type == "cuda":
         raise ConfigError("train.precision fp16 with train.strategy fsdp: the GradScaler would find inf/NaN on "
                           "each process's shard alone and skip steps on some shards only; use bf16")
