@@ -89,6 +89,9 @@ def verdict_rows(study: Path, title: str, patterns: list[str], key: str, baselin
             continue
         row = rows.setdefault(stat["group"], {"comparison": f"{stat['group'].split('=', 1)[1]} vs "
                                                             f"{baseline.split('=', 1)[1]} (n={stat['n']})"})
+        if stat["difference_ci_low"] is None:  # one pair so far: no interval, no verdict
+            row[column] = f"{stat['difference']:+.1f} (one seed: no interval)"
+            continue
         row[column] = (f"{stat['difference']:+.1f} [{stat['difference_ci_low']:.1f}, "
                        f"{stat['difference_ci_high']:.1f}] {VERDICT_MARK[stat['verdict']]}")
     return list(rows.values())
