@@ -29,6 +29,10 @@ def status_path(study_dir: Path, name: str) -> Path:
     return Path(study_dir) / "status" / f"{name}.json"
 
 
+def lock_path(study_dir: Path, name: str) -> Path:
+    return Path(study_dir) / "status" / f"{name}.lock"
+
+
 def read_status(study_dir: Path, name: str) -> PointStatus:
     path = status_path(study_dir, name)
     if not path.is_file():
@@ -46,7 +50,7 @@ def write_status(study_dir: Path, name: str, status: PointStatus) -> None:
 def shown_state(study_dir: Path, name: str, status: PointStatus) -> str:
     """The state to show: a point whose status says running but whose lock nobody holds (its process
     was killed) is "interrupted"; the next run of the study resumes it."""
-    if status.state == "running" and lock_holder(Path(study_dir) / "status" / f"{name}.lock") is None:
+    if status.state == "running" and lock_holder(lock_path(study_dir, name)) is None:
         return "interrupted"
     return status.state
 
@@ -58,7 +62,7 @@ class PointLock:
     """Hold STUDY/status/<point>.lock for the life of this object (a context manager)."""
 
     def __init__(self, study_dir: Path, name: str):
-        self.path = Path(study_dir) / "status" / f"{name}.lock"
+        self.path = lock_path(study_dir, name)
         self._handle = None
 
     def __enter__(self) -> "PointLock":
