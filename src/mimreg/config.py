@@ -47,8 +47,9 @@ class DataConfig:
     cache_dir: str | None = None  # decoded image files for the device pipeline (None: <root>/.mimreg-cache)
     decode_on_device: bool = False  # loader pipeline: workers read files, the training device decodes and augments
     # loader pipeline, image files: decode a JPEG at 1/2-1/8 scale when its crop still covers the
-    # output (Pillow's draft mode; benchmarks/imagenet_decode.py); false: always the full image
-    jpeg_draft: bool = True
+    # output (Pillow's draft mode; benchmarks/imagenet_decode.py); null: on wherever the loader
+    # pipeline reads image files; false: always the full image; true is refused where no loader runs
+    jpeg_draft: bool | None = None
 
 
 VIT_PATCH_SIZE = 4  # a ViT's model.patch_size when no layer gives one
@@ -592,6 +593,10 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
     if cfg.data.decode_on_device and cfg.data.pipeline != "loader":
         raise ConfigError("data.decode_on_device works with the loader pipeline (image files read in workers); "
                           f"set data.pipeline: loader (it is {cfg.data.pipeline!r})")
+    if cfg.data.jpeg_draft and (cfg.data.pipeline == "device" or cfg.data.decode_on_device):
+        where = "data.decode_on_device decodes on the device" if cfg.data.decode_on_device else "data.pipeline is 'device'"
+        raise ConfigError(f"data.jpeg_draft=true crops JPEGs in the loader pipeline's workers, but {where}; "
+                          "drop data.jpeg_draft (--set data.jpeg_draft=null) or use data.pipeline: loader")
     for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):
         names = [r.name for r in entries]
         for reg in entries:

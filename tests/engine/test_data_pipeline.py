@@ -11,6 +11,8 @@ import torch
 import torchvision
 
 from mimreg.config import load_config
+from mimreg.data import TransformedDataset
+from mimreg.data.draft import DraftCropDataset
 from mimreg.engine.data import DevicePretrainData, LoaderData, build_pretrain_data
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
@@ -179,3 +181,21 @@ def test_decoding_on_the_device_builds_the_device_pipelines_views(tmp_path):
         joint_config("simclr", *sets, "data.decode_on_device=true")
     with pytest.raises(ConfigError, match="needs a dataset of image files"):
         build_pretrain_data(joint_config("simclr", "data.pipeline=loader", "data.decode_on_device=true"), 1, 0)
+
+
+def test_jpeg_draft_is_in_force_in_the_loader_pipeline_or_refused(tiny_config, tmp_path, write_folder):
+    """data.jpeg_draft: unset or true crops image files while decoding (loader pipeline), false decodes
+    them whole; true is refused where the device pipeline would decode them instead."""
+    folder = ("data.name=imagefolder", f"data.root={write_folder(tmp_path / 'f')}", "optim.batch_size=4",
+              "data.img_size=16")
+    for draft, expected in ((None, DraftCropDataset), (True, DraftCropDataset), (False, TransformedDataset)):
+        sets = [*folder, "data.pipeline=loader"] + ([] if draft is None else [f"data.jpeg_draft={str(draft).lower()}"])
+        data = build_pretrain_data(tiny_config("mae", *sets), 1, 0)
+        assert type(data.dataset) is expected, draft
+    with pytest.raises(ConfigError, match="jpeg_draft=true .* data.pipeline is 'device'"):
+        tiny_config("mae", *folder, "data.pipeline=device", "data.jpeg_draft=true")
+    with pytest.raises(ConfigError, match="jpeg_draft=true .* data.decode_on_device"):
+        tiny_config("mae", *folder, "data.pipeline=loader", "data.decode_on_device=true", "data.jpeg_draft=true")
+    with pytest.raises(ConfigError, match="auto' chose 'device'"):  # these images fit the default budget
+        build_pretrain_data(tiny_config("mae", *folder, "data.jpeg_draft=true"), 1, 0)
+    assert isinstance(build_pretrain_data(tiny_config("mae", *folder), 1, 0), DevicePretrainData)

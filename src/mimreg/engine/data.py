@@ -184,12 +184,16 @@ def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device
                                           num_classes, torch.device(device), cfg.data.skip_bad_images)
     decoded = _device_images(cfg, raw, rank)
     if decoded is None:
-        if cfg.data.jpeg_draft and sample_paths(raw) is not None:
+        if cfg.data.jpeg_draft is not False and sample_paths(raw) is not None:
             dataset = DraftCropDataset(raw, pretrain_view_specs(cfg), mean, std, cfg.train.seed, _views_as_list(cfg),
                                        cfg.data.skip_bad_images)
         else:
             dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
         return LoaderData(dataset, batches, num_classes, len(raw))
+    if cfg.data.jpeg_draft:
+        raise ConfigError("data.jpeg_draft=true crops JPEGs in the loader pipeline, but data.pipeline 'auto' chose "
+                          "'device' (the decoded images fit data.device_memory_gb); set data.pipeline: loader, or drop "
+                          "data.jpeg_draft (--set data.jpeg_draft=null)")
     return DevicePretrainData(decoded, labels, _batch_augment(cfg, mean, std), _views_as_list(cfg), batches,
                               num_classes, torch.device(device))
 
