@@ -78,7 +78,8 @@ class RegularizerConfig:
     weight: float | None = bounded(None, ge=0)  # None: the regularizer's default weight
     start_epoch: int | None = bounded(0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
     duration: int | None = bounded(None, ge=1, per_run=True)  # None: active until the end
-    gather: bool = True  # batch-wide losses over the global batch of all processes
+    gather: bool | None = None  # batch-wide losses over the global batch of all processes; null: the
+    # regularizer's default (its official code's: true, but false for koleo, which DINOv2 computes per GPU)
     gate_rec_loss: float | None = bounded(None, ge=0)  # off until an EMA of the `rec` loss falls below this (one way)
     options: Any = None  # an instance of REGULARIZERS[name].Options, checked at load by the regularizer
 

@@ -25,7 +25,8 @@ class Regularizer(nn.Module):
     Subclasses set `name`, `paper`, `summary`, `Options` (a dataclass), `default_weight`, and
     implement `reads()` (feature names, in the order `loss` takes them) and `loss(*tensors)`.
     The weight is `weight` during epochs [start_epoch, start_epoch + duration) and 0 outside.
-    With `gather`, batch-wide losses see the global batch of all processes. A regularizer with its
+    With `gather` (None: the class's `default_gather`, the official code's choice), batch-wide
+    losses see the global batch of all processes. A regularizer with its
     own parameters can train them through `auxiliary_loss`, which the Trainee adds unweighted.
     """
 
@@ -35,13 +36,14 @@ class Regularizer(nn.Module):
     Options: ClassVar[type]
     default_weight: ClassVar[float] = 1.0
     batch_wide: ClassVar[bool] = True
+    default_gather: ClassVar[bool] = True  # what `gather: null` means: the official code's choice
     min_batch: ClassVar[int] = 2
     # the auxiliary loss trains from the first step, before the weight switches on (a learned
     # estimator must be fitted before the encoder is asked to minimise it)
     aux_while_off: ClassVar[bool] = False
 
     def __init__(self, options: Any, *, weight: float | None = None, start_epoch: int = 0,
-                 duration: int | None = None, gather: bool = True, depth: int = 0, embed_dim: int = 0,
+                 duration: int | None = None, gather: bool | None = None, depth: int = 0, embed_dim: int = 0,
                  gate_rec_loss: float | None = None):
         super().__init__()
         self.check_options(options, f"regularizers.{self.name}")
@@ -51,7 +53,8 @@ class Regularizer(nn.Module):
         self.options = options
         self.embed_dim = embed_dim
         self.weight = self.default_weight if weight is None else float(weight)
-        self.start_epoch, self.duration, self.gather = start_epoch, duration, gather
+        self.start_epoch, self.duration = start_epoch, duration
+        self.gather = self.default_gather if gather is None else bool(gather)
         self.setup(depth)
 
     @classmethod
