@@ -68,6 +68,21 @@ def bare_losses(inputs, gather):
             "mst": mst({"emb.0": z1, "emb.1": z2})}  # the Regularizer gathers itself
 
 
+def issue17_reg_a_losses(inputs):
+    """KoLeo (gather on: off is its default), MMCR with its local term, VCReg: each Regularizer
+    gathers itself, so the terms are losses of the global batch."""
+    from mimreg.regularizers.koleo import KoLeo, KoLeoOptions
+    from mimreg.regularizers.mmcr import Mmcr, MmcrOptions
+    from mimreg.regularizers.vcreg import Vcreg, VcregOptions
+
+    z1, z2, z3 = inputs
+    koleo = KoLeo(KoLeoOptions(features=["emb.0", "emb.1"]), weight=1.0, gather=True)
+    mmcr = Mmcr(MmcrOptions(local_weight=0.1), weight=1.0)
+    vcreg = Vcreg(VcregOptions(feature="cls", var_weight=2.0, cov_weight=1.0), weight=1.0)
+    return {"koleo": koleo({"emb.0": z1, "emb.1": z2}), "mmcr": mmcr({"emb.0": z1, "emb.1": z3}),
+            "vcreg": vcreg({"cls": z3})}
+
+
 LOCAL_TERMS = ("vicreg/invariance", "msn/ce")
 
 
@@ -76,6 +91,7 @@ def run_bare(inputs, gather):
     MSN's target embeddings)."""
     inputs = [x.clone().requires_grad_(True) for x in inputs]
     terms = bare_losses(inputs, gather)
+    terms.update(issue17_reg_a_losses(inputs))
     torch.stack(list(terms.values())).sum().backward()
     return {k: v.detach() for k, v in terms.items()}, [torch.zeros_like(x) if x.grad is None else x.grad for x in inputs]
 
