@@ -112,3 +112,17 @@ def test_composes_with_mae_and_simclr(tmp_path, recipe, features, method_terms):
     for r in rows:
         assert math.isfinite(r["reg/koleo"]) and r["weight/koleo"] == 0.1
         assert r["loss"] == pytest.approx(sum(r[t] for t in method_terms) + 0.1 * r["reg/koleo"], rel=1e-5)
+
+
+def test_gather_null_takes_each_regularizers_own_default(tiny_config):
+    """`gather` left out (null) builds koleo per process (DINOv2) and the others gathered; an
+    explicit value wins."""
+    from mimreg.engine.build import build_trainee
+
+    def built(*regs):
+        return [(r.name, r.gather) for r in build_trainee(tiny_config("mae", regularizers=list(regs))).regularizers]
+
+    assert built({"name": "koleo"}, {"name": "uniformity"}, {"name": "vcreg"}) == [
+        ("koleo", False), ("uniformity", True), ("vcreg", True)]
+    assert built({"name": "koleo", "gather": True}, {"name": "uniformity", "gather": False}) == [
+        ("koleo", True), ("uniformity", False)]
