@@ -78,7 +78,7 @@ class RegularizerConfig:
     weight: float | None = bounded(None, ge=0)  # None: the regularizer's default weight
     start_epoch: int | None = bounded(0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
     duration: int | None = bounded(None, ge=1, per_run=True)  # None: active until the end
-    gather: bool = True  # batch-wide losses over the global batch of all processes
+    gather: bool | None = None  # batch-wide losses over all processes' batch; None: the regularizer's (official) default
     gate_rec_loss: float | None = bounded(None, ge=0)  # off until an EMA of the `rec` loss falls below this (one way)
     options: Any = None  # an instance of REGULARIZERS[name].Options, checked at load by the regularizer
 
