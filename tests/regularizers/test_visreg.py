@@ -143,7 +143,10 @@ def test_options_are_refused_with_the_key():
 
 
 def test_gather_defaults_to_the_regularizer_and_a_config_overrides_it():
-    assert load_config("mae+visreg").regularizers[0].gather is None
+    """Resolved at load (a run's config.yaml then says which it used, and older runs that saved
+    `gather: true` resume unchanged)."""
+    assert load_config("mae+visreg").regularizers[0].gather is False
+    assert load_config("u-mae").regularizers[0].gather is True
     assert load_config("mae+visreg", ["regularizers.visreg.gather=true"]).regularizers[0].gather is True
 
 
