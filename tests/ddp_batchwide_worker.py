@@ -65,7 +65,25 @@ def bare_losses(inputs, gather):
             "barlow": barlow_loss(g1, g2),
             "barlow/all_reduce": barlow_loss(z1, z2, global_batch=True),
             "msn/ce": msn["msn"], "msn/memax": msn["memax"],
+            **coding_rate_terms(z1, z2),
+            "visreg": visreg_term(z1, z2),
             "mst": mst({"emb.0": z1, "emb.1": z2})}  # the Regularizer gathers itself
+
+
+def coding_rate_terms(z1, z2):
+    """The coding-rate regularizer in each variant on two views (it gathers itself)."""
+    from mimreg.regularizers.coding_rate import VARIANTS, CodingRate, CodingRateOptions
+
+    feats = {"emb.0": z1, "emb.1": z2}
+    return {f"coding_rate/{v}": CodingRate(CodingRateOptions(variant=v, features=["emb.0", "emb.1"]))(feats)
+            for v in VARIANTS}
+
+
+def visreg_term(z1, z2):
+    """VISReg gathered (not its default): every process draws the same slices for the global batch."""
+    from mimreg.regularizers.visreg import Visreg, VisregOptions
+
+    return Visreg(VisregOptions(features=["emb.0", "emb.1"], slices=16), gather=True)({"emb.0": z1, "emb.1": z2})
 
 
 LOCAL_TERMS = ("vicreg/invariance", "msn/ce")

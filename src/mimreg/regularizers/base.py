@@ -35,13 +35,14 @@ class Regularizer(nn.Module):
     Options: ClassVar[type]
     default_weight: ClassVar[float] = 1.0
     batch_wide: ClassVar[bool] = True
+    default_gather: ClassVar[bool] = True  # what `gather` is when a config leaves it out: the official code's
     min_batch: ClassVar[int] = 2
     # the auxiliary loss trains from the first step, before the weight switches on (a learned
     # estimator must be fitted before the encoder is asked to minimise it)
     aux_while_off: ClassVar[bool] = False
 
     def __init__(self, options: Any, *, weight: float | None = None, start_epoch: int = 0,
-                 duration: int | None = None, gather: bool = True, depth: int = 0, embed_dim: int = 0,
+                 duration: int | None = None, gather: bool | None = None, depth: int = 0, embed_dim: int = 0,
                  gate_rec_loss: float | None = None):
         super().__init__()
         self.check_options(options, f"regularizers.{self.name}")
@@ -51,7 +52,8 @@ class Regularizer(nn.Module):
         self.options = options
         self.embed_dim = embed_dim
         self.weight = self.default_weight if weight is None else float(weight)
-        self.start_epoch, self.duration, self.gather = start_epoch, duration, gather
+        self.start_epoch, self.duration = start_epoch, duration
+        self.gather = self.default_gather if gather is None else gather
         self.setup(depth)
 
     @classmethod
