@@ -118,6 +118,9 @@ def test_module_defaults_slices_per_call_and_per_process(monkeypatch):
     z = torch.randn(16, 8, dtype=torch.float64)
     first, second = reg({"cls": z}), reg({"cls": z})
     assert reg.calls == 2 and first.item() != second.item()  # fresh slices at every call
+    resumed = Visreg(VisregOptions())
+    resumed.load_state_dict(reg.state_dict())  # a checkpoint keeps the count: the next slices follow on
+    assert resumed({"cls": z}).item() == pytest.approx(reg({"cls": z}).item(), rel=1e-12)
     expected = visreg_loss(z, draw_slices(8, 4096, seed=1, device="cpu", dtype=torch.float64))
     assert second.item() == pytest.approx(expected.item(), rel=1e-12)
     monkeypatch.setattr(visreg_module.dist, "rank", lambda: 1)

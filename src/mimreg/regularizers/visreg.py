@@ -113,7 +113,19 @@ class Visreg(Regularizer):
 
     def __init__(self, options: VisregOptions, **kwargs):
         super().__init__(options, **kwargs)
-        self.calls = 0  # how many times slices were drawn: the next call's seed offset
+        # how many times slices were drawn (the next call's seed offset): a buffer, so a checkpoint
+        # keeps it and a resumed run draws the slices the uninterrupted one would; read into a
+        # Python int once after construction or a load (one host sync), then mirrored into the
+        # buffer without reading it back
+        self.register_buffer("slice_calls", torch.zeros((), dtype=torch.long))
+        self._calls: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_calls", None))
+
+    @property
+    def calls(self) -> int:
+        if self._calls is None:
+            self._calls = int(self.slice_calls)
+        return self._calls
 
     @classmethod
     def check_options(cls, options: VisregOptions, key: str) -> None:
@@ -126,8 +138,10 @@ class Visreg(Regularizer):
 
     def next_seed(self) -> int:
         offset = 0 if self.gather else dist.rank() * _RANK_STRIDE
-        self.calls += 1
-        return self.options.seed + offset + self.calls - 1
+        seed = self.options.seed + offset + self.calls
+        self._calls = self.calls + 1
+        self.slice_calls.fill_(self._calls)
+        return seed
 
     def loss(self, *features: torch.Tensor) -> torch.Tensor:
         o = self.options
