@@ -65,17 +65,35 @@ def bare_losses(inputs, gather):
             "barlow": barlow_loss(g1, g2),
             "barlow/all_reduce": barlow_loss(z1, z2, global_batch=True),
             "msn/ce": msn["msn"], "msn/memax": msn["memax"],
+            **coding_rate_terms(z1, z2),
+            "visreg": visreg_term(z1, z2),
+            **koleo_mmcr_vcreg_terms(z1, z2, z3),
             "mst": mst({"emb.0": z1, "emb.1": z2})}  # the Regularizer gathers itself
 
 
-def issue17_reg_a_losses(inputs):
-    """KoLeo (gather on: off is its default), MMCR with its local term, VCReg: each Regularizer
+def coding_rate_terms(z1, z2):
+    """The coding-rate regularizer in each variant on two views (it gathers itself)."""
+    from mimreg.regularizers.coding_rate import VARIANTS, CodingRate, CodingRateOptions
+
+    feats = {"emb.0": z1, "emb.1": z2}
+    return {f"coding_rate/{v}": CodingRate(CodingRateOptions(variant=v, features=["emb.0", "emb.1"]))(feats)
+            for v in VARIANTS}
+
+
+def visreg_term(z1, z2):
+    """VISReg gathered (not its default): every process draws the same slices for the global batch."""
+    from mimreg.regularizers.visreg import Visreg, VisregOptions
+
+    return Visreg(VisregOptions(features=["emb.0", "emb.1"], slices=16), gather=True)({"emb.0": z1, "emb.1": z2})
+
+
+def koleo_mmcr_vcreg_terms(z1, z2, z3):
+    """KoLeo gathered (not its default), MMCR with its local term, VCReg: each Regularizer
     gathers itself, so the terms are losses of the global batch."""
     from mimreg.regularizers.koleo import KoLeo, KoLeoOptions
     from mimreg.regularizers.mmcr import Mmcr, MmcrOptions
     from mimreg.regularizers.vcreg import Vcreg, VcregOptions
 
-    z1, z2, z3 = inputs
     koleo = KoLeo(KoLeoOptions(features=["emb.0", "emb.1"]), weight=1.0, gather=True)
     mmcr = Mmcr(MmcrOptions(local_weight=0.1), weight=1.0)
     vcreg = Vcreg(VcregOptions(feature="cls", var_weight=2.0, cov_weight=1.0), weight=1.0)
@@ -91,7 +109,6 @@ def run_bare(inputs, gather):
     MSN's target embeddings)."""
     inputs = [x.clone().requires_grad_(True) for x in inputs]
     terms = bare_losses(inputs, gather)
-    terms.update(issue17_reg_a_losses(inputs))
     torch.stack(list(terms.values())).sum().backward()
     return {k: v.detach() for k, v in terms.items()}, [torch.zeros_like(x) if x.grad is None else x.grad for x in inputs]
 

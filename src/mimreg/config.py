@@ -78,8 +78,7 @@ class RegularizerConfig:
     weight: float | None = bounded(None, ge=0)  # None: the regularizer's default weight
     start_epoch: int | None = bounded(0, ge=0, per_run=True)  # epochs, or a percentage of train.epochs
     duration: int | None = bounded(None, ge=1, per_run=True)  # None: active until the end
-    gather: bool | None = None  # batch-wide losses over the global batch of all processes; null: the
-    # regularizer's default (its official code's: true, but false for koleo, which DINOv2 computes per GPU)
+    gather: bool | None = None  # batch-wide losses over all processes' batch; None: the regularizer's (official) default, set at load
     gate_rec_loss: float | None = bounded(None, ge=0)  # off until an EMA of the `rec` loss falls below this (one way)
     options: Any = None  # an instance of REGULARIZERS[name].Options, checked at load by the regularizer
 
@@ -610,6 +609,8 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
     for section, entries in (("regularizers", cfg.regularizers), ("monitor", cfg.monitor)):
         for reg in entries:
             REGULARIZERS[reg.name].check_options(reg.options, f"{section}.{reg.name}")
+            if reg.gather is None:  # resolved here, so that a run's config.yaml says which it used
+                reg.gather = REGULARIZERS[reg.name].default_gather
     if check_run_length:
         check_schedules(cfg, world)
     check_geometry(cfg)

@@ -30,6 +30,8 @@ EXPECTED = {
     "msn": ("msn", []), "simclr": ("simclr", []), "m-simclr": ("simclr", ["magma"]), "vicreg": ("vicreg", []),
     "m-vicreg": ("vicreg", ["magma"]), "byol": ("byol", []), "barlow": ("barlow", []), "mse": ("mse", []),
     "mse+t-regs": ("mse", ["mst"]), "byol+t-regs": ("byol", ["mst"]), "barlow+t-regs": ("barlow", ["mst"]),
+    "mae+coding-rate": ("mae", ["coding_rate"]), "simclr+coding-rate": ("simclr", ["coding_rate"]),
+    "mae+visreg": ("mae", ["visreg"]),
     "mae+koleo": ("mae", ["koleo"]), "mae+vcreg": ("mae", ["vcreg"]), "simclr+koleo": ("simclr", ["koleo"]),
     "simclr+mmcr": ("simclr", ["mmcr"]),
 }

@@ -101,7 +101,7 @@ def test_options_are_refused_with_the_key():
     with pytest.raises(ConfigError, match=r"^regularizers\.koleo\.eps=0\.0 is out of range: it must be > 0"):
         load_config("mae", ["regularizers=[{name: koleo, eps: 0.0}]"])
     cfg = load_config("mae", ["regularizers=[{name: koleo}]"])
-    assert cfg.regularizers[0].gather is None  # null: the regularizer's own default (false for koleo)
+    assert cfg.regularizers[0].gather is False  # left out: resolved at load to the regularizer's (DINOv2: per GPU)
 
 
 @pytest.mark.parametrize("recipe,features,method_terms", [("mae", ["cls"], ["rec"]),
@@ -114,8 +114,8 @@ def test_composes_with_mae_and_simclr(tmp_path, recipe, features, method_terms):
         assert r["loss"] == pytest.approx(sum(r[t] for t in method_terms) + 0.1 * r["reg/koleo"], rel=1e-5)
 
 
-def test_gather_null_takes_each_regularizers_own_default(tiny_config):
-    """`gather` left out (null) builds koleo per process (DINOv2) and the others gathered; an
+def test_gather_left_out_takes_each_regularizers_own_default(tiny_config):
+    """`gather` left out builds koleo per process (DINOv2) and the others gathered; an
     explicit value wins."""
     from mimreg.engine.build import build_trainee
 

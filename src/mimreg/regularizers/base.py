@@ -25,8 +25,7 @@ class Regularizer(nn.Module):
     Subclasses set `name`, `paper`, `summary`, `Options` (a dataclass), `default_weight`, and
     implement `reads()` (feature names, in the order `loss` takes them) and `loss(*tensors)`.
     The weight is `weight` during epochs [start_epoch, start_epoch + duration) and 0 outside.
-    With `gather` (None: the class's `default_gather`, the official code's choice), batch-wide
-    losses see the global batch of all processes. A regularizer with its
+    With `gather`, batch-wide losses see the global batch of all processes. A regularizer with its
     own parameters can train them through `auxiliary_loss`, which the Trainee adds unweighted.
     """
 
@@ -36,7 +35,7 @@ class Regularizer(nn.Module):
     Options: ClassVar[type]
     default_weight: ClassVar[float] = 1.0
     batch_wide: ClassVar[bool] = True
-    default_gather: ClassVar[bool] = True  # what `gather: null` means: the official code's choice
+    default_gather: ClassVar[bool] = True  # what `gather` is when a config leaves it out: the official code's
     min_batch: ClassVar[int] = 2
     # the auxiliary loss trains from the first step, before the weight switches on (a learned
     # estimator must be fitted before the encoder is asked to minimise it)
@@ -54,7 +53,7 @@ class Regularizer(nn.Module):
         self.embed_dim = embed_dim
         self.weight = self.default_weight if weight is None else float(weight)
         self.start_epoch, self.duration = start_epoch, duration
-        self.gather = self.default_gather if gather is None else bool(gather)
+        self.gather = self.default_gather if gather is None else gather
         self.setup(depth)
 
     @classmethod
