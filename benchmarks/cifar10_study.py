@@ -87,7 +87,9 @@ def verdict_rows(study: Path, title: str, patterns: list[str], key: str, baselin
         column = next((name for name, prefix in HEADLINE if stat["metric"].startswith(prefix)), None)
         if column is None or stat["difference"] is None:
             continue
-        row = rows.setdefault(stat["group"], {"comparison": f"{stat['group'].split('=', 1)[1]} vs "
+        # a grid axis is named by its last two parts (uniformity.weight 0.003 vs 0.01); a recipe by itself
+        axis = "" if key == "recipe" else ".".join(key.split(".")[-2:]) + " "
+        row = rows.setdefault(stat["group"], {"comparison": f"{axis}{stat['group'].split('=', 1)[1]} vs "
                                                             f"{baseline.split('=', 1)[1]} (n={stat['n']})"})
         if stat["difference_ci_low"] is None:  # one pair so far: no interval, no verdict
             row[column] = f"{stat['difference']:+.1f} (one seed: no interval)"

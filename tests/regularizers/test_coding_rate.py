@@ -114,6 +114,8 @@ def test_options_are_refused_with_the_key():
         load_config("mae+coding-rate", ["regularizers.coding_rate.variant=mcr2"])
     with pytest.raises(ConfigError, match=r"^regularizers\.coding_rate\.eps is not used by variant m_mae"):
         load_config("mae+coding-rate", ["regularizers.coding_rate.eps=0.2"])
+    with pytest.raises(ConfigError, match=r"^regularizers\.coding_rate\.mu is used only by variant m_mae"):
+        load_config("simclr+coding-rate", ["regularizers.coding_rate.mu=2"])
     with pytest.raises(ConfigError, match=r"^regularizers\.coding_rate\.features must name at least one"):
         load_config("mae+coding-rate", ["regularizers.coding_rate.features=[]"])
     with pytest.raises(ConfigError, match=r"^regularizers\.coding_rate\.eps=0\.0 is out of range: it must be > 0"):

@@ -76,7 +76,7 @@ class CodingRateOptions:
     variant: str = one_of("m_mae", *VARIANTS)  # whose normalisation (see the module docstring)
     features: list[str] = field(default_factory=lambda: ["cls"])  # one view each; the loss is their mean
     eps: float | None = bounded(None, gt=0)  # emp_ssl / simdino (unsquared); None: 0.2 / 0.5
-    mu: float = bounded(1.0, gt=0)  # m_mae's scale mu / d
+    mu: float | None = bounded(None, gt=0)  # m_mae's scale mu / d; None: 1 (M-MAE's --uniformity_mu)
     normalize: bool = True  # L2-normalise each row first, as all three official codes do
 
 
@@ -110,11 +110,15 @@ class CodingRate(Regularizer):
         if options.variant == "m_mae" and options.eps is not None:
             raise ConfigError(f"{key}.eps is not used by variant m_mae (its scale is mu / d): set {key}.mu, "
                               "or variant emp_ssl / simdino")
+        if options.variant != "m_mae" and options.mu is not None:
+            raise ConfigError(f"{key}.mu is used only by variant m_mae (its scale mu / d); {options.variant} "
+                              f"scales by d / (n eps): set {key}.eps, or drop {key}.mu")
 
     def reads(self) -> tuple[str, ...]:
         return tuple(self.options.features)
 
     def loss(self, *features: torch.Tensor) -> torch.Tensor:
         o = self.options
-        terms = [coding_rate_loss(f, o.variant, o.eps, o.mu, o.normalize) for f in features]
+        mu = 1.0 if o.mu is None else o.mu
+        terms = [coding_rate_loss(f, o.variant, o.eps, mu, o.normalize) for f in features]
         return torch.stack(terms).mean()
