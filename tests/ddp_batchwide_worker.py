@@ -67,6 +67,7 @@ def bare_losses(inputs, gather):
             "msn/ce": msn["msn"], "msn/memax": msn["memax"],
             **coding_rate_terms(z1, z2),
             "visreg": visreg_term(z1, z2),
+            **koleo_mmcr_vcreg_terms(z1, z2, z3),
             "mst": mst({"emb.0": z1, "emb.1": z2})}  # the Regularizer gathers itself
 
 
@@ -84,6 +85,20 @@ def visreg_term(z1, z2):
     from mimreg.regularizers.visreg import Visreg, VisregOptions
 
     return Visreg(VisregOptions(features=["emb.0", "emb.1"], slices=16), gather=True)({"emb.0": z1, "emb.1": z2})
+
+
+def koleo_mmcr_vcreg_terms(z1, z2, z3):
+    """KoLeo gathered (not its default), MMCR with its local term, VCReg: each Regularizer
+    gathers itself, so the terms are losses of the global batch."""
+    from mimreg.regularizers.koleo import KoLeo, KoLeoOptions
+    from mimreg.regularizers.mmcr import Mmcr, MmcrOptions
+    from mimreg.regularizers.vcreg import Vcreg, VcregOptions
+
+    koleo = KoLeo(KoLeoOptions(features=["emb.0", "emb.1"]), weight=1.0, gather=True)
+    mmcr = Mmcr(MmcrOptions(local_weight=0.1), weight=1.0)
+    vcreg = Vcreg(VcregOptions(feature="cls", var_weight=2.0, cov_weight=1.0), weight=1.0)
+    return {"koleo": koleo({"emb.0": z1, "emb.1": z2}), "mmcr": mmcr({"emb.0": z1, "emb.1": z3}),
+            "vcreg": vcreg({"cls": z3})}
 
 
 LOCAL_TERMS = ("vicreg/invariance", "msn/ce")

@@ -59,3 +59,24 @@ def linear_result_file(run: Path, pool: str = "cls") -> Path:
     [path] = [Path(r["file"]) for r in load_results(run)
               if r["protocol"] == "linear" and r["variant"] == "sweep" and r["pool"] == pool]
     return path
+
+
+# issue 17's regularizers: one short run of a regularizer on MAE (cls) and on SimCLR (per-view emb)
+TINY_JOINT_SETS = ("data.name=synthetic", "data.img_size=32", "model.arch=vit_micro", "method.proj_hidden_dim=32",
+                   "method.proj_output_dim=16", "optim.batch_size=32", "train.epochs=1", "train.device=cpu",
+                   "train.progress=false", "train.log_every=1")
+
+
+def regularized_run(recipe: str, entry: dict, run_dir: Path, steps: int = 3) -> list[dict]:
+    """`steps` steps of digits/<recipe> (mae: conftest's tiny MAE; a joint method: a small projector)
+    with the one regularizer `entry` on 96 synthetic images; its train records."""
+    from conftest import TINY_SETS, as_override
+    from mimreg.config import load_config
+    from mimreg.engine.loop import pretrain
+    from mimreg.engine.metrics import read_metrics
+
+    base = TINY_SETS if recipe in ("mae", "simmim") else TINY_JOINT_SETS
+    cfg = load_config(f"digits/{recipe}", [*base, "data.subset=96", f"train.halt_after_steps={steps}",
+                                           as_override("regularizers", [entry])])
+    pretrain(cfg, run_dir)
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]

@@ -32,6 +32,8 @@ EXPECTED = {
     "mse+t-regs": ("mse", ["mst"]), "byol+t-regs": ("byol", ["mst"]), "barlow+t-regs": ("barlow", ["mst"]),
     "mae+coding-rate": ("mae", ["coding_rate"]), "simclr+coding-rate": ("simclr", ["coding_rate"]),
     "mae+visreg": ("mae", ["visreg"]),
+    "mae+koleo": ("mae", ["koleo"]), "mae+vcreg": ("mae", ["vcreg"]), "simclr+koleo": ("simclr", ["koleo"]),
+    "simclr+mmcr": ("simclr", ["mmcr"]),
 }
 
 
