@@ -68,7 +68,8 @@ def add_eval_parser(sub) -> None:
         if name in ("linear", "knn", "lowshot"):
             q.add_argument("--subset", metavar="FILE|NAME",
                            help="train only on the images a list names (one file name or relative path a line), "
-                                "or a named list: 1percent, 10percent (SimCLR), 1img-split1 ... 5img-split3 (MSN)")
+                                "or a named list: 1percent, 10percent (SimCLR; 10percent not shipped), 1img-split1 ... "
+                                "5img-split3 (MSN)")
             q.add_argument("--feature-store", metavar="DIR",
                            help="write the features to DIR in chunks and read them back from disk (default: "
                                 "RUN/features, only for splits of more than 200000 images)")

@@ -1,6 +1,9 @@
 """Training images chosen by a subset file (MSN's low-shot lists, SimCLR's 1%), by file name."""
 
 import json
+import re
+from collections import Counter
+from importlib import resources
 
 import pytest
 from PIL import Image
@@ -58,6 +61,47 @@ def test_named_subsets_are_shipped_or_say_where_to_get_them():
             subset_lines(missing[0])
     with pytest.raises(ConfigError, match="neither a file nor a named subset"):
         subset_lines("2percent")
+
+
+# The official lists shipped in subset_lists/: name -> images per class (1percent: 12 or 13, see below).
+OFFICIAL = {**{f"{k}img-split{s}": k for k in (1, 2, 5) for s in (1, 2, 3)}, "1percent": None}
+
+
+def _per_class(lines):
+    """Images per ImageNet class (wnid = file name up to the underscore)."""
+    return Counter(line.split("_")[0] for line in lines)
+
+
+def test_the_official_lists_are_all_shipped_with_their_source_in_the_header():
+    assert shipped() == sorted(OFFICIAL)
+    for name in OFFICIAL:
+        text = (resources.files("mimreg.eval") / "subset_lists" / f"{name}.txt").read_text()
+        header = [line for line in text.splitlines() if line.startswith("#")]
+        repo_path = NAMED[name].split("/blob/")[1].split("/", 1)[1]  # e.g. imagenet_subsets3/3imgs_class.txt
+        assert len(header) >= 3 and f", {repo_path} (commit " in header[1] and "licence" in header[2], name
+        assert text.endswith(".JPEG\n") and text.splitlines()[len(header)] == subset_lines(name)[0], name
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_an_official_list_names_distinct_imagenet_train_images_of_all_1000_classes(name):
+    lines = subset_lines(name)
+    assert all(re.fullmatch(r"n\d{8}_\d+\.JPEG", line) for line in lines)
+    assert len(set(lines)) == len(lines)
+    per_class = _per_class(lines)
+    assert len(per_class) == 1000
+    if OFFICIAL[name] is None:  # SimCLR 1%: 12811 of the 1281167 train images, 13 for 811 classes and 12 for 189
+        assert len(lines) == 12811 and Counter(per_class.values()) == {13: 811, 12: 189}
+    else:
+        assert len(lines) == 1000 * OFFICIAL[name] and set(per_class.values()) == {OFFICIAL[name]}
+
+
+@pytest.mark.parametrize("split", (1, 2, 3))
+def test_msn_lists_of_a_split_nest_1_in_2_in_5_images_per_class(split):
+    five = subset_lines(f"5img-split{split}")
+    runs = [five[i:i + 5] for i in range(0, 5000, 5)]
+    assert all(len(_per_class(run)) == 1 for run in runs)  # each class's 5 images are consecutive
+    assert subset_lines(f"2img-split{split}") == [line for run in runs for line in run[:2]]
+    assert subset_lines(f"1img-split{split}") == [run[0] for run in runs]
 
 
 def test_evaluate_trains_on_the_subset_and_stores_its_features(tiny_run, folder, tmp_path):

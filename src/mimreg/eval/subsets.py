@@ -19,13 +19,15 @@ from mimreg.data.base import RawDataset
 from mimreg.data.files import sample_paths
 from mimreg.errors import ConfigError, DataError
 
-_MSN = "https://github.com/facebookresearch/msn/tree/main/imagenet_subsets{split}/{shots}imgs_class.txt"
+_MSN = "https://github.com/facebookresearch/msn/blob/main/imagenet_subsets{split}/{shots}imgs_class.txt"
 _SIMCLR = "https://github.com/google-research/simclr/blob/master/imagenet_subsets/{name}.txt"
 # Named subsets -> where the official list lives (names shipped in subset_lists/ are read from there).
 NAMED = {
     "1percent": _SIMCLR.format(name="1percent"),
     "10percent": _SIMCLR.format(name="10percent"),
     **{f"{shots}img-split{split}": _MSN.format(split=split, shots=shots) for shots in (1, 2, 5) for split in (1, 2, 3)},
+    # MSN's split 3 has no 5imgs_class.txt: its 3imgs_class.txt holds the 5 images per class.
+    "5img-split3": _MSN.format(split=3, shots=3),
 }
 
 
