@@ -116,7 +116,7 @@ def test_module_averages_views_with_one_set_of_slices_per_call():
     z = [torch.randn(8, 6) for _ in range(3)]
     features = {f"emb.{v}": x for v, x in enumerate(z)}
     first, second = reg(features), reg(features)
-    assert int(reg.slice_step) == 2
+    assert int(reg.slice_steps.step) == 2
     for step, value in enumerate((first, second)):
         a = sigreg_directions(6, 16, seed=step)
         per_view = [sigreg_loss(x, a) for x in z]
@@ -133,7 +133,7 @@ def test_resume_continues_the_slice_sequence():
     resumed = Sigreg(SigregOptions(slices=8))
     resumed(features)  # a fresh module already used once: the checkpoint's count replaces it
     state = {k: v for k, v in reg.state_dict().items()}
-    state["slice_step"] = torch.tensor(3)
+    state["slice_steps.step"] = torch.tensor(3)
     resumed.load_state_dict(state)
     assert resumed(features).item() == expected.item()
 
