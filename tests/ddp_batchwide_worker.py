@@ -26,6 +26,7 @@ def build_joint(name: str, gather: bool):
 
     method = METHODS[name]
     sizes = {"temperature": 0.3} if name == "simclr" else {}
+    sizes = {"views": 2, "global_views": 2, "slices": 16} if name == "lejepa" else sizes
     torch.manual_seed(0)
     model = method(ViTEncoder("vit_micro", 32, 8),
                    method.Options(proj_hidden_dim=32, proj_output_dim=16, gather=gather, **sizes))
@@ -111,7 +112,7 @@ def main(out_dir: str) -> None:
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     views = [v[part] for v in global_views()]
     result = {}
-    for name in JOINT_METHODS:
+    for name in (*JOINT_METHODS, "lejepa"):  # LeJEPA on its 2 views, both global
         for mode in ("gather", "local"):
             model = build_joint(name, gather=mode == "gather")
             ddp = torch.nn.parallel.DistributedDataParallel(model)

@@ -80,6 +80,23 @@ def test_bare_batchwide_losses_on_gathered_inputs(ranks, worker, batch):
             assert_close_at_scale(got, 2 * expected[part], 1e-9, 2 * expected.abs().max().item())
 
 
+def test_lejepa_under_ddp_equals_one_process(ranks, worker, single_thread):
+    """LeJEPA's SIGReg over the global batch (all-reduced ECF sums) and its prediction, a mean over
+    the local batch: the mean over processes is the global loss, and DDP's gradient the global one;
+    without gather each process's SIGReg sees its own batch."""
+    views = worker.global_views()
+    loss, grads = one_process_step(worker, "lejepa", views)
+    mean = (ranks[0]["lejepa/gather"]["loss"] + ranks[1]["lejepa/gather"]["loss"]) / 2
+    assert mean.item() == pytest.approx(loss.item(), rel=1e-9)
+    for r in ranks:
+        assert_same_gradients(r["lejepa/gather"]["grads"], grads, "lejepa")
+    for rank, r in enumerate(ranks):
+        model = worker.build_joint("lejepa", gather=False)  # its first call's slices, as each process's
+        with torch.no_grad():
+            expected = sum(model([v[rank * 4:rank * 4 + 4] for v in views]).losses.values())
+        assert r["lejepa/local"]["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
+
+
 @pytest.mark.parametrize("batch", [8, 2])
 @pytest.mark.parametrize("name", ["sigreg", "sigreg/gathered"])
 def test_sigreg_value_and_gradient_are_the_global_batch(ranks, worker, batch, name):
