@@ -30,6 +30,7 @@ EXPECTED = {
     "msn": ("msn", []), "simclr": ("simclr", []), "m-simclr": ("simclr", ["magma"]), "vicreg": ("vicreg", []),
     "m-vicreg": ("vicreg", ["magma"]), "byol": ("byol", []), "barlow": ("barlow", []), "mse": ("mse", []),
     "mse+t-regs": ("mse", ["mst"]), "byol+t-regs": ("byol", ["mst"]), "barlow+t-regs": ("barlow", ["mst"]),
+    "lejepa": ("lejepa", []), "simclr+sigreg": ("simclr", ["sigreg"]), "mae+sigreg": ("mae", ["sigreg"]),
 }
 
 

@@ -114,3 +114,18 @@ def test_another_regularizer_composes(tmp_path):
     last = records[-1]
     assert {"reg/mst", "reg/uniformity", "prediction", "sigreg"} <= set(last)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+
+
+def test_on_a_resnet_local_views_are_96_224_of_the_image():
+    """A ResNet has no patch size: the focal views' default size rounds to the pixel (it raised a
+    TypeError on `patch_size` None before), and the recipe loads, costs and runs on one."""
+    from mimreg.engine.build import build_method
+    from mimreg.engine.data import msn_focal_size
+    from mimreg.recipes.cost import gflop_per_image
+
+    cfg = load_config("tregs-c10-r18/lejepa")
+    assert cfg.model.arch == "resnet18" and msn_focal_size(cfg) == 14  # round(32 x 96 / 224)
+    assert gflop_per_image(cfg) > 0
+    model = build_method(load_config("tregs-c10-r18/lejepa", ["method.views=3", "method.proj_hidden_dim=32"]))
+    views = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 14, 14)]
+    assert [model(views).features[f"emb.{v}"].shape[0] for v in range(3)] == [2, 2, 2]
