@@ -129,3 +129,25 @@ def test_on_a_resnet_local_views_are_96_224_of_the_image():
     model = build_method(load_config("tregs-c10-r18/lejepa", ["method.views=3", "method.proj_hidden_dim=32"]))
     views = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 14, 14)]
     assert [model(views).features[f"emb.{v}"].shape[0] for v in range(3)] == [2, 2, 2]
+
+
+def test_compiled_step_gives_the_eager_losses_through_a_resume(tmp_path):
+    """The slices are drawn outside the compiled graph (one graph break, no recompilation per step)
+    and follow the counted step through a halt and resume: the compiled run's losses are eager's."""
+    from torch._dynamo.utils import counters
+
+    from mimreg.engine import compiled_step
+
+    sets = [*SETS, "data.subset=32", "optim.batch_size=8", "train.epochs=1", "monitor=[]", "train.knn_every=0",
+            "method.slices=64"]
+    eager = train(tmp_path / "eager", "digits/lejepa", *sets)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled_step, "BACKEND", "aot_eager")
+        torch._dynamo.reset()
+        counters.clear()
+        pretrain(load_config("digits/lejepa", [*sets, "train.compile=true", "train.halt_after_steps=2"]), tmp_path / "run")
+        pretrain(load_config("digits/lejepa", [*sets, "train.compile=true"]), tmp_path / "run", resume=True)
+        assert 1 <= counters["stats"]["unique_graphs"] <= 4
+    torch._dynamo.reset()
+    compiled = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert compiled == pytest.approx([r["loss"] for r in eager], rel=1e-4, abs=1e-4) and len(compiled) == 4
