@@ -40,7 +40,6 @@ class Sigreg(Regularizer):
     summary = "push each view's embeddings towards an isotropic standard Gaussian along random slices"
     Options = SigregOptions
     default_weight = 0.05  # LeJEPA's lambda (lightly's LeJEPALoss default)
-    min_batch = 1  # the statistic is defined for any N (the config still asks for batch_size >= 2)
 
     def setup(self, depth: int) -> None:
         self.slice_steps = SliceSteps()
