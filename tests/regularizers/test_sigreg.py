@@ -174,3 +174,20 @@ def test_composes_with_mae_and_simclr(recipe, tmp_path, tiny_config):
     for r in records:
         assert math.isfinite(r["reg/sigreg"]) and r["reg/sigreg"] > 0
         assert r["loss"] == pytest.approx(sum(r[k] for k in own) + 0.05 * r["reg/sigreg"], rel=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_calls_after_the_first_do_not_sync_the_host():
+    """Only the first call reads the step counter from the device; later ones seed from its mirror."""
+    reg = Sigreg(SigregOptions(slices=64)).cuda()
+    features = {f"emb.{v}": torch.randn(32, 16, device="cuda", requires_grad=True) for v in range(2)}
+    reg(features)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        value = reg(features)
+        value.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(reg.slice_steps.step) == 2 and torch.isfinite(value)
+    assert torch.isfinite(features["emb.0"].grad).all()
