@@ -26,6 +26,7 @@ def build_joint(name: str, gather: bool):
 
     method = METHODS[name]
     sizes = {"temperature": 0.3} if name == "simclr" else {}
+    sizes = {"views": 2, "global_views": 2, "slices": 16} if name == "lejepa" else sizes
     torch.manual_seed(0)
     model = method(ViTEncoder("vit_micro", 32, 8),
                    method.Options(proj_hidden_dim=32, proj_output_dim=16, gather=gather, **sizes))
@@ -68,7 +69,30 @@ def bare_losses(inputs, gather):
             **coding_rate_terms(z1, z2),
             "visreg": visreg_term(z1, z2),
             **koleo_mmcr_vcreg_terms(z1, z2, z3),
-            "mst": mst({"emb.0": z1, "emb.1": z2})}  # the Regularizer gathers itself
+            "mst": mst({"emb.0": z1, "emb.1": z2}),  # the Regularizer gathers itself
+            **sigreg_terms(z1, z2, g1, g2)}
+
+
+def sigreg_terms(z1, z2, g1, g2):
+    """SIGReg as the Regularizer computes it (the local ECF sums all-reduced with gradient, the
+    slices of its first call drawn alike on every process) and on the gathered inputs: equal."""
+    from mimreg.regularizers.sigreg import Sigreg, SigregOptions, sigreg_directions, sigreg_loss
+
+    sigreg = Sigreg(SigregOptions(features=["emb.0", "emb.1"], slices=8, knots=5), weight=1.0)
+    directions = sigreg_directions(z1.shape[1], 8, seed=0, dtype=z1.dtype)
+    return {"sigreg": sigreg({"emb.0": z1, "emb.1": z2}),
+            "sigreg/gathered": sigreg_loss(torch.stack([g1, g2]), directions, knots=5)}
+
+
+def run_sigreg(inputs, gather):
+    """SIGReg's two terms alone, each with the gradient of that term alone."""
+    out = {}
+    for name in ("sigreg", "sigreg/gathered"):
+        z = [x.clone().requires_grad_(True) for x in inputs[:2]]
+        value = sigreg_terms(*z, gather(z[0]), gather(z[1]))[name]
+        value.backward()
+        out[name] = {"value": value.detach(), "grads": [x.grad for x in z]}
+    return out
 
 
 def coding_rate_terms(z1, z2):
@@ -121,7 +145,7 @@ def main(out_dir: str) -> None:
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     views = [v[part] for v in global_views()]
     result = {}
-    for name in JOINT_METHODS:
+    for name in (*JOINT_METHODS, "lejepa"):  # LeJEPA on its 2 views, both global
         for mode in ("gather", "local"):
             model = build_joint(name, gather=mode == "gather")
             ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -134,6 +158,7 @@ def main(out_dir: str) -> None:
         local = [x[rank * batch // world:(rank + 1) * batch // world] for x in global_inputs(batch)]
         terms, grads = run_bare(local, dist.gather_with_grad)
         result[f"bare{batch}"] = {"terms": terms, "grads": grads}
+        result[f"sigreg{batch}"] = run_sigreg(local, dist.gather_with_grad)
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.shutdown()
 

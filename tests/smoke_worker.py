@@ -48,6 +48,7 @@ METHOD_SETS = {
     "byol": ("method.proj_hidden_dim=32", "method.proj_output_dim=16", "method.pred_hidden_dim=32"),
     **{name: ("method.proj_hidden_dim=32", "method.proj_output_dim=16")
        for name in ("simclr", "vicreg", "barlow", "mse")},
+    "lejepa": ("method.proj_hidden_dim=32", "method.proj_output_dim=16", "method.slices=64"),
 }
 
 

@@ -1,6 +1,8 @@
 """Batch-wide losses over the global batch: 2 processes (torchrun, gloo, CPU) equal 1 process on
 the concatenated batch, in loss and in gradients (SimCLR, VICReg, Barlow Twins through DDP; the bare
 NT-Xent, VICReg, Barlow (gathered and all-reduced), MSN with Sinkhorn + ME-MAX, and T-REGS).
+SIGReg's ECF sums are all-reduced with gradient: the twice-the-1-process gradient of the bare test
+below fails where that reduction carries none (the 1/world_size gradient of lightly #1920, #1977).
 All in float64 (see the worker), so the comparisons hold on any CPU."""
 
 from pathlib import Path
@@ -76,6 +78,38 @@ def test_bare_batchwide_losses_on_gathered_inputs(ranks, worker, batch):
         # same gradient (and a local mean weighs each row twice): twice the 1-process gradient
         for got, expected in zip(r[f"bare{batch}"]["grads"], grads):
             assert_close_at_scale(got, 2 * expected[part], 1e-9, 2 * expected.abs().max().item())
+
+
+def test_lejepa_under_ddp_equals_one_process(ranks, worker, single_thread):
+    """LeJEPA's SIGReg over the global batch (all-reduced ECF sums) and its prediction, a mean over
+    the local batch: the mean over processes is the global loss, and DDP's gradient the global one;
+    without gather each process's SIGReg sees its own batch."""
+    views = worker.global_views()
+    loss, grads = one_process_step(worker, "lejepa", views)
+    mean = (ranks[0]["lejepa/gather"]["loss"] + ranks[1]["lejepa/gather"]["loss"]) / 2
+    assert mean.item() == pytest.approx(loss.item(), rel=1e-9)
+    for r in ranks:
+        assert_same_gradients(r["lejepa/gather"]["grads"], grads, "lejepa")
+    for rank, r in enumerate(ranks):
+        model = worker.build_joint("lejepa", gather=False)  # its first call's slices, as each process's
+        with torch.no_grad():
+            expected = sum(model([v[rank * 4:rank * 4 + 4] for v in views]).losses.values())
+        assert r["lejepa/local"]["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("batch", [8, 2])
+@pytest.mark.parametrize("name", ["sigreg", "sigreg/gathered"])
+def test_sigreg_value_and_gradient_are_the_global_batch(ranks, worker, batch, name):
+    """SIGReg with its ECF sums all-reduced (the Regularizer) and on gathered inputs: both the global
+    statistic, and each process's rows get the whole gradient that the global loss sends them
+    (DDP then averages 2 equal copies), not 1/world_size of it."""
+    expected = worker.run_sigreg(worker.global_inputs(batch), lambda x: x)[name]
+    for rank, r in enumerate(ranks):
+        got = r[f"sigreg{batch}"][name]
+        assert got["value"].item() == pytest.approx(expected["value"].item(), rel=1e-9)
+        part = slice(rank * batch // 2, (rank + 1) * batch // 2)
+        for g, e in zip(got["grads"], expected["grads"]):
+            assert_close_at_scale(g, 2 * e[part], 1e-9, 2 * e.abs().max().item())
 
 
 def test_joint_pretraining_under_torchrun(tmp_path, torchrun):

@@ -60,7 +60,7 @@ def in_range(key: str, value: float) -> bool:
 
 
 def test_every_method_has_a_plain_recipe(checkpoints):
-    assert set(checkpoints) == {"mae", "simmim", "msn", "simclr", "vicreg", "barlow", "byol", "mse"}
+    assert set(checkpoints) == {"mae", "simmim", "msn", "simclr", "vicreg", "barlow", "byol", "mse", "lejepa"}
 
 
 @pytest.mark.parametrize("method, protocol", [case(m, p) for m in sorted(METHODS) for p in PROTOCOLS])

@@ -34,6 +34,7 @@ EXPECTED = {
     "mae+visreg": ("mae", ["visreg"]),
     "mae+koleo": ("mae", ["koleo"]), "mae+vcreg": ("mae", ["vcreg"]), "simclr+koleo": ("simclr", ["koleo"]),
     "simclr+mmcr": ("simclr", ["mmcr"]),
+    "lejepa": ("lejepa", []), "simclr+sigreg": ("simclr", ["sigreg"]), "mae+sigreg": ("mae", ["sigreg"]),
 }
 
 

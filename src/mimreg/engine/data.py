@@ -258,8 +258,10 @@ def pretrain_view_specs(cfg: Config) -> list[ViewSpec]:
 
 
 def msn_focal_size(cfg: Config) -> int:
-    """data.focal_size, or 96/224 of the image size rounded to the patch (as MSN's 96 px at 224)."""
-    return cfg.data.focal_size or cfg.model.patch_size * max(1, round(cfg.img_size * 96 / 224 / cfg.model.patch_size))
+    """data.focal_size, or 96/224 of the image size rounded to the patch (as MSN's 96 px at 224; to
+    the pixel on a ResNet, which has no patches: LeJEPA's local views there)."""
+    patch = cfg.model.patch_size or 1
+    return cfg.data.focal_size or patch * max(1, round(cfg.img_size * 96 / 224 / patch))
 
 
 def pretrain_views(cfg: Config, mean, std):

@@ -80,6 +80,8 @@ def gflop_per_image(cfg: Config) -> float:
         focal = cfg.data.focal_views * encoder_flops(cfg, img_size=msn_focal_size(cfg))
         anchor = encoder_flops(cfg, keep=1 - options.mask_ratio)
         flops = TRAIN_PASS * (anchor + focal) + FORWARD_PASS * encoder_flops(cfg)
+    elif method == "lejepa" and cfg.data.augmentation == "msn":  # 2 global views, the focal ones local
+        flops = TRAIN_PASS * (2 * encoder_flops(cfg) + cfg.data.focal_views * encoder_flops(cfg, img_size=msn_focal_size(cfg)))
     else:  # joint embedding: every view trained; BYOL's EMA target sees them forward only
         views = cfg.data.num_views
         target = views * FORWARD_PASS * encoder_flops(cfg) if method == "byol" else 0.0
