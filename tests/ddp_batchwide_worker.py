@@ -76,10 +76,10 @@ def bare_losses(inputs, gather):
 def sigreg_terms(z1, z2, g1, g2):
     """SIGReg as the Regularizer computes it (the local ECF sums all-reduced with gradient, the
     slices of its first call drawn alike on every process) and on the gathered inputs: equal."""
-    from mimreg.regularizers.sigreg import Sigreg, SigregOptions, sigreg_directions, sigreg_loss
+    from mimreg.regularizers.sigreg import Sigreg, SigregOptions, unit_slices, sigreg_loss
 
     sigreg = Sigreg(SigregOptions(features=["emb.0", "emb.1"], slices=8, knots=5), weight=1.0)
-    directions = sigreg_directions(z1.shape[1], 8, seed=0, dtype=z1.dtype)
+    directions = unit_slices(z1.shape[1], 8, seed=0, dtype=z1.dtype)
     return {"sigreg": sigreg({"emb.0": z1, "emb.1": z2}),
             "sigreg/gathered": sigreg_loss(torch.stack([g1, g2]), directions, knots=5)}
 

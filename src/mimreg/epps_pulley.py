@@ -1,13 +1,11 @@
 """SIGReg's statistic (LeJEPA): the sliced Epps-Pulley test of embeddings against an isotropic
-Gaussian, and the step-seeded slices (kept below both the `sigreg` regularizer and the `lejepa`
-method, which each use it)."""
+Gaussian (kept below both the `sigreg` regularizer and the `lejepa` method, which each use it)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from torch import nn
 
 from mimreg.numerics import fp32_loss
 
@@ -24,14 +22,6 @@ def epps_pulley_quadrature(knots: int, t_max: float, dtype=torch.float32, device
     phi = torch.exp(-0.5 * t * t)
     return t, phi, trapezoid * phi
 
-
-def sigreg_directions(dim: int, slices: int, seed: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(dim, slices) random unit columns drawn from a generator seeded with `seed` alone (not the
-    global RNG): every process that passes the same seed draws the same slices. Drawn in fp32
-    whatever `dtype`, so a run's slices do not depend on its precision."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    a = torch.randn(dim, slices, generator=generator, device=device, dtype=torch.float32)
-    return (a / a.norm(dim=0, keepdim=True)).to(dtype)
 
 
 @fp32_loss
@@ -56,28 +46,3 @@ def sigreg_loss(z: torch.Tensor, directions: torch.Tensor, knots: int = 17, t_ma
     cos_mean, sin_mean = sums / count
     err = (cos_mean - phi).square() + sin_mean.square()  # (V, M, T)
     return ((err @ weights) * count).mean()
-
-
-class SliceSteps(nn.Module):
-    """The seed of each call's slices: 0, 1, 2, ... (the official `global_step` seed), counted in
-    the `step` buffer so that a resumed run draws what the uninterrupted one would. A Python
-    mirror of it seeds the generator, so no call reads the device (no host sync) but the first
-    after a start or a checkpoint load. Every process calls in step, so all draw the same slices."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._next: int | None = None  # None: read `step` at the next call
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._next = None
-
-    @torch.compiler.disable  # a Python counter and a seeded generator: eager, never a recompilation
-    def draw(self, dim: int, slices: int, device: torch.device) -> torch.Tensor:
-        """(dim, slices) unit slices of this call; the next call draws other ones."""
-        if self._next is None:
-            self._next = int(self.step)
-        seed, self._next = self._next, self._next + 1
-        self.step.fill_(self._next)
-        return sigreg_directions(dim, slices, seed, device)

@@ -6,7 +6,7 @@ import torch
 
 from mimreg.config import load_config
 from mimreg.errors import ConfigError
-from mimreg.regularizers import REGULARIZERS, sigreg_directions, sigreg_loss
+from mimreg.regularizers import REGULARIZERS, unit_slices, sigreg_loss
 from mimreg.regularizers.sigreg import Sigreg, SigregOptions, epps_pulley_quadrature
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -51,14 +51,14 @@ def test_quadrature_is_the_official_one():
 def test_matches_the_complex_symmetric_form(knots, t_max):
     g = torch.Generator().manual_seed(0)
     views = torch.randn(3, 20, 6, generator=g, dtype=torch.float64) * 1.3 + 0.2
-    a = sigreg_directions(6, 4, seed=5).double()
+    a = unit_slices(6, 4, seed=5).double()
     got = sigreg_loss(views, a, knots=knots, t_max=t_max)
     assert got.item() == pytest.approx(reference_statistic(views.numpy(), a.numpy(), knots, t_max), rel=1e-10)
 
 
 def test_gaussian_sample_is_small_and_collapse_is_large():
     g = torch.Generator().manual_seed(1)
-    a = sigreg_directions(16, 64, seed=0)
+    a = unit_slices(16, 64, seed=0)
     gaussian = sigreg_loss(torch.randn(4096, 16, generator=g), a).item()
     # under the null, E = integral of (1 - phi^2) phi over [-3, 3] ~ 1.05 whatever N
     assert 0.5 < gaussian < 2.0
@@ -72,19 +72,19 @@ def test_gaussian_sample_is_small_and_collapse_is_large():
 
 
 def test_slices_are_unit_and_seeded():
-    a = sigreg_directions(8, 32, seed=3)
+    a = unit_slices(8, 32, seed=3)
     assert torch.allclose(a.norm(dim=0), torch.ones(32))
     torch.manual_seed(0)
-    b = sigreg_directions(8, 32, seed=3)
+    b = unit_slices(8, 32, seed=3)
     torch.manual_seed(1)
-    assert torch.equal(b, sigreg_directions(8, 32, seed=3))  # the global RNG plays no part
-    assert torch.equal(a, b) and not torch.equal(a, sigreg_directions(8, 32, seed=4))
-    assert torch.equal(sigreg_directions(8, 32, seed=3, dtype=torch.float64), a.double())
+    assert torch.equal(b, unit_slices(8, 32, seed=3))  # the global RNG plays no part
+    assert torch.equal(a, b) and not torch.equal(a, unit_slices(8, 32, seed=4))
+    assert torch.equal(unit_slices(8, 32, seed=3, dtype=torch.float64), a.double())
 
 
 def test_permutation_invariant_and_fp32_from_bf16():
     z = torch.randn(2, 16, 5)
-    a = sigreg_directions(5, 8, seed=0)
+    a = unit_slices(5, 8, seed=0)
     ref = sigreg_loss(z, a)
     assert sigreg_loss(z[:, torch.randperm(16)], a).item() == pytest.approx(ref.item(), rel=1e-5)
     assert sigreg_loss(z.bfloat16(), a).dtype == torch.float32
@@ -92,7 +92,7 @@ def test_permutation_invariant_and_fp32_from_bf16():
 
 def test_gradcheck_float64():
     z = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
-    a = sigreg_directions(3, 4, seed=0, dtype=torch.float64)
+    a = unit_slices(3, 4, seed=0, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: sigreg_loss(x, a, knots=5), (z,))
 
 
@@ -100,12 +100,12 @@ def test_gradient_descent_gaussianises():
     g = torch.Generator().manual_seed(2)
     z = (torch.randn(256, 4, generator=g) * 0.1).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=0.05)
-    start = sigreg_loss(z, sigreg_directions(4, 64, seed=0)).item()
+    start = sigreg_loss(z, unit_slices(4, 64, seed=0)).item()
     for step in range(150):
         opt.zero_grad()
-        sigreg_loss(z, sigreg_directions(4, 64, seed=step)).backward()
+        sigreg_loss(z, unit_slices(4, 64, seed=step)).backward()
         opt.step()
-    end = sigreg_loss(z, sigreg_directions(4, 64, seed=999)).item()
+    end = sigreg_loss(z, unit_slices(4, 64, seed=999)).item()
     assert start > 50 and end < 3
     assert z.detach().std(dim=0).sub(1).abs().max() < 0.25
 
@@ -118,7 +118,7 @@ def test_module_averages_views_with_one_set_of_slices_per_call():
     first, second = reg(features), reg(features)
     assert int(reg.slice_steps.step) == 2
     for step, value in enumerate((first, second)):
-        a = sigreg_directions(6, 16, seed=step)
+        a = unit_slices(6, 16, seed=step)
         per_view = [sigreg_loss(x, a) for x in z]
         assert value.item() == pytest.approx(sum(per_view).item() / 3, rel=1e-6)
     assert first.item() != pytest.approx(second.item(), rel=1e-3)  # new slices each call

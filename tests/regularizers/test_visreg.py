@@ -9,8 +9,9 @@ from mimreg.config import load_config
 from mimreg.errors import ConfigError
 from mimreg.regularizers import REGULARIZERS, visreg_loss
 from mimreg.regularizers import visreg as visreg_module
-from mimreg.regularizers.visreg import (Visreg, VisregOptions, draw_slices, visreg_center_loss, visreg_scale_loss,
+from mimreg.regularizers.visreg import (Visreg, VisregOptions, visreg_center_loss, visreg_scale_loss,
                                         visreg_shape_loss)
+from mimreg.slices import unit_slices
 
 from test_coding_rate import JOINT_SETS, short_run
 
@@ -52,7 +53,7 @@ def test_shape_one_slice_hand_computed():
 def test_matches_independent_formula(n, d, m):
     g = torch.Generator().manual_seed(n + d + m)
     z = torch.randn(n, d, generator=g, dtype=torch.float64) * 2 + 0.5
-    slices = draw_slices(d, m, seed=3, device="cpu", dtype=torch.float64)
+    slices = unit_slices(d, m, seed=3, device="cpu", dtype=torch.float64)
     assert torch.allclose(slices.norm(dim=0), torch.ones(m, dtype=torch.float64))
     # gaussian_quantiles are computed in fp32 as lightly: ~1e-7 relative
     assert visreg_loss(z, slices).item() == pytest.approx(reference(z.numpy(), slices.numpy()), rel=1e-6)
@@ -63,7 +64,7 @@ def test_matches_independent_formula(n, d, m):
 
 def test_invariances_and_what_the_terms_measure():
     z = torch.randn(64, 8, dtype=torch.float64)
-    slices = draw_slices(8, 16, seed=0, device="cpu", dtype=torch.float64)
+    slices = unit_slices(8, 16, seed=0, device="cpu", dtype=torch.float64)
     shape = visreg_shape_loss(z, slices).item()
     assert visreg_shape_loss(z[torch.randperm(64)], slices).item() == pytest.approx(shape, rel=1e-12)
     assert visreg_shape_loss(3 * z + 7, slices).item() == pytest.approx(shape, rel=1e-3)  # standardised (eps aside)
@@ -85,7 +86,7 @@ def test_shape_gradient_holds_the_std_fixed():
     """Eq. 2's stop-gradient: the gradient is that of the same loss with the std frozen at its value,
     checked against central differences of that frozen-std function (float64)."""
     z0 = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    slices = draw_slices(3, 4, seed=1, device="cpu", dtype=torch.float64)
+    slices = unit_slices(3, 4, seed=1, device="cpu", dtype=torch.float64)
     std0 = z0.std(dim=0, unbiased=False)
     q = torch.tensor([NormalDist().inv_cdf(i / 7) for i in range(1, 7)], dtype=torch.float64)
 
@@ -106,7 +107,7 @@ def test_shape_gradient_holds_the_std_fixed():
 
 def test_fp32_inside_under_bf16():
     z = torch.randn(16, 8)
-    slices = draw_slices(8, 4, seed=0, device="cpu")
+    slices = unit_slices(8, 4, seed=0, device="cpu")
     assert visreg_loss(z.bfloat16(), slices).dtype == torch.float32
 
 
@@ -117,19 +118,20 @@ def test_module_defaults_slices_per_call_and_per_process(monkeypatch):
     assert Visreg(VisregOptions(), gather=True).gather
     z = torch.randn(16, 8, dtype=torch.float64)
     first, second = reg({"cls": z}), reg({"cls": z})
-    assert reg.calls == 2 and first.item() != second.item()  # fresh slices at every call
+    assert int(reg.slice_steps.step) == 2 and first.item() != second.item()  # fresh slices at every call
     resumed = Visreg(VisregOptions())
     resumed.load_state_dict(reg.state_dict())  # a checkpoint keeps the count: the next slices follow on
     assert resumed({"cls": z}).item() == pytest.approx(reg({"cls": z}).item(), rel=1e-12)
-    expected = visreg_loss(z, draw_slices(8, 4096, seed=1, device="cpu", dtype=torch.float64))
+    expected = visreg_loss(z, unit_slices(8, 4096, seed=1, device="cpu", dtype=torch.float64))
     assert second.item() == pytest.approx(expected.item(), rel=1e-12)
     monkeypatch.setattr(visreg_module.dist, "rank", lambda: 1)
     local, shared = Visreg(VisregOptions(seed=5)), Visreg(VisregOptions(seed=5), gather=True)
-    assert local.next_seed() == 5 + 1_000_003  # its own slices on its own batch (the paper's setting)
-    assert shared.next_seed() == 5  # the same slices on every process for the global batch
+    one = lambda seed: visreg_loss(z, unit_slices(8, 4096, seed=seed, device="cpu", dtype=torch.float64)).item()
+    assert local({"cls": z}).item() == pytest.approx(one(5 + 1_000_003), rel=1e-12)  # its own slices (the paper's)
+    assert shared({"cls": z}).item() == pytest.approx(one(5), rel=1e-12)  # the same on every process
     views = Visreg(VisregOptions(features=["emb.0", "emb.1"], slices=8))
     feats = {"emb.0": torch.randn(10, 4, dtype=torch.float64), "emb.1": torch.randn(10, 4, dtype=torch.float64)}
-    slices = draw_slices(4, 8, seed=1_000_003, device="cpu", dtype=torch.float64)
+    slices = unit_slices(4, 8, seed=1_000_003, device="cpu", dtype=torch.float64)
     mean = (visreg_loss(feats["emb.0"], slices) + visreg_loss(feats["emb.1"], slices)) / 2
     assert views(feats).item() == pytest.approx(mean.item(), rel=1e-12)
 

@@ -9,11 +9,12 @@ import torch
 
 from mimreg.bounds import bounded, one_of
 from mimreg.distributed import all_reduce_sum_with_grad
-from mimreg.epps_pulley import SliceSteps, sigreg_loss
+from mimreg.epps_pulley import sigreg_loss
 from mimreg.errors import ConfigError
 from mimreg.methods.base import MethodOutput, pooled_block_indices, register
 from mimreg.methods.joint import JointEmbedding, ViewsBatchNorm, mlp
 from mimreg.models import Encoder
+from mimreg.slices import SliceSteps
 from mimreg.numerics import fp32_loss
 
 MIXINGS = ("convex", "additive")

@@ -8,11 +8,12 @@ import torch
 
 from mimreg.bounds import bounded
 from mimreg.distributed import all_reduce_sum_with_grad
-from mimreg.epps_pulley import SliceSteps, epps_pulley_quadrature, sigreg_directions, sigreg_loss
+from mimreg.epps_pulley import epps_pulley_quadrature, sigreg_loss
 from mimreg.errors import ConfigError
 from mimreg.regularizers.base import Regularizer, register
+from mimreg.slices import SliceSteps, unit_slices
 
-__all__ = ["Sigreg", "SigregOptions", "epps_pulley_quadrature", "sigreg_directions", "sigreg_loss"]
+__all__ = ["Sigreg", "SigregOptions", "epps_pulley_quadrature", "sigreg_loss", "unit_slices"]
 
 
 @dataclass

@@ -17,6 +17,7 @@ from mimreg.bounds import bounded
 from mimreg.errors import ConfigError
 from mimreg.numerics import fp32_loss
 from mimreg.regularizers.base import Regularizer, register
+from mimreg.slices import SliceSteps
 
 # a slice seed per (call, process): far apart so that two processes never share a call's seed
 _RANK_STRIDE = 1_000_003
@@ -58,13 +59,6 @@ def visreg_shape_loss(z: torch.Tensor, slices: torch.Tensor, eps: float = 1e-4) 
     quantiles = gaussian_quantiles(z.shape[0], z.device, standard.dtype)
     return (projections - quantiles[:, None]).square().mean()
 
-
-def draw_slices(dim: int, count: int, seed: int, device, dtype=torch.float32) -> torch.Tensor:
-    """(dim, count) directions drawn uniformly on the unit sphere from a generator seeded with `seed`
-    on `device` (no host synchronisation; the same seed gives the same slices on every process)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    slices = torch.randn(dim, count, generator=generator, device=device, dtype=dtype)
-    return slices / slices.norm(dim=0)
 
 
 @fp32_loss
@@ -113,19 +107,7 @@ class Visreg(Regularizer):
 
     def __init__(self, options: VisregOptions, **kwargs):
         super().__init__(options, **kwargs)
-        # how many times slices were drawn (the next call's seed offset): a buffer, so a checkpoint
-        # keeps it and a resumed run draws the slices the uninterrupted one would; read into a
-        # Python int once after construction or a load (one host sync), then mirrored into the
-        # buffer without reading it back
-        self.register_buffer("slice_calls", torch.zeros((), dtype=torch.long))
-        self._calls: int | None = None
-        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_calls", None))
-
-    @property
-    def calls(self) -> int:
-        if self._calls is None:
-            self._calls = int(self.slice_calls)
-        return self._calls
+        self.slice_steps = SliceSteps()  # call k's slices: seed + k (+ the rank's stride when local)
 
     @classmethod
     def check_options(cls, options: VisregOptions, key: str) -> None:
@@ -136,17 +118,11 @@ class Visreg(Regularizer):
     def reads(self) -> tuple[str, ...]:
         return tuple(self.options.features)
 
-    def next_seed(self) -> int:
-        offset = 0 if self.gather else dist.rank() * _RANK_STRIDE
-        seed = self.options.seed + offset + self.calls
-        self._calls = self.calls + 1
-        self.slice_calls.fill_(self._calls)
-        return seed
-
     def loss(self, *features: torch.Tensor) -> torch.Tensor:
         o = self.options
         first = features[0]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
-        slices = draw_slices(first.shape[1], o.slices, self.next_seed(), first.device, dtype)
+        offset = o.seed + (0 if self.gather else dist.rank() * _RANK_STRIDE)
+        slices = self.slice_steps.draw(first.shape[1], o.slices, first.device, offset, dtype)
         terms = [visreg_loss(f, slices, o.scale_weight, o.shape_weight, o.center_weight, o.eps) for f in features]
         return torch.stack(terms).mean()
