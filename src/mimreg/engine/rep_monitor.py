@@ -18,6 +18,14 @@ from mimreg.methods.joint import JointEmbedding
 from mimreg.models import ViTEncoder
 from mimreg.spectra import alpha_req, rankme
 
+PREFIXES = ("rankme/", "alpha_req/")  # the keys of its records: rankme/cls, alpha_req/mean, ...
+
+
+def last_values(records: list[dict]) -> dict[str, tuple[int, float]]:
+    """key -> (step, value) of the last logged value of each of the monitor's keys in `records`
+    (a run's metrics.jsonl), e.g. {"rankme/cls": (936, 41.2)}."""
+    return {k: (r["step"], v) for r in records if r.get("kind") == "rep" for k, v in r.items() if k.startswith(PREFIXES)}
+
 
 class RepMonitor:
     """`due(step, total_steps)` says whether to measure after that optimizer step; `measure(method)`
