@@ -105,7 +105,7 @@ def alpha_req(features, ranks: tuple[int, int] = ALPHA_REQ_RANKS) -> float:
     last = min(last, positive)
     if last - first < 1:
         return float("nan")
-    k = torch.arange(first, last + 1, dtype=torch.float64)
+    k = torch.arange(first, last + 1, dtype=torch.float64, device=values.device)
     log_eig = 2 * values[first - 1 : last].log()  # the 1 / (N - 1) of the covariance only shifts the intercept
     design = torch.stack([-k.log(), torch.ones_like(k)], dim=1)
     weight = (1 / k)[:, None]

@@ -73,7 +73,8 @@ class RepMonitor:
                 chunk["emb"] = projector(out.cls)
             for name, value in chunk.items():
                 parts.setdefault(name, []).append(value.float())
-        return {name: torch.cat(values) for name, values in parts.items()}
+        # the spectra in float64 on the host: small matrices, one SVD routine whatever the device
+        return {name: torch.cat(values).cpu() for name, values in parts.items()}
 
     def measure(self, method: torch.nn.Module) -> dict[str, float]:
         encoder = getattr(method, method.eval_encoder)
