@@ -89,7 +89,7 @@ def rankme(features, eps: float = RANKME_EPS) -> float:
 
 
 def alpha_req(features, ranks: tuple[int, int] = ALPHA_REQ_RANKS) -> float:
-    """alpha-ReQ (Agrawal et al., NeurIPS 2022, Sec. 3): the exponent alpha of lambda_k ~ k^-alpha.
+    """alpha-ReQ (Agrawal et al., NeurIPS 2022): the decay coefficient alpha of lambda_k ~ k^-alpha.
 
     features: (N, D). lambda_k: eigenvalues of their covariance (centred, = s_k^2 / (N - 1) with s
     the singular values of the centred features), so s_k ~ k^-a gives alpha = 2a. alpha is minus the
