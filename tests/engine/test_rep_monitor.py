@@ -4,13 +4,14 @@ unchanged, resume)."""
 import pytest
 import torch
 
-from mimreg.config import load_config
+from mimreg.config import config_to_dict, load_config
 from mimreg.engine import rep_monitor as monitor_module
 from mimreg.engine.build import build_trainee
 from mimreg.engine.loop import pretrain
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.rep_monitor import RepMonitor
-from mimreg.errors import DataError
+from mimreg.engine.resume_rules import resume_changes
+from mimreg.errors import ConfigError, DataError
 from mimreg.models import EncoderOutput
 from mimreg.spectra import alpha_req, rankme
 
@@ -128,3 +129,11 @@ def test_a_resumed_run_writes_the_records_of_the_uninterrupted_one(on_and_off, t
         numbers = {k for k, v in b.items() if isinstance(v, float)}
         assert {k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
         assert {k: a[k] for k in numbers} == pytest.approx({k: b[k] for k in numbers}, rel=1e-6, abs=1e-7)
+
+
+def test_a_resume_may_change_how_often_it_measures_but_not_on_what(tiny_config):
+    saved = config_to_dict(tiny_config(train__rep_monitor_every=3))
+    assert resume_changes(saved, config_to_dict(tiny_config(train__rep_monitor_every=50)), saved_world=1, world=1) == {}
+    other_batch = config_to_dict(tiny_config(train__rep_monitor_every=3, train__rep_monitor_images=64))
+    with pytest.raises(ConfigError, match=r"differ from the run's own in \['train.rep_monitor_images'\]"):
+        resume_changes(saved, other_batch, saved_world=1, world=1)
