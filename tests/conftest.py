@@ -33,6 +33,9 @@ TINY_SETS = (
     "train.progress=false",
     "train.log_every=1",
     "train.monitor_every=1",
+    # the RankMe / alpha-ReQ monitor measures after a run's last step: ~1 s more per tiny run, off
+    # here; tests/engine/test_rep_monitor.py and the fault tests switch it on
+    "train.rep_monitor_every=0",
 )
 
 

@@ -74,7 +74,7 @@ def smoke_sets(entry: str, mode: str, world: int) -> list[str]:
     method = load_config(f"digits/{recipe}", base).method.name
     return [*base, *METHOD_SETS.get(method, ()), *MODES[mode], f"optim.batch_size={BATCH}",
             f"data.subset={STEPS * BATCH * world * accum}", "optim.warmup_epochs=0", "train.knn_bank=32",
-            "train.knn_queries=32"]
+            "train.knn_queries=32", "train.rep_monitor_images=32"]
 
 
 def run_recipe(entry: str, mode: str, out: Path, world: int) -> dict:

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 README = Path(__file__).resolve().parents[1] / "README.md"
 # put before the options of every pretraining (the demo's too), so a --set the line gives wins
 TINY_DEMO = ["data.subset=64", "optim.batch_size=16", "model.arch=vit_micro", "train.device=cpu",
-             "train.progress=false", "train.log_every=1", "train.knn_bank=32", "train.knn_queries=16"]
+             "train.progress=false", "train.log_every=1", "train.knn_bank=32", "train.knn_queries=16",
+             "train.rep_monitor_images=32"]
 # a pretraining stops after 2 steps with its checkpoint (as if preempted), so the run length, and
 # the warm-up and regularizer windows that follow from it, stay the recipe's
 TINY_PRETRAIN = [*TINY_DEMO, "train.halt_after_steps=2"]

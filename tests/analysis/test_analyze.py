@@ -12,7 +12,9 @@ from mimreg.analysis.analyze import PICTURES
 from mimreg.analysis.inputs import class_sample, load_test_images
 from mimreg.cli import main
 from mimreg.data import load_dataset
+from mimreg.engine.metrics import read_metrics
 from mimreg.eval.frozen import load_encoder
+from mimreg.spectra import alpha_req, rankme
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ALL = {"reconstructions", "attention", "pca", "pacmap", "tsne", "curves", "spectrum"}
@@ -29,6 +31,12 @@ def test_analysis_json_and_every_picture(analysed_run):
     assert report["sample"]["images"] == 256 and len(report["sample"]["classes"]) == 10
     for pool in ("cls", "mean"):
         assert 1.0 <= report["effective_rank"][pool] <= 128 and len(report["singular_values"][pool]) == 128
+    # the representation monitor measured after the run's last step (4): its values, as logged
+    logged = [r for r in read_metrics(analysed_run / "metrics.jsonl") if r["kind"] == "rep"]
+    assert [r["step"] for r in logged] == [4]
+    assert report["monitor_last"] == {k: {"step": 4, "value": v} for k, v in logged[0].items()
+                                      if k.startswith(("rankme/", "alpha_req/"))}
+    assert set(report["monitor_last"]) == {f"{m}/{f}" for m in ("rankme", "alpha_req") for f in ("cls", "mean")}
     coords = np.load(analysed_run / "analysis" / "pacmap.npz")
     assert coords["coords"].shape == (256, 2) and list(coords["class_names"])[:1] == ["pattern0"]
 
@@ -46,6 +54,12 @@ def test_dbi_is_scikit_learns_on_the_evaluated_features(analysed_run):
     for pool in ("cls", "mean"):
         assert report["davies_bouldin"][pool] == pytest.approx(
             davies_bouldin_score(features[pool], shown.labels.numpy()), rel=1e-4)
+    every = load_test_images("synthetic", None, 32, indices=np.arange(len(labels)))  # all 256: every one analysed
+    with torch.no_grad():
+        features = {pool: encoder.features(every.images, pool).double() for pool in ("cls", "mean")}
+    for pool in ("cls", "mean"):
+        assert report["rankme"][pool] == pytest.approx(rankme(features[pool]), rel=1e-4)
+        assert report["alpha_req"][pool] == pytest.approx(alpha_req(features[pool]), rel=1e-3)
 
 
 def test_cli_draws_the_pictures_asked_for(tiny_run, capsys):
@@ -55,6 +69,7 @@ def test_cli_draws_the_pictures_asked_for(tiny_run, capsys):
     report = json.loads((tiny_run / "analysis.json").read_text())
     assert set(report["pictures"]) == {"pca", "tsne"}
     assert f"pca: {tiny_run / 'analysis' / 'pca.png'}" in out and "DBI" in out and "erank" in out
+    assert "RankMe" in out and "alpha-ReQ" in out
     code = main(["analyze", "--checkpoint", str(tiny_run), "--pictures", "pca,mosaic"])
     assert code == 2
     assert f"error: unknown picture(s) ['mosaic']; choose from {list(PICTURES)}" in capsys.readouterr().err

@@ -98,3 +98,13 @@ def test_a_term_missing_for_a_while_leaves_a_gap():
     assert [y == y for y in ys] == [True] * 4 + [False] + [True] * 5
     every = [{"kind": "train", "step": s, "rec": 1.0} for s in range(1, 9)]
     assert series_of(every, "rec") == (list(range(1, 9)), [1.0] * 8)
+
+
+def test_the_representation_monitors_keys_are_panels_after_the_online_knn():
+    records = [{"kind": "start", "step": 0, "steps_per_epoch": 10},
+               {"kind": "train", "step": 10, "loss": 1.0, "probe/acc": 20.0},
+               {"kind": "knn", "step": 10, "knn/top1": 50.0},
+               *({"kind": "rep", "step": s, "rankme/cls": 10.0 + s, "alpha_req/cls": 2.0, "rankme/emb": 5.0}
+                 for s in (5, 10, 15))]
+    assert curve_keys(records) == ["loss", "probe/acc", "knn/top1", "rankme/cls", "rankme/emb", "alpha_req/cls"]
+    assert series_of(records, "rankme/cls") == ([0.5, 1.0, 1.5], [15.0, 20.0, 25.0])  # from the rep records, in epochs

@@ -13,6 +13,7 @@ from support import linear_result_file
 from mimreg.analysis.evaluations import flat_metrics, read_evaluations
 from mimreg.analysis.report import read_run
 from mimreg.cli import main
+from mimreg.engine.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,6 +77,12 @@ def test_comparison_table_differences_to_the_first_run(page, study):
     labels = re.findall(r'<th title="[^"]*">([^<]*)</th>', table)
     assert labels[:4] == ["linear top-1 (cls)", "kNN k=10 euclid. (cls)", "kNN k=20 cosine (cls)", "effective rank (cls)"]
     assert "DBI (cls)" in labels
+    # the representation monitor's last values (the demo measured after its last step), cls only
+    assert {"monitor cls/rankme", "monitor cls/alpha_req"} <= set(heads) and "monitor mean/rankme" not in heads
+    assert {"last RankMe (cls)", "last α-ReQ (cls)"} <= set(labels)
+    [logged] = [r for r in read_metrics(study[0] / "metrics.jsonl") if r["kind"] == "rep"]
+    first_row = [r for r in re.findall(r"<tr><th class=\"text\">(.*?)</tr>", table) if "<a " in r][0]
+    assert re.findall(r"<td>(.*?)</td>", first_row)[heads.index("monitor cls/rankme")] == f"{logged['rankme/cls']:.3g}"
     rows = [r for r in re.findall(r"<tr><th class=\"text\">(.*?)</tr>", table) if "<a " in r]
     assert [re.search(r">([^<]+)</a>", r).group(1) for r in rows] == ["mae", "u-mae", "m-mae", "mu-mae"]
     column = heads.index("linear cls/top1")

@@ -117,6 +117,20 @@ def test_values_measured_at_different_steps_each_carry_their_step(tmp_path):
     assert run["steps"] == {"knn10_euclidean cls digits": 108, "linear-sweep cls digits": 31}
 
 
+def test_the_representation_monitors_last_values_are_columns_with_their_step(tmp_path):
+    save_linear(tmp_path, 61.0, step=31)
+    records = [{"kind": "start", "step": 0}, {"kind": "rep", "step": 20, "rankme/cls": 10.0, "alpha_req/cls": 2.0},
+               {"kind": "train", "step": 30, "loss": 0.5},
+               {"kind": "rep", "step": 31, "rankme/cls": 12.345678, "alpha_req/cls": 1.23456, "rankme/emb": 40.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = results_table([tmp_path]).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in lines[2].strip("|").split("|"))))
+    assert (row["rankme/cls"], row["alpha_req/cls"], row["rankme/emb"]) == ("12.3", "1.23", "40")
+    [run] = json.loads(results_table([tmp_path], "json"))["runs"]
+    assert run["values"]["rankme/cls"] == 12.345678 and run["steps"]["alpha_req/cls"] == 31
+
+
 # ---------------------------------------------------------------- grouped by settings, over seeds
 def make_run(folder, recipe, seed, values: dict, lr=0.001, regularizers=()):
     """A run folder as pretraining and evaluation leave it: config.yaml and evals/*.json."""

@@ -142,10 +142,12 @@ def test_every_joint_method_and_regularizer_trains_on_resnet18(method, reg, tiny
 
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory, tiny_sets):
-    """A BYOL ResNet-18 run of 2 steps on 32-px synthetic images (its checkpoint, run folder)."""
+    """A BYOL ResNet-18 run of 2 steps on 32-px synthetic images (its checkpoint, run folder), RankMe /
+    alpha-ReQ measured after each."""
     out = tmp_path_factory.mktemp("resnet") / "run"
     cfg = resnet_config("byol", tiny_sets, "optim.batch_size=4", "data.subset=8", "optim.warmup_epochs=0",
-                        "train.knn_bank=16", "train.knn_queries=16")
+                        "train.knn_bank=16", "train.knn_queries=16", "train.rep_monitor_every=1",
+                        "train.rep_monitor_images=16")
     pretrain(cfg, out)
     return out
 
@@ -160,6 +162,15 @@ def test_frozen_evaluations_on_a_resnet_checkpoint(resnet_run):
     with pytest.raises(MimregError, match=r"feature pool\(s\) \['mean'\] are for ViT encoders; resnet18 has 'cls'"):
         evaluate(resnet_run, ("knn",), pools=("cls", "mean"), train_images=8, test_images=8, device="cpu",
                  echo=lambda *_: None)
+
+
+def test_the_representation_monitor_reads_a_resnets_pooled_output_and_projector(resnet_run):
+    from mimreg.engine.metrics import read_metrics
+
+    rep = [r for r in read_metrics(resnet_run / "metrics.jsonl") if r["kind"] == "rep"]
+    assert [r["step"] for r in rep] == [1, 2]
+    # no `mean`: a ResNet's pooled output is its cls; 16 images give ranks 6..15 for alpha
+    assert all({k for k in r if "/" in k} == {"rankme/cls", "alpha_req/cls", "rankme/emb", "alpha_req/emb"} for r in rep)
 
 
 def test_export_loads_into_timm_and_gives_the_same_pooled_features(resnet_run, tmp_path):

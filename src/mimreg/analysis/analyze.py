@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from mimreg.analysis.patch_pca import plot_patch_pca
 from mimreg.analysis.reconstruction import plot_reconstructions
 from mimreg.analysis.spectrum import effective_rank, plot_spectrum, singular_values
 from mimreg.engine.metrics import read_metrics
+from mimreg.engine.rep_monitor import last_values
 from mimreg.devices import resolve_device
 from mimreg.errors import MimregError
 from mimreg.eval import format_table, write_json
 from mimreg.io import atomic_write
 from mimreg.methods import Method
 from mimreg.models import ResNetEncoder
+from mimreg.spectra import alpha_req, rankme
 
 PICTURES = ("reconstructions", "attention", "pca", "embeddings", "curves", "spectrum")
 VIT_PICTURES = ("attention", "pca")  # read a ViT's attention and patch tokens: skipped, with a note, for a ResNet
@@ -69,9 +72,9 @@ class Timer:
 
 def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="auto", out_dir=None,
             pictures=PICTURES, embeddings=None, echo=print) -> dict:
-    """Write the pictures (PNG, under <run>/analysis/) and analysis.json: effective rank and
-    spectrum of the cls and mean test features, Davies-Bouldin index of a random 10-class sample,
-    seconds per picture. `embeddings`: the 2-D maps to draw (default PaCMAP when installed, t-SNE)."""
+    """Write the pictures (PNG, under <run>/analysis/) and analysis.json: effective rank, RankMe,
+    alpha-ReQ and spectrum of the cls and mean test features, Davies-Bouldin index of a random
+    10-class sample, the representation monitor's last logged values, seconds per picture. `embeddings`: the 2-D maps to draw (default PaCMAP when installed, t-SNE)."""
     unknown = sorted(set(pictures) - set(PICTURES))
     if unknown:
         raise MimregError(f"unknown picture(s) {unknown}; choose from {list(PICTURES)}")
@@ -88,6 +91,8 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     payload.update(timer("features", lambda: feature_numbers(model, name, root, test_images)))
     evaluations = read_evaluations(run_dir, model.cfg.data.name)
     payload["linear_top1"] = linear_top1(evaluations)
+    payload["monitor_last"] = {k: {"step": step, "value": value} for k, (step, value)
+                               in last_values(read_metrics(run_dir / "metrics.jsonl")).items()}
     pictures_of = picture_makers(model, name, root, device, folder, payload, run_dir)
     for picture in pictures:
         if picture == "embeddings":
@@ -108,7 +113,7 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
 
 
 def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
-    """Effective rank + singular values of the test features, DBI of the 10-class sample."""
+    """Effective rank, RankMe, alpha-ReQ + singular values of the test features, DBI of the 10-class sample."""
     img_size = model.cfg.img_size
     labels = load_test_labels(name, root)
     count = len(labels) if test_images is None else min(test_images, len(labels))
@@ -120,7 +125,10 @@ def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
     spectra = {pool: singular_values(x[rows["every"]]) for pool, x in features.items()}
     chosen = {pool: x[rows["sample"]] for pool, x in features.items()}
     chosen_labels = union_labels[rows["sample"]]
+    alphas = {pool: alpha_req(x[rows["every"]]) for pool, x in features.items()}
     return {"effective_rank": {p: effective_rank(s, center=False) for p, s in spectra.items()},
+            "rankme": {pool: rankme(x[rows["every"]]) for pool, x in features.items()},
+            "alpha_req": {p: None if math.isnan(a) else a for p, a in alphas.items()},  # NaN: too few ranks
             "singular_values": {p: s.tolist() for p, s in spectra.items()},
             "davies_bouldin": {p: davies_bouldin(x, chosen_labels) if len(chosen_labels.unique()) > 1 else None
                                for p, x in chosen.items()},
@@ -160,9 +168,13 @@ def picture_makers(model: TrainedModel, name, root, device, folder: Path, payloa
 
 
 def report_to(echo, payload: dict, skipped: list[str]) -> None:
-    rows = [{"pool": p, "erank": payload["effective_rank"][p], "DBI": payload["davies_bouldin"][p]}
-            for p in payload["effective_rank"]]
-    echo(format_table(rows, ["pool", "erank", "DBI"]))
+    rows = [{"pool": p, "erank": payload["effective_rank"][p], "RankMe": payload["rankme"][p],
+             "alpha-ReQ": payload["alpha_req"][p], "DBI": payload["davies_bouldin"][p]} for p in payload["effective_rank"]]
+    echo(format_table(rows, ["pool", "erank", "RankMe", "alpha-ReQ", "DBI"]))
+    logged = payload["monitor_last"]
+    if logged:  # where the representation monitor's curves end (on its held-out batch, not these images)
+        echo("last logged during pretraining: " + ", ".join(f"{k} {v['value']:.3g} (step {v['step']})"
+                                                             for k, v in logged.items()))
     for picture, path in payload["pictures"].items():
         echo(f"{picture}: {path} ({payload['seconds'][picture]:.1f} s)")
     for method in skipped:

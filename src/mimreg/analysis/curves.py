@@ -9,7 +9,7 @@ from mimreg.errors import MimregError
 
 NOT_CURVES = {"kind", "step", "epoch", "time"}
 # the order panels come in: the method's own terms first, then by prefix
-PREFIX_ORDER = ("", "reg/", "aux/", "weight/", "monitor/", "lr", "probe/", "knn/")
+PREFIX_ORDER = ("", "reg/", "aux/", "weight/", "monitor/", "lr", "probe/", "knn/", "rankme/", "alpha_req/")
 # drawn one after the other, thick to thin, so a line drawn later never hides one drawn earlier
 STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P")]
 GAP_SPACINGS = 4  # a key missing for more than this many of its usual spacings draws as a gap

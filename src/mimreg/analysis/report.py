@@ -24,6 +24,7 @@ from mimreg.analysis.evaluations import flat_metrics, linear_top1, read_evaluati
 from mimreg.analysis.seed_report import seed_section
 from mimreg.engine.checkpoint import config_of, latest_checkpoint, load_checkpoint
 from mimreg.engine.metrics import read_metrics
+from mimreg.engine.rep_monitor import last_values
 from mimreg.engine.resume_rules import changes_no_number, differing_keys
 from mimreg.errors import MimregError
 from mimreg.eval.report import format_value
@@ -32,8 +33,8 @@ from mimreg.io import atomic_write
 STYLE_FILE = Path(__file__).with_name("report.css")
 # the numbers the comparison table shows, by the last part of their path in an evaluation, and their names
 HEADLINE = {"top1": "top-1", "knn10_euclidean": "k=10 euclid.", "knn20_cosine": "k=20 cosine",
-            "effective_rank": "", "mean": "mean", "davies_bouldin": ""}
-PROTOCOL_NAMES = {"knn": "kNN", "erank": "effective rank", "lowshot": "low-shot"}
+            "effective_rank": "", "mean": "mean", "davies_bouldin": "", "rankme": "RankMe", "alpha_req": "α-ReQ"}
+PROTOCOL_NAMES = {"knn": "kNN", "erank": "effective rank", "lowshot": "low-shot", "monitor": "last"}
 OTHER_POOLS = ("mean",)  # the comparison shows the cls token's numbers; each run's section shows every pool
 PROTOCOL_ORDER = ("linear", "knn", "lowshot", "robustness", "erank")
 PICTURE_ORDER = [("curves", "Training curves"), ("reconstructions", "Reconstructions"),
@@ -78,13 +79,18 @@ class RunView:
 
     def headline(self) -> dict[str, float]:
         """The comparison table's numbers by column key ("linear cls/top1"): evaluation headlines,
-        Davies-Bouldin index, steps, pretraining time."""
+        the last RankMe / alpha-ReQ of the representation monitor, Davies-Bouldin index, steps,
+        pretraining time."""
         out = {}
         order = sorted(self.evaluations, key=lambda p: (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else 99, p))
         for protocol in order:
             for path, value in flat_metrics(self.evaluations[protocol]).items():
                 if path.rsplit("/", 1)[-1] in HEADLINE and path.split("/")[0] not in OTHER_POOLS:
                     out[f"{protocol} {path}"] = value
+        for key, (_, value) in last_values(self.records).items():  # logged during pretraining
+            measure, feature = key.split("/")
+            if feature not in OTHER_POOLS:
+                out[f"monitor {feature}/{measure}"] = value
         dbi = (self.analysis.get("davies_bouldin") or {}).get("cls")
         if dbi is not None:
             out["DBI cls/davies_bouldin"] = dbi
@@ -245,7 +251,8 @@ def comparison_table(runs: list[RunView]) -> str:
         body.append(f'<tr><th class="text"><a href="#run-{i}">{esc(run.name)}</a></th>{"".join(cells)}</tr>')
     note = (f'<p class="note">Grey: difference to the first run ({esc(runs[0].name)}). Features: the cls token '
             "(every pool is in each run's section). Accuracies in %; DBI: Davies-Bouldin index of a random "
-            "10-class test sample (lower = tighter classes).</p>"
+            "10-class test sample (lower = tighter classes); last RankMe / α-ReQ: the representation "
+            "monitor's last values during pretraining (README: Representation monitors).</p>"
             if len(runs) > 1 else "")
     return (f'<div class="table-wrap"><table class="compare"><thead><tr><th class="text">run</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>{note}')

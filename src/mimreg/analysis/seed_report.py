@@ -23,7 +23,8 @@ from mimreg.eval.statistics import LEVEL
 # figures by the kind of metric (the first word of a column: "linear-sweep", "knn10_euclidean", "erank")
 FAMILIES = {"linear": "Linear probe top-1 (%)", "finetune": "Fine-tuning top-1 (%)", "knn": "kNN top-1 (%)",
             "lowshot": "Low-shot top-1 (%)", "erank": "Effective rank",
-            "cos": "Cosine similarity to the unmasked features"}
+            "cos": "Cosine similarity to the unmasked features",
+            "rankme": "RankMe, last logged in pretraining", "alpha": "alpha-ReQ, last logged in pretraining"}
 PANEL_COLUMNS = 4
 MARKERS = "osD^vP*Xph"
 JITTER = 0.22  # half the width over which a group's seeds are spread, in group spacings

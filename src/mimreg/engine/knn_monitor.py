@@ -89,9 +89,13 @@ class KnnMonitor:
 def _decoded(dataset, size: int, rng: np.random.Generator, transform) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random subset of `size` labelled images (all when fewer), eval-transformed, as tensors."""
     labelled = np.flatnonzero(np.asarray(dataset.labels) >= 0)
-    chosen = np.sort(rng.choice(labelled, min(size, labelled.size), replace=False))
+    return decode_images(dataset, np.sort(rng.choice(labelled, min(size, labelled.size), replace=False)), transform)
+
+
+def decode_images(dataset, indices, transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images at `indices`, eval-transformed, stacked, with their labels; undecodable files left out."""
     images, labels = [], []
-    for index in chosen:
+    for index in indices:
         sample = dataset[int(index)]
         if isinstance(sample, BadSample):
             continue  # an undecodable file: the monitor measures on the others

@@ -8,6 +8,8 @@ Host synchronisations per optimizer step (each stalls a GPU): one, where the pro
 every micro-step's loss was finite and whether any was asked to stop (`_agree_finite_and_stop`);
 plus, only for regularizers gated on the reconstruction loss, the gate's comparison. Logging reads
 its running means every `train.log_every` steps, the progress bar the loss at most twice a second.
+The monitors (k-NN after epochs, RankMe / alpha-ReQ every `train.rep_monitor_every` steps) run
+between steps, outside the step.
 """
 
 from __future__ import annotations
@@ -247,6 +249,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{float(objective):.4f}")
                         shown_at = time.monotonic()
                 self.log_step(epoch, lr, writer)
+                self.measure_between_steps(epoch, writer)
                 if self.step % spe == 0:
                     self.end_epoch(epoch, writer)
                 reason = self.stop_reason(stop_agreed, stop)
@@ -309,6 +312,13 @@ class Trainer:
             self.last_metrics = self.interval.read()
             writer.write({"kind": "train", "step": self.step, "epoch": epoch, "lr": lr, **self.task.step_facts(epoch),
                           **self.last_metrics})
+
+    def measure_between_steps(self, epoch: int, writer: MetricsWriter) -> None:
+        """The task's measurement after this step, if due (e.g. RankMe): written before the step's
+        checkpoint, as the epoch's record, so that a resume neither repeats nor loses it."""
+        measured = self.task.between_steps(self.step, self.total_steps)
+        if measured is not None:
+            writer.write({"step": self.step, "epoch": epoch, **measured})
 
     def end_epoch(self, epoch: int, writer: MetricsWriter) -> None:
         """The epoch's record, its evaluation and its one printed line; written before the epoch's

@@ -1,5 +1,6 @@
 """Pretraining as a task of the engine: the trainee (method + regularizers + online probe), its
-batches, its optimizer groups and the online k-NN monitor after epochs."""
+batches, its optimizer groups, the online k-NN monitor after epochs and the representation monitor
+(RankMe, alpha-ReQ) between steps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from mimreg.config import Config, config_from_stored, config_to_dict
 from mimreg.engine.build import build_trainee
 from mimreg.engine.data import build_pretrain_data
 from mimreg.engine.knn_monitor import KnnMonitor
+from mimreg.engine.rep_monitor import RepMonitor
 from mimreg.engine.run_info import start_facts, start_line
 from mimreg.engine.schedule import param_groups
 from mimreg.engine.task import seed_process
@@ -27,8 +29,9 @@ class PretrainTask:
         self.module = build_trainee(cfg, self.data.num_classes).to(device)
         self.record = config_to_dict(cfg)
         sharded = cfg.train.strategy == "fsdp" and dist.is_distributed()
-        # the monitor embeds on the main process alone: not possible with sharded weights
+        # the monitors embed on the main process alone: not possible with sharded weights
         self.knn = KnnMonitor.from_config(cfg, device) if dist.is_main_process() and not sharded else None
+        self.rep = RepMonitor.from_config(cfg, device) if dist.is_main_process() and not sharded else None
 
     @staticmethod
     def stored_record(saved: dict) -> dict:
@@ -53,8 +56,14 @@ class PretrainTask:
         method = self.module.method
         return {"kind": "knn", **self.knn.measure(getattr(method, method.eval_encoder))}
 
+    def between_steps(self, step: int, total_steps: int) -> dict | None:
+        if self.rep is None or not self.rep.due(step, total_steps):
+            return None
+        return {"kind": "rep", **self.rep.measure(self.module.method)}
+
     def start_facts(self, world: int) -> tuple[dict, str]:
-        return ({"config": self.cfg.recipe, **start_facts(self.cfg, world)},
+        monitor = {"rep_monitor": self.rep.facts()} if self.rep is not None else {}
+        return ({"config": self.cfg.recipe, **start_facts(self.cfg, world), **monitor},
                 f"{self.cfg.recipe}: {self.data.num_images} images ({self.data.pipeline} pipeline); "
                 f"{start_line(self.cfg, world)}")
 

@@ -61,6 +61,10 @@ class Task(Protocol):
     def evaluate(self, epochs_done: int, last: bool) -> dict | None:
         """The evaluation after an epoch (every process calls it), or None when none is due."""
 
+    def between_steps(self, step: int, total_steps: int) -> dict | None:
+        """A measurement after optimizer step `step` (every process calls it; no collective), or None
+        when none is due: it runs between steps, so the step itself keeps its one host sync."""
+
     def start_facts(self, world: int) -> tuple[dict, str]:
         """What the run states at its start: the `start` record's facts and one printed line."""
 

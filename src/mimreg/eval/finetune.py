@@ -229,6 +229,9 @@ class FinetuneTask:
     def step_facts(self, epoch: int) -> dict:
         return {}
 
+    def between_steps(self, step: int, total_steps: int) -> dict | None:
+        return None
+
     def evaluate(self, epochs_done: int, last: bool) -> dict | None:
         if epochs_done % self.cfg.eval_every and not last:
             return None

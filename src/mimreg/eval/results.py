@@ -15,6 +15,8 @@ import json
 import re
 from pathlib import Path
 
+from mimreg.engine.metrics import read_metrics
+from mimreg.engine.rep_monitor import PREFIXES as MONITOR_PREFIXES, last_values
 from mimreg.errors import MimregError
 from mimreg.eval.report import format_table, format_value, write_json
 
@@ -118,7 +120,8 @@ def column_name(record: dict, metric: str) -> str:
 
 def comparison(run_dirs: list[str | Path]) -> tuple[list[str], list[dict]]:
     """Columns (sorted) and one row per run: {"run", "recipe", "step" (the newest evaluated),
-    column: value, "steps": {column: the step of the checkpoint that value was measured on}}."""
+    column: value, "steps": {column: the step of the checkpoint that value was measured on}}. Besides
+    the evaluations, the last RankMe / alpha-ReQ the run logged (columns `rankme/cls`, ...)."""
     if not run_dirs:
         raise MimregError("pass at least one run folder")
     rows, columns = [], set()
@@ -134,6 +137,10 @@ def comparison(run_dirs: list[str | Path]) -> tuple[list[str], list[dict]]:
                 row[name] = value
                 row["steps"][name] = record.get("step")
                 columns.add(name)
+        # the representation monitor's last values, logged during pretraining (engine/rep_monitor.py)
+        for name, (step, value) in last_values(read_metrics(Path(run_dir) / "metrics.jsonl")).items():
+            row[name], row["steps"][name] = value, step
+            columns.add(name)
         rows.append(row)
     return sorted(columns), rows
 
@@ -202,5 +209,5 @@ def _cell(value, diff, column: str) -> str | None:
 
 def value_style(column: str) -> str:
     """The format_value column style of a headline column: accuracies in percent with one decimal;
-    effective ranks and cosines with 3 significant digits."""
-    return column if column.startswith(("erank", "cos-")) else "top1"
+    effective ranks, RankMe, alpha-ReQ and cosines with 3 significant digits."""
+    return column if column.startswith(("erank", "cos-", *MONITOR_PREFIXES)) else "top1"
