@@ -155,8 +155,9 @@ class TrainConfig:
     knn_every: int | None = bounded(None, ge=0)  # epochs between online k-NN measurements; None: auto (when labelled); 0: off
     knn_bank: int = bounded(320, ge=1)  # random training images in the online k-NN memory bank
     knn_queries: int = bounded(160, ge=1)  # random test images it classifies
-    # steps between RankMe / alpha-ReQ measurements of the frozen encoder (and after the last step); 0: off
-    rep_monitor_every: int = bounded(200, ge=0)
+    # steps between RankMe / alpha-ReQ measurements of the frozen encoder (and after the last step);
+    # None: every 200 steps, off under fsdp; 0: off
+    rep_monitor_every: int | None = bounded(None, ge=0)
     rep_monitor_images: int = bounded(512, ge=2)  # fixed held-out images they are measured on (test split if any)
 
 

@@ -159,7 +159,9 @@ def test_unknown_strategy_is_refused_at_load():
 
 @pytest.mark.parametrize("setting, message", [("train.compile=true", "train.compile with train.strategy fsdp"),
                                               ("train.precision=fp16", "fp16 with train.strategy fsdp.*bf16"),
-                                              ("train.knn_every=1", "k-NN monitor.*train.knn_every=0")])
+                                              ("train.knn_every=1", "k-NN monitor.*train.knn_every=0"),
+                                              ("train.rep_monitor_every=5",
+                                               "representation monitor.*train.rep_monitor_every=0")])
 def test_settings_fsdp_cannot_honour_are_refused(tiny_config, monkeypatch, setting, message):
     cfg = tiny_config("mae", "train.strategy=fsdp", setting)
     from mimreg import distributed

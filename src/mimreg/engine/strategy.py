@@ -161,6 +161,10 @@ def refuse_unsharded_options(cfg: TrainConfig, device: torch.device, optimizer: 
         raise ConfigError("train.knn_every with train.strategy fsdp: the online k-NN monitor runs the encoder on "
                           "one process, which sharded weights do not allow; set train.knn_every=0 (it is off "
                           "by default under fsdp) or use train.strategy ddp")
+    if cfg.rep_monitor_every:
+        raise ConfigError("train.rep_monitor_every with train.strategy fsdp: the representation monitor runs the "
+                          "encoder on one process, which sharded weights do not allow; set train.rep_monitor_every=0 "
+                          "(it is off by default under fsdp) or use train.strategy ddp")
 
 
 def parameter_names(trainee: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
