@@ -19,6 +19,12 @@ def register(cls: type["Regularizer"]) -> type["Regularizer"]:
     return cls
 
 
+def require_features(features: list[str], key: str, example: str = "[cls] or [emb.0, emb.1]") -> None:
+    """Refuse an empty `features` list of the regularizer at `key` (it would read nothing)."""
+    if not features:
+        raise ConfigError(f"{key}.features must name at least one feature, e.g. {example}")
+
+
 class Regularizer(nn.Module):
     """A loss term read from a method's named features.
 

@@ -26,7 +26,7 @@ import torch
 from mimreg.bounds import bounded, one_of
 from mimreg.errors import ConfigError
 from mimreg.numerics import fp32_loss
-from mimreg.regularizers.base import Regularizer, register
+from mimreg.regularizers.base import Regularizer, register, require_features
 
 VARIANTS = ("m_mae", "emp_ssl", "simdino")
 # eps of the official scripts (emp_ssl: main.py --eps 0.2; simdino: main_dino.py --eps 0.5; the
@@ -105,8 +105,7 @@ class CodingRate(Regularizer):
     @classmethod
     def check_options(cls, options: CodingRateOptions, key: str) -> None:
         super().check_options(options, key)
-        if not options.features:
-            raise ConfigError(f"{key}.features must name at least one feature, e.g. [cls] or [emb.0, emb.1]")
+        require_features(options.features, key)
         if options.variant == "m_mae" and options.eps is not None:
             raise ConfigError(f"{key}.eps is not used by variant m_mae (its scale is mu / d): set {key}.mu, "
                               "or variant emp_ssl / simdino")

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from mimreg.bounds import bounded
-from mimreg.errors import ConfigError
 from mimreg.numerics import fp32_loss
-from mimreg.regularizers.base import Regularizer, register
+from mimreg.regularizers.base import Regularizer, register, require_features
 
 
 @fp32_loss
@@ -63,8 +62,7 @@ class KoLeo(Regularizer):
     @classmethod
     def check_options(cls, options: KoLeoOptions, key: str) -> None:
         super().check_options(options, key)
-        if not options.features:
-            raise ConfigError(f"{key}.features must name at least one feature, e.g. [cls] or [emb.0, emb.1]")
+        require_features(options.features, key)
 
     def reads(self) -> tuple[str, ...]:
         return tuple(self.options.features)

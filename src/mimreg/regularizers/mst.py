@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from mimreg.bounds import bounded
-from mimreg.errors import ConfigError
-from mimreg.regularizers.base import Regularizer, register
+from mimreg.regularizers.base import Regularizer, register, require_features
 from mimreg.numerics import fp32_loss
 
 BACKENDS = ("auto", "numpy", "torch", "boruvka")
@@ -238,8 +237,7 @@ class Mst(Regularizer):
     @classmethod
     def check_options(cls, options: MstOptions, key: str) -> None:
         super().check_options(options, key)
-        if not options.features:
-            raise ConfigError(f"{key}.features must name at least one feature, e.g. [emb.0, emb.1]")
+        require_features(options.features, key, "[emb.0, emb.1]")
 
     def reads(self) -> tuple[str, ...]:
         return tuple(self.options.features)

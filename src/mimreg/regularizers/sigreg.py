@@ -9,8 +9,7 @@ import torch
 from mimreg.bounds import bounded
 from mimreg.distributed import all_reduce_sum_with_grad
 from mimreg.epps_pulley import epps_pulley_quadrature, sigreg_loss
-from mimreg.errors import ConfigError
-from mimreg.regularizers.base import Regularizer, register
+from mimreg.regularizers.base import Regularizer, register, require_features
 from mimreg.slices import SliceSteps, unit_slices
 
 __all__ = ["Sigreg", "SigregOptions", "epps_pulley_quadrature", "sigreg_loss", "unit_slices"]
@@ -48,8 +47,7 @@ class Sigreg(Regularizer):
     @classmethod
     def check_options(cls, options: SigregOptions, key: str) -> None:
         super().check_options(options, key)
-        if not options.features:
-            raise ConfigError(f"{key}.features must name at least one feature, e.g. [emb.0, emb.1]")
+        require_features(options.features, key, "[emb.0, emb.1]")
 
     def reads(self) -> tuple[str, ...]:
         return tuple(self.options.features)

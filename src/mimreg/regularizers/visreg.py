@@ -14,9 +14,8 @@ import torch
 
 from mimreg import distributed as dist
 from mimreg.bounds import bounded
-from mimreg.errors import ConfigError
 from mimreg.numerics import fp32_loss
-from mimreg.regularizers.base import Regularizer, register
+from mimreg.regularizers.base import Regularizer, register, require_features
 from mimreg.slices import SliceSteps
 
 # a slice seed per (call, process): far apart so that two processes never share a call's seed
@@ -112,8 +111,7 @@ class Visreg(Regularizer):
     @classmethod
     def check_options(cls, options: VisregOptions, key: str) -> None:
         super().check_options(options, key)
-        if not options.features:
-            raise ConfigError(f"{key}.features must name at least one feature, e.g. [cls] or [emb.0, emb.1]")
+        require_features(options.features, key)
 
     def reads(self) -> tuple[str, ...]:
         return tuple(self.options.features)
