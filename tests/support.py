@@ -67,16 +67,20 @@ TINY_JOINT_SETS = ("data.name=synthetic", "data.img_size=32", "model.arch=vit_mi
                    "train.progress=false", "train.log_every=1")
 
 
-def regularized_run(recipe: str, entry: dict, run_dir: Path, steps: int = 3) -> list[dict]:
-    """`steps` steps of digits/<recipe> (mae: conftest's tiny MAE; a joint method: a small projector)
-    with the one regularizer `entry` on 96 synthetic images; its train records."""
-    from conftest import TINY_SETS, as_override
+def regularized_run(recipe: str, entry: dict, run_dir: Path, tiny_config, steps: int = 3) -> list[dict]:
+    """`steps` steps of digits/<recipe> (mae: the `tiny_config` fixture's tiny MAE; a joint method: a
+    small projector) with the one regularizer `entry` on 96 synthetic images; its train records."""
+    import yaml
+
     from mimreg.config import load_config
     from mimreg.engine.loop import pretrain
     from mimreg.engine.metrics import read_metrics
 
-    base = TINY_SETS if recipe in ("mae", "simmim") else TINY_JOINT_SETS
-    cfg = load_config(f"digits/{recipe}", [*base, "data.subset=96", f"train.halt_after_steps={steps}",
-                                           as_override("regularizers", [entry])])
+    extra = ("data.subset=96", f"train.halt_after_steps={steps}")
+    if recipe in ("mae", "simmim"):
+        cfg = tiny_config(recipe, *extra, regularizers=[entry])
+    else:
+        listed = yaml.safe_dump([entry], default_flow_style=True).strip()
+        cfg = load_config(f"digits/{recipe}", [*TINY_JOINT_SETS, *extra, f"regularizers={listed}"])
     pretrain(cfg, run_dir)
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]

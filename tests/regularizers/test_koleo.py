@@ -106,8 +106,8 @@ def test_options_are_refused_with_the_key():
 
 @pytest.mark.parametrize("recipe,features,method_terms", [("mae", ["cls"], ["rec"]),
                                                           ("simclr", ["emb.0", "emb.1"], ["nt_xent"])])
-def test_composes_with_mae_and_simclr(tmp_path, recipe, features, method_terms):
-    rows = regularized_run(recipe, {"name": "koleo", "features": features}, tmp_path / "run")
+def test_composes_with_mae_and_simclr(tmp_path, recipe, features, method_terms, tiny_config):
+    rows = regularized_run(recipe, {"name": "koleo", "features": features}, tmp_path / "run", tiny_config)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert math.isfinite(r["reg/koleo"]) and r["weight/koleo"] == 0.1

@@ -127,8 +127,8 @@ def test_a_method_with_one_view_is_refused(tiny_config):
         build_trainee(cfg)
 
 
-def test_composes_with_simclr(tmp_path):
-    rows = regularized_run("simclr", {"name": "mmcr"}, tmp_path / "run")
+def test_composes_with_simclr(tmp_path, tiny_config):
+    rows = regularized_run("simclr", {"name": "mmcr"}, tmp_path / "run", tiny_config)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         # 32 images: the nuclear norm of 32 unit-or-shorter centroid rows lies in (0, sqrt(16 x 32)]

@@ -108,8 +108,8 @@ def test_module_defaults_and_refusals():
 
 
 @pytest.mark.parametrize("recipe,feature,method_terms", [("mae", "mean", ["rec"]), ("simclr", "emb.0", ["nt_xent"])])
-def test_composes_with_mae_and_simclr(tmp_path, recipe, feature, method_terms):
-    rows = regularized_run(recipe, {"name": "vcreg", "feature": feature, "weight": 0.04}, tmp_path / "run")
+def test_composes_with_mae_and_simclr(tmp_path, recipe, feature, method_terms, tiny_config):
+    rows = regularized_run(recipe, {"name": "vcreg", "feature": feature, "weight": 0.04}, tmp_path / "run", tiny_config)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert 0 <= r["reg/vcreg"] < 25 + 1e3 and r["weight/vcreg"] == 0.04
