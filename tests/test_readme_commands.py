@@ -394,10 +394,7 @@ def test_the_readme_has_the_commands_this_test_knows():
     assert len(COMMANDS) >= 20
 
 
-# the study example trains and evaluates 6 runs (~130 s): in `make test-slow`, as the smoke matrix's modes
-@pytest.mark.parametrize("number,command", [pytest.param(n, c, marks=pytest.mark.slow) if c.split()[1] == "study"
-                                            else (n, c) for n, c in COMMANDS],
-                         ids=[f"L{n}-{c.split()[1]}" for n, c in COMMANDS])
+@pytest.mark.parametrize("number,command", COMMANDS, ids=[f"L{n}-{c.split()[1]}" for n, c in COMMANDS])
 def test_readme_command_runs(number, command, workspace, monkeypatch, capsys, torchrun):
     folder, data = workspace
     monkeypatch.chdir(folder)
