@@ -84,3 +84,18 @@ def regularized_run(recipe: str, entry: dict, run_dir: Path, tiny_config, steps:
         cfg = load_config(f"digits/{recipe}", [*TINY_JOINT_SETS, *extra, f"regularizers={listed}"])
     pretrain(cfg, run_dir)
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+class MeanColour(torch.nn.Module):
+    """A stand-in encoder for the monitors: cls = each image's mean colour, through a dropout that
+    would show train mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward_masked(self, images, keep_ids):
+        from mimreg.models import EncoderOutput
+
+        cls = self.drop(images.mean(dim=(2, 3)))
+        return EncoderOutput(cls=cls, tokens=cls[:, None])

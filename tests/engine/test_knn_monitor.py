@@ -7,21 +7,12 @@ import torch
 from mimreg.errors import ConfigError
 from mimreg.engine import knn_monitor as monitor_module
 from mimreg.engine.knn_monitor import KnnMonitor
-from mimreg.models import EncoderOutput, ViTEncoder
+from mimreg.models import ViTEncoder
+
+from support import MeanColour
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-class MeanColour(torch.nn.Module):
-    """A stand-in encoder whose cls feature is each image's mean colour (plus a dropout to show the mode)."""
-
-    def __init__(self):
-        super().__init__()
-        self.drop = torch.nn.Dropout(0.5)
-
-    def forward_masked(self, images, keep_ids):
-        cls = self.drop(images.mean(dim=(2, 3)))
-        return EncoderOutput(cls=cls, tokens=cls[:, None])
 
 
 def colour_images(labels, seed):

@@ -12,22 +12,12 @@ from mimreg.engine.metrics import read_metrics
 from mimreg.engine.rep_monitor import RepMonitor
 from mimreg.engine.resume_rules import resume_changes
 from mimreg.errors import ConfigError, DataError
-from mimreg.models import EncoderOutput
 from mimreg.spectra import alpha_req, rankme
+
+from support import MeanColour
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-class MeanColour(torch.nn.Module):
-    """A stand-in encoder: cls = each image's mean colour, through a dropout that would show train mode."""
-
-    def __init__(self):
-        super().__init__()
-        self.drop = torch.nn.Dropout(0.5)
-
-    def forward_masked(self, images, keep_ids):
-        cls = self.drop(images.mean(dim=(2, 3)))
-        return EncoderOutput(cls=cls, tokens=cls[:, None])
 
 
 class Holder(torch.nn.Module):
