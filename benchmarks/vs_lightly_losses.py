@@ -13,6 +13,7 @@ How: lightly is optional (skipped with a message when missing), never a dependen
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import sys
 from types import SimpleNamespace
@@ -61,7 +62,7 @@ def compare(pair: str, setting: str, views: list[torch.Tensor], mimreg_fn, light
     rel = abs(vm - vl) / abs(vl)
     grad = ((gm - gl).abs().max() / gl.abs().max()).item()
     dtype = str(views[0].dtype).removeprefix("torch.")
-    return f"{pair:<7} {setting:<44} {b:>3}x{d:<3} {dtype:<7} {vm:>+17.10e} {vl:>+17.10e} {rel:>9.2e} {grad:>9.2e}"
+    return f"{pair:<7} {setting:<50} {b:>3}x{d:<3} {dtype:<7} {vm:>+17.10e} {vl:>+17.10e} {rel:>9.2e} {grad:>9.2e}"
 
 
 def lightly_draw(d: int, m: int, seed: int, dtype) -> torch.Tensor:
@@ -125,6 +126,27 @@ def tcr_rows(lt, b, d) -> list[str]:
     ]
 
 
+def tcr_descent(lt, steps: int = 200) -> str:
+    """The sign finding in one line: plain gradient descent on each loss (L2-normalised 2 x 64 x 32
+    embeddings, SGD lr 1), then the coding rate R = 1/2 logdet(I + d/(n eps) Z^T Z) measured by mimreg."""
+    rates = {}
+    for name in ("mimreg", "lightly"):
+        z = torch.randn(2, 64, 32, dtype=F64, generator=torch.Generator().manual_seed(SEED)).requires_grad_()
+        optimizer = torch.optim.SGD([z], lr=1.0)
+        rate = lambda: -sum(coding_rate_loss(v.detach(), "emp_ssl") for v in z).item() / 2
+        before = rate()
+        for _ in range(steps):
+            u = F.normalize(z, dim=-1)
+            loss = (lt.EMPSSLLoss(inv_coef=0.0)(list(u)) if name == "lightly"
+                    else sum(coding_rate_loss(v, "emp_ssl", normalize=False) for v in u) / 2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        rates[name] = f"{before:.3f} -> {rate():.3f}"
+    return (f"tcr     diag: coding rate R after {steps} descent steps on each loss (2x64x32, SGD lr 1): "
+            f"mimreg emp_ssl {rates['mimreg']}, lightly EMPSSLLoss(inv_coef=0) {rates['lightly']}")
+
+
 def vcreg_rows(lt, b, d) -> list[str]:
     views = make_views(b, d)
     vlm = sys.modules["lightly.loss.vicreg_loss"]
@@ -158,28 +180,41 @@ def visreg_rows(lt, b, d) -> list[str]:
     return rows
 
 
+def recording_slices(module) -> list[torch.Tensor]:
+    """The slices lightly's SIGReg `module` draws at each call, recorded (to check they are the given ones)."""
+    drawn, draw = [], module._generate_unit_vectors
+
+    def record(*args):
+        drawn.append(draw(*args))
+        return drawn[-1]
+
+    module._generate_unit_vectors = record
+    return drawn
+
+
+def sigreg_fp64_grid(lt, knots: int = 17, t_max: float = 3.0):
+    """Diagnostics only: lightly's SIGReg with its t / phi / weights buffers computed in fp64 (they are fp32)."""
+    module = lt.SIGReg(knots=knots, t_max=t_max)
+    t = torch.linspace(0, t_max, knots, dtype=F64)
+    weights = torch.full((knots,), 2 * t_max / (knots - 1), dtype=F64)
+    weights[[0, -1]] = t_max / (knots - 1)
+    module.t, module.phi, module.weights = t, torch.exp(-t.square() / 2), weights * torch.exp(-t.square() / 2)
+    return module
+
+
 def sigreg_rows(lt, b, d) -> list[str]:
     views = make_views(b, d)
     slices = lightly_draw(d, 1024, SEED, F64)
+    ours = lambda a, c: sigreg_loss(torch.stack([a, c]), slices)
     module = lt.SIGReg()
-    drawn = []
-    original = module._generate_unit_vectors
-    module._generate_unit_vectors = lambda *a: drawn.append(original(*a)) or drawn[-1]  # records lightly's slices
-    light = seeded(lambda a, c: module(torch.stack([a, c])))
-    rows = [compare("sigreg", "aligned: lightly's slices given", views,
-                    lambda a, c: sigreg_loss(torch.stack([a, c]), slices), light)]
+    drawn = recording_slices(module)
+    rows = [compare("sigreg", "aligned: lightly's slices given", views, ours,
+                    seeded(lambda a, c: module(torch.stack([a, c]))))]
     rows[-1] += f"   (lightly drew the given slices: {torch.equal(drawn[-1], slices)})"
-    fp64_grid = lt.SIGReg()  # the same module with its t / phi / weights computed in fp64 (they are fp32)
-    t = torch.linspace(0, 3, 17, dtype=F64)
-    phi = torch.exp(-t.square() / 2)
-    weights = torch.full((17,), 2 * 3 / 16, dtype=F64)
-    weights[[0, -1]] = 3 / 16
-    fp64_grid.t, fp64_grid.phi, fp64_grid.weights = t, phi, weights * phi
-    rows.append(compare("sigreg", "diag: aligned, lightly's grid in fp64", views,
-                        lambda a, c: sigreg_loss(torch.stack([a, c]), slices),
-                        seeded(lambda a, c: fp64_grid(torch.stack([a, c])))))
-    v32 = [v.float() for v in views]
-    rows.append(compare("sigreg", "default: Sigreg vs SIGReg(), same seed", v32,
+    grid = sigreg_fp64_grid(lt)
+    rows.append(compare("sigreg", "diag: aligned, lightly's grid in fp64", views, ours,
+                        seeded(lambda a, c: grid(torch.stack([a, c])))))
+    rows.append(compare("sigreg", "default: Sigreg vs SIGReg(), same seed", [v.float() for v in views],
                         lambda a, c: Sigreg(SigregOptions()).loss(torch.stack([a, c])),
                         seeded(lambda a, c: lt.SIGReg()(torch.stack([a, c])))))
     return rows
@@ -223,7 +258,9 @@ NOTES = [
     "term defaults to 5e-3 (mimreg 0, the official scripts): aligned through normalize=False / local_weight.",
     "tcr:    lightly's tcr_loss returns +1/2 logdet (the coding rate) and EMPSSLLoss adds it to the loss, so "
     "minimising EMPSSLLoss LOWERS the rate; EMP-SSL's TotalCodingRate returns -1/2 logdet, as mimreg. "
-    "lightly also takes z as given (mimreg's default L2-normalises, as EMP-SSL's projector does).",
+    "lightly also takes z as given (mimreg's default L2-normalises, as EMP-SSL's projector does). At B < D "
+    "lightly's d x d logdet has 224 unit eigenvalues beside ~1e4 (cond 1e4), mimreg's n x n Gram cond 4: the "
+    "7e-11 grad diff at 32x256 is lightly's rounding (a n x n torch.logdet agrees with mimreg to 1e-15).",
     "vcreg:  lightly's VICRegLoss halves the variance term (official VICReg: (std_a + std_b) / 2) and sums the "
     "covariance terms; mimreg's vcreg is one feature: two views need var_weight 12.5 each to equal it.",
     "visreg: terms, eps and slice count equal; lightly's Gaussian quantiles are Normal.icdf in fp32, mimreg's ndtri "
@@ -232,6 +269,9 @@ NOTES = [
     "sigreg: same statistic; lightly's t / phi / weights are fp32 buffers (the diag row recomputes them in fp64); "
     "in fp32 both draw the same slices from seed 0, in fp64 lightly draws fp64 normals (other slices).",
     "lejepa: the same convex mix (lambda 0.05) of the same prediction loss and SIGReg over all 4 views.",
+    "lightly 1.6.0 source, not run here (one process): #1920 fixed (SIGReg sums cos / sin with the autograd-aware "
+    "torch.distributed.nn.all_reduce), #1977 fixed (BarlowTwinsLoss: dist_nn.all_reduce(c / world_size)), #2002 "
+    "fixed (LeJEPALoss runs SIGReg on cat(global, local); the lejepa aligned row agrees with mimreg's all-view SIGReg).",
 ]
 
 
@@ -243,7 +283,7 @@ def lightly_loss_modules():
     except ImportError as error:
         return None, f"lightly skipped: not importable ({error}); pip install --no-deps lightly (it needs only torch)"
     lt.SIGReg = SIGReg
-    return (lightly.__version__, lt), ""
+    return (f"{lightly.__version__} (from {os.path.dirname(os.path.dirname(lightly.__file__))})", lt), ""
 
 
 def main() -> None:
@@ -253,14 +293,16 @@ def main() -> None:
         return
     version, lt = found
     torch.set_num_threads(1)
-    print(f"command: python {' '.join(sys.argv)}; lightly {version}; torch {torch.__version__}")
-    print(f"{'pair':<7} {'setting':<44} {'BxD':<7} {'dtype':<7} {'mimreg':>17} {'lightly':>17} {'|m-l|/|l|':>9} "
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"command: OMP_NUM_THREADS={threads} python {' '.join(sys.argv)}; lightly {version}; torch {torch.__version__}")
+    print(f"{'pair':<7} {'setting':<50} {'BxD':<7} {'dtype':<7} {'mimreg':>17} {'lightly':>17} {'|m-l|/|l|':>9} "
           f"{'grad diff':>9}")
     for b, d in SHAPES:
         for rows in (koleo_rows, mmcr_rows, tcr_rows, vcreg_rows, visreg_rows, sigreg_rows, lejepa_rows):
             for row in rows(lt, b, d):
                 print(row, flush=True)
     print(sigreg_expectation(lt, *SHAPES[0]))
+    print(tcr_descent(lt))
     print("grad diff: max |g_mimreg - g_lightly| / max |g_lightly| over the inputs (all views).")
     print("\n".join(NOTES))
 
