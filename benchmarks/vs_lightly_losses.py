@@ -3,8 +3,9 @@
 What: for KoLeo, MMCR, EMP-SSL's TCR, VCReg, VISReg, SIGReg and LeJEPA's whole loss, mimreg's pure loss
 (or regularizer) and lightly's module on the same float64 inputs (fixed seed, 3 shapes, 2 views; LeJEPA
 2 global + 2 local): both values, |m - l| / |l|, and max |g_m - g_l| / max |g_l| of the input gradients.
-Two rows per pair and shape: `aligned` (what differs by design made equal through options, given slices
-or lightly's documented sign) and `default` (each library's defaults); `diag` rows test an explanation.
+Rows per pair and shape: `aligned` (what differs made equal through options, given slices, or lightly's
+TCR negated) and `default` (each library's defaults; the sliced ones in fp32, where the same seed draws the
+same slices in both); `diag` rows test an explanation of a remaining difference.
 How: lightly is optional (skipped with a message when missing), never a dependency of mimreg:
     pip install --no-deps --target /tmp/lightly_site lightly==1.6.0
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src:/tmp/lightly_site python benchmarks/vs_lightly_losses.py
