@@ -33,7 +33,8 @@ EXPECTED = {
     "mae+coding-rate": ("mae", ["coding_rate"]), "simclr+coding-rate": ("simclr", ["coding_rate"]),
     "mae+visreg": ("mae", ["visreg"]),
     "mae+koleo": ("mae", ["koleo"]), "mae+vcreg": ("mae", ["vcreg"]), "simclr+koleo": ("simclr", ["koleo"]),
-    "simclr+mmcr": ("simclr", ["mmcr"]),
+    "simclr+mmcr": ("simclr", ["mmcr"]), "simclr+vcreg": ("simclr", ["vcreg"]),
+    "simclr+visreg": ("simclr", ["visreg"]), "lejepa+koleo": ("lejepa", ["koleo"]),
     "lejepa": ("lejepa", []), "simclr+sigreg": ("simclr", ["sigreg"]), "mae+sigreg": ("mae", ["sigreg"]),
 }
 
