@@ -143,3 +143,38 @@ def test_resume_restores_the_checkpoint_not_the_init(saved, timm_model, tiny_con
     last = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert last["step"] == 3
     torch.testing.assert_close(last["model"]["method.encoder.vit.pos_embed"], pos, rtol=0, atol=0)
+
+
+def test_export_folder_checkpoint_and_run_folder_are_sources(tiny_config, tmp_path):
+    from mimreg.commands import export_timm
+    from mimreg.engine.loop import pretrain
+
+    pretrain(tiny_config("mae", data__subset=64, train__halt_after_steps=1), tmp_path / "run")
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    trained = {k.removeprefix("method.encoder.vit."): v for k, v in load_checkpoint(checkpoint)["model"].items()
+               if k.startswith("method.encoder.vit.")}
+    export_timm(tmp_path / "run", tmp_path / "export" / "encoder.pth")  # encoder.pth + encoder.json
+    for source in (tmp_path / "export", tmp_path / "export" / "encoder.pth", checkpoint, tmp_path / "run"):
+        encoder = ViTEncoder("vit_micro", 32, 4)
+        apply_init(encoder, str(source))
+        for name, value in encoder.vit.state_dict().items():
+            assert torch.equal(value, trained[name]), (source, name)
+
+
+def test_finetune_from_init_starts_from_those_weights(saved, timm_model, tmp_path):
+    import json
+
+    from mimreg.cli import main
+
+    out = tmp_path / "ft"
+    code = main(["eval", "finetune", "--init", str(saved / "vit.safetensors"), "--data", "synthetic", "--out",
+                 str(out), "--device", "cpu", "--epochs", "1", "--batch-size", "16", "--fraction", "0.125",
+                 "--test-images", "16", "--blocks", "1"])
+    assert code == 0
+    tuned = load_checkpoint(latest_checkpoint(out / "checkpoints"))["model"]
+    for name, value in timm_model.state_dict().items():  # only the last block (and the new head) trained
+        if name.startswith(("blocks.0.", "blocks.4.", "patch_embed.")):
+            assert torch.equal(tuned[f"classifier.{name}"], value), name
+    [result] = list((out / "evals").glob("finetune_*.json"))
+    record = json.loads(result.read_text())
+    assert record["recipe"] == f"init {saved / 'vit.safetensors'}" and 0 <= record["result"]["top1"] <= 100

@@ -13,7 +13,7 @@ from torch import nn
 from mimreg.console import say
 from mimreg.engine.checkpoint import latest_checkpoint
 from mimreg.errors import ConfigError
-from mimreg.models import ResNetEncoder, ViTEncoder
+from mimreg.models import VIT_ARCHS, ResNetEncoder, ViTEncoder
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 # keys of a source that belong to no encoder: MAE's decoder and mask token, classification heads
@@ -27,6 +27,28 @@ def apply_init(encoder: ViTEncoder | ResNetEncoder, source: str, download: bool 
     and stays frozen as loaded: MAE keeps its positions fixed during pretraining, so a continued
     pretraining keeps the loaded ones fixed too, and MAE's fine-tuning trains them afterwards."""
     state, origin = read_state(source, download)
+    return load_state(encoder, state, origin, source)
+
+
+def vit_from_init(source: str, img_size: int | None = None, download: bool = False) -> ViTEncoder:
+    """A ViTEncoder of the architecture `source`'s weights have (read from their shapes), at
+    `img_size` (default: the weights' own grid x patch), holding them (`mimreg eval finetune --init`)."""
+    state, origin = read_state(source, download)
+    dim = state["cls_token"].shape[-1] if "cls_token" in state else None
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    arch = next((name for name, (d, n, _) in VIT_ARCHS.items() if (d, n) == (dim, depth)), None)
+    if arch is None or "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise ConfigError(f"--init {source}: not a ViT of a mimreg architecture (width {dim}, {depth} blocks); "
+                          f"mimreg's ViTs are {', '.join(f'{k} {v[0]}x{v[1]}' for k, v in VIT_ARCHS.items())}")
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    grid = math.isqrt(state["pos_embed"].shape[1] - 1)
+    encoder = ViTEncoder(arch, img_size or grid * patch, patch)
+    load_state(encoder, state, origin, source)
+    return encoder
+
+
+def load_state(encoder: ViTEncoder | ResNetEncoder, state: dict, origin: str, source: str) -> dict:
+    """Copy the encoder's tensors of `state` into `encoder`; say what was loaded and left out."""
     state, ignored = encoder_keys(state)
     target = encoder.vit if isinstance(encoder, ViTEncoder) else encoder.resnet
     resampled = fit_vit_grid(encoder, state) if isinstance(encoder, ViTEncoder) else []
