@@ -132,16 +132,17 @@ def test_resume_restores_the_checkpoint_not_the_init(saved, timm_model, tiny_con
 
     init = tmp_path / "init.pth"
     init.write_bytes((saved / "vit.pth").read_bytes())
-    cfg = tiny_config("mae", model__init=str(init), data__subset=96, train__halt_after_steps=1)
+    sets = dict(data__subset=64, optim__batch_size=16, train__knn_every=0, monitor=[])  # 4 steps, no monitors
+    cfg = tiny_config("mae", model__init=str(init), train__halt_after_steps=1, **sets)
     pretrain(cfg, tmp_path / "run")
     first = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert first["config"]["model"]["init"] == str(init)  # recorded in the run's config
     pos = first["model"]["method.encoder.vit.pos_embed"]
     torch.testing.assert_close(pos, timm_model.pos_embed.detach(), rtol=0, atol=0)  # loaded, kept fixed
     init.unlink()  # a resume that read model.init again would fail here
-    pretrain(tiny_config("mae", model__init=str(init), data__subset=96), tmp_path / "run", resume=True)
+    pretrain(tiny_config("mae", model__init=str(init), **sets), tmp_path / "run", resume=True)
     last = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
-    assert last["step"] == 3
+    assert last["step"] == 4
     torch.testing.assert_close(last["model"]["method.encoder.vit.pos_embed"], pos, rtol=0, atol=0)
 
 
