@@ -179,3 +179,19 @@ def test_finetune_from_init_starts_from_those_weights(saved, timm_model, tmp_pat
     [result] = list((out / "evals").glob("finetune_*.json"))
     record = json.loads(result.read_text())
     assert record["recipe"] == f"init {saved / 'vit.safetensors'}" and 0 <= record["result"]["top1"] <= 100
+
+
+def test_a_timm_resnet_loads_into_the_resnet_encoder(tmp_path):
+    import timm
+
+    from mimreg.models import ResNetEncoder
+
+    torch.manual_seed(0)
+    source = timm.create_model("resnet18", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    encoder = ResNetEncoder("resnet18", img_size=128, stem="imagenet")
+    assert apply_init(encoder, str(tmp_path / "r18.pth"))["ignored"] == ["fc.bias", "fc.weight"]
+    for name, value in encoder.resnet.state_dict().items():
+        assert torch.equal(value, source.state_dict()[name]), name
+    with pytest.raises(ConfigError, match=r"other shapes \['conv1.weight \(64, 3, 7, 7\) vs \(64, 3, 3, 3\)'\]"):
+        apply_init(ResNetEncoder("resnet18", img_size=32, stem="cifar"), str(tmp_path / "r18.pth"))
