@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mimreg import distributed as dist
 from mimreg.console import say
 from mimreg.engine.checkpoint import latest_checkpoint
 from mimreg.errors import ConfigError
@@ -59,10 +60,11 @@ def load_state(encoder: ViTEncoder | ResNetEncoder, state: dict, origin: str, so
     report = {"source": origin, "loaded": len(state), "ignored": sorted(ignored), "resampled": resampled}
     left = ", ".join(f"{p}* ({sum(k.startswith(p) for k in ignored)})" for p in FRESH_PREFIXES
                      if any(k.startswith(p) for k in ignored))
-    say(f"model.init: loaded {len(state)} encoder tensors from {origin}"
-        + (f" ({'; '.join(resampled)})" if resampled else "")
-        + f"; ignored from the file: {left or 'nothing'}; the method's other parts (decoder, projector, "
-          "heads) start fresh")
+    if dist.is_main_process():  # every process loads; one says so
+        say(f"model.init: loaded {len(state)} encoder tensors from {origin}"
+            + (f" ({'; '.join(resampled)})" if resampled else "")
+            + f"; ignored from the file: {left or 'nothing'}; the method's other parts (decoder, projector, "
+              "heads) start fresh")
     return report
 
 
