@@ -162,7 +162,7 @@ PLACEHOLDERS = {"PATH": "{images}", "N": "1", "RUN": "runs/mu", "RECIPE": "mae",
                 "M": "8", "A": "lab", "Q": "normal", "C": "cpu", "DATA": "{images}"}
 PATHS = {"~/data/cifar10": "{cifar}", "/shared/cifar10": "{cifar}", "/shared/runs/mu": "runs/shared-mu-L{line}",
          "/shared/runs/mu-ft": "runs/shared-mu-ft-L{line}",
-         "...": "{cifar}"}
+         "...": "{cifar}", "PATH": "{images}"}  # data.root=PATH: the image folder
 
 
 def concrete(command: str, data: dict) -> list[str]:

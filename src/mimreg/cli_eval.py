@@ -17,8 +17,8 @@ FROZEN = {
 }
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder")
+def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=required, help="a ckpt_*.pt file or a run folder")
     p.add_argument("--data", help="dataset name (default: the one it was pretrained on)")
     p.add_argument("--data-root", help="dataset folder")
     p.add_argument("--test-images", type=int, help="embed a random subset of the test split")
@@ -105,7 +105,12 @@ def add_finetune_parser(protocols) -> None:
             "RandAugment, random erasing, Mixup/CutMix, label smoothing)")
     q = protocols.add_parser("finetune", help=text, description=text + ". Settings left out take the preset of "
                              f"the encoder's size: {', '.join(f'{k} {v}' for k, v in PRESETS.items())}.")
-    add_checkpoint_args(q)
+    add_checkpoint_args(q, required=False)
+    q.add_argument("--init", help="instead of --checkpoint: weights no mimreg run made (a timm model name in the local "
+                   "Hugging Face cache, a .pth/.safetensors file, a `mimreg export` folder), the baseline without "
+                   "pretraining by mimreg; needs --data and --out")
+    q.add_argument("--img-size", type=int, help="with --init: the image size (default: the weights' own; the "
+                   "positions are resampled)")
     q.add_argument("--out", help="fine-tuning folder for its checkpoints (default RUN/finetune/<result name>)")
     q.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out from its last checkpoint")
     add_skip_bad_images(q)
@@ -158,10 +163,15 @@ def cmd_finetune(args) -> int:
     from mimreg.eval.finetune_config import FinetuneConfig
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
-    import_consented(args, [args.checkpoint])
+    if (args.checkpoint is None) == (args.init is None):
+        from mimreg.errors import MimregError
+
+        raise MimregError("pass --checkpoint (a mimreg run) or --init (weights from elsewhere), one of them")
+    import_consented(args, [args.checkpoint] if args.checkpoint else [])
     try:
         result = finetune(args.checkpoint, overrides, data=args.data, data_root=args.data_root, device=args.device,
-                          out=args.out, resume=args.resume, skip_bad_images=args.skip_bad_images)
+                          out=args.out, resume=args.resume, skip_bad_images=args.skip_bad_images, init=args.init,
+                          img_size=args.img_size)
     finally:
         distributed.shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
     if result.get("halted") and is_main_process():

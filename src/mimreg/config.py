@@ -61,6 +61,10 @@ class ModelConfig:
     patch_size: int | None = bounded(None, ge=1)  # ViTs only (None: VIT_PATCH_SIZE); a ResNet has no patches
     stem: str = one_of("auto", "auto", "cifar", "imagenet")  # ResNets only; auto: cifar up to 64 px
     drop_path: float = bounded(0.0, ge=0, lt=1)
+    # start the encoder from these weights (a fresh run only; a resume restores its checkpoint): a timm
+    # model name in the local Hugging Face cache, a .pth/.safetensors file, or a `mimreg export` folder
+    init: str | None = None
+    init_download: bool = False  # let model.init download a timm model that is not in the cache
 
 
 @dataclass

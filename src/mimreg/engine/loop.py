@@ -62,7 +62,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False) -> RunResul
     """Pretrain from `cfg` into `run_dir`, or continue the run there with `resume`."""
     device = join_processes(cfg.train.device, key="train.device", timeout_s=cfg.train.dist_timeout_s)
     found = checkpoint_to_resume(run_dir, resume)
-    return run_task(PretrainTask(cfg, device), run_dir, resume, found, device)
+    return run_task(PretrainTask(cfg, device, fresh=found is None), run_dir, resume, found, device)
 
 
 def join_processes(device: str, key: str, timeout_s: float | None) -> torch.device:

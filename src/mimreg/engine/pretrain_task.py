@@ -22,11 +22,12 @@ class PretrainTask:
 
     kind = "pretrain"
 
-    def __init__(self, cfg: Config, device: torch.device):
+    def __init__(self, cfg: Config, device: torch.device, fresh: bool = True):
         self.cfg, self.optim, self.train, self.num_workers = cfg, cfg.optim, cfg.train, cfg.data.num_workers
         seed_process(cfg.train.seed)
         self.data = build_pretrain_data(cfg, dist.world_size(), dist.rank(), device=device)
-        self.module = build_trainee(cfg, self.data.num_classes).to(device)
+        # model.init only in a fresh run: a resumed one restores its checkpoint instead
+        self.module = build_trainee(cfg, self.data.num_classes, load_init=fresh).to(device)
         self.record = config_to_dict(cfg)
         sharded = cfg.train.strategy == "fsdp" and dist.is_distributed()
         # the monitors embed on the main process alone: not possible with sharded weights

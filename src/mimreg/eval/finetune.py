@@ -28,11 +28,12 @@ from mimreg.config import OptimConfig, TrainConfig
 from mimreg.data import (TransformedDataset, collate_skipping_bad, dataset_stats, eval_crop_fraction, eval_transform,
                          load_dataset)
 from mimreg.engine.data import EpochBatches, LoaderData
+from mimreg.engine.init_weights import vit_from_init
 from mimreg.engine.loop import checkpoint_to_resume, join_processes, run_task
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.schedule import learning_rate
 from mimreg.engine.task import StepResult, seed_process
-from mimreg.errors import ConfigError, DataError
+from mimreg.errors import ConfigError, DataError, MimregError
 from mimreg.eval.evaluate import run_dir_of
 from mimreg.eval.finetune_config import FinetuneConfig, changed_settings, resolve_config
 from mimreg.eval.finetune_model import build_classifier, freeze_all_but_last, layer_decay_groups
@@ -260,11 +261,20 @@ def curves_of(records: list[dict]) -> list[dict]:
 
 
 def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=None, device="auto", out=None,
-             resume=False, skip_bad_images=False, echo=print) -> dict:
+             resume=False, skip_bad_images=False, echo=print, init=None, img_size=None) -> dict:
     """Fine-tune the encoder of `checkpoint` (a run folder or ckpt file) on `data` (default: the
-    pretraining dataset) into `out`; write RUN/evals/finetune_<data>_<head>[_<changed settings>].json."""
+    pretraining dataset) into `out`; write RUN/evals/finetune_<data>_<head>[_<changed settings>].json.
+    With `init` instead of `checkpoint` (model.init's sources: a timm name or weights file), the
+    baseline without pretraining by mimreg: `data` and `out` are needed, the result goes to OUT/evals."""
     began = time.time()
-    encoder, pre_cfg, meta = load_encoder(checkpoint)
+    if init is not None:
+        if checkpoint is not None or data is None or out is None:
+            raise MimregError("--init fine-tunes weights that no mimreg run made: pass it with --data and --out, "
+                              "without --checkpoint")
+        encoder = vit_from_init(init, img_size)
+        checkpoint, meta = Path(out), {"step": None, "epoch": None, "recipe": f"init {init}", "latest": True}
+    else:
+        encoder, pre_cfg, meta = load_encoder(checkpoint)
     cfg, preset = resolve_config(encoder.arch, encoder.depth, overrides or {})
     name = data or pre_cfg.data.name
     root = data_root if data is not None or data_root is not None else pre_cfg.data.root
@@ -272,10 +282,11 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     out = Path(out) if out else run_dir_of(checkpoint) / "finetune" / result_stem("finetune", None, name, cfg.head, options)
     dev = join_processes(device, key="--device", timeout_s=cfg.dist_timeout_s)
     echo = echo if dist.is_main_process() else (lambda *args: None)
-    record = {"finetune": dataclasses.asdict(cfg), "pretrained": str(Path(checkpoint).resolve()), "data": name,
+    record = {"finetune": dataclasses.asdict(cfg), "pretrained": str(init) if init else str(Path(checkpoint).resolve()),
+              "data": name,
               "preset": preset}
     found = checkpoint_to_resume(out, resume)  # the head starts from the probe only in a new fine-tuning
-    task = FinetuneTask(cfg, encoder, name, root, pre_cfg.img_size, dev, record,
+    task = FinetuneTask(cfg, encoder, name, root, encoder.img_size, dev, record,
                         start_from_probe=cfg.head_init == "probe" and found is None, device_name=str(device),
                         skip_bad_images=skip_bad_images)
     run = run_task(task, out, resume, found, dev)
