@@ -15,6 +15,7 @@ import pytest
 from mimreg.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the CPU run of device_check.sh takes ~50 s: in `make test-slow`
 SECTIONS = ("cuda_tests", "vs_peers_base224", "vs_peers_tiny32", "data_pipeline", "mst", "finetune", "pretrain",
             "recipes_bf16")
 

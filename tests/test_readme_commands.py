@@ -394,7 +394,16 @@ def test_the_readme_has_the_commands_this_test_knows():
     assert len(COMMANDS) >= 20
 
 
-@pytest.mark.parametrize("number,command", COMMANDS, ids=[f"L{n}-{c.split()[1]}" for n, c in COMMANDS])
+def slow_if_study(number: int, command: str):
+    """The study example trains and evaluates 6 runs (~130 s), and the lines after it read its folder:
+    all in `make test-slow`, as the smoke matrix's modes."""
+    if command.split()[1] == "study" or "studies/s" in command:
+        return pytest.param(number, command, marks=pytest.mark.slow)
+    return number, command
+
+
+@pytest.mark.parametrize("number,command", [slow_if_study(n, c) for n, c in COMMANDS],
+                         ids=[f"L{n}-{c.split()[1]}" for n, c in COMMANDS])
 def test_readme_command_runs(number, command, workspace, monkeypatch, capsys, torchrun):
     folder, data = workspace
     monkeypatch.chdir(folder)

@@ -102,7 +102,7 @@ def references(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=[
-    "pretrain", "finetune", "pretrain-accum3", pytest.param("pretrain-accum2", marks=pytest.mark.slow)])
+    "pretrain", "finetune", *(pytest.param(s, marks=pytest.mark.slow) for s in ("pretrain-accum3", "pretrain-accum2"))])
 def scenario(request, references) -> tuple[Scenario, Path]:
     """A scenario and its uninterrupted run."""
     return references(request.param)

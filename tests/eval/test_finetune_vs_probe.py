@@ -15,7 +15,7 @@ from mimreg.engine.loop import pretrain
 from mimreg.eval.evaluate import evaluate
 from mimreg.eval.finetune import finetune
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]  # ~80 s: in `make test-slow`
 
 # no augmentation that moves the features off the probe's head: at this budget it only costs accuracy
 LP_FT = dict(epochs=2, batch_size=16, lr=3e-5, head="cls", head_init="probe", drop_path=0.0, crop_scale=1.0,
