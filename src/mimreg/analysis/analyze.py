@@ -87,7 +87,8 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     name = data or model.cfg.data.name
     root = data_root if data is not None or data_root is not None else model.cfg.data.root
     timer = Timer()
-    payload = {**model.meta, "checkpoint": str(checkpoint), "data": name, "pictures": {}}
+    payload = {**model.meta, "checkpoint": str(checkpoint), "data": name, "title": run_title(run_dir, name),
+               "pictures": {}}
     payload.update(timer("features", lambda: feature_numbers(model, name, root, test_images)))
     evaluations = read_evaluations(run_dir, model.cfg.data.name)
     payload["linear_top1"] = linear_top1(evaluations)
@@ -110,6 +111,12 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     report_to(echo, payload, skipped)  # before writing: a write that fails (disk full) loses no number
     write_json(run_dir / "analysis.json", {k: v for k, v in payload.items() if not k.startswith("_")})
     return payload
+
+
+def run_title(run_dir: Path, data: str) -> str:
+    """What the pictures call a run: its folder and the data they show ("tin-mae (tiny-imagenet)"),
+    not its preset's recipe, which many runs on other data share."""
+    return f"{Path(run_dir).resolve().name} ({data})"
 
 
 def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
@@ -139,7 +146,7 @@ def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
 
 def picture_makers(model: TrainedModel, name, root, device, folder: Path, payload: dict, run_dir: Path) -> dict:
     """name -> a function that draws that picture and returns its path."""
-    recipe = model.meta["recipe"]
+    recipe = payload["title"]
     shown = load_test_images(name, root, model.cfg.img_size, count=PICTURE_IMAGES, seed=0)
     shown.images = shown.images.to(device)
     features, labels, class_names = payload["_sample"]
