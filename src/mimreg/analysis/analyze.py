@@ -19,6 +19,7 @@ from mimreg.analysis.inputs import (TrainedModel, class_sample, load_test_images
 from mimreg.analysis.patch_pca import plot_patch_pca
 from mimreg.analysis.reconstruction import plot_reconstructions
 from mimreg.analysis.spectrum import effective_rank, plot_spectrum, singular_values
+from mimreg.engine.loggers import open_loggers
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.rep_monitor import last_values
 from mimreg.devices import resolve_device
@@ -108,9 +109,18 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
         else:
             payload["pictures"][picture] = str(timer(picture, pictures_of[picture]))
     payload["seconds"] = timer.seconds
+    log_pictures(model.cfg, run_dir, payload["pictures"])
     report_to(echo, payload, skipped)  # before writing: a write that fails (disk full) loses no number
     write_json(run_dir / "analysis.json", {k: v for k, v in payload.items() if not k.startswith("_")})
     return payload
+
+
+def log_pictures(cfg, run_dir: Path, pictures: dict[str, str]) -> None:
+    """The pictures to the run's loggers of train.loggers (its W&B / MLflow run continued)."""
+    for logger in open_loggers(cfg.train.loggers_in_force(), run_dir, wandb_mode=cfg.train.wandb_mode):
+        for name, path in pictures.items():
+            logger.log_image(f"analysis/{name}", Path(path))
+        logger.close()
 
 
 def run_title(run_dir: Path, data: str) -> str:
