@@ -120,3 +120,20 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(ConfigError, match=r"train.loggers lists mlflow, which is not installed: pip install 'mimreg\[mlflow\]'"):
         load_config("digits/mae", ["train.loggers=[mlflow]"])
+
+
+def test_analyze_pictures_go_to_the_runs_mlflow_run(tiny_config, tmp_path, monkeypatch):
+    """`mimreg analyze` hands its pictures to the loggers of the run's config, in the run it logged to."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from mimreg.analysis.analyze import log_pictures
+    from mimreg.engine.loggers.mlflow_logger import MlflowLogger
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_id = MlflowLogger(tmp_path).run_id  # as pretraining left it
+    Image.new("RGB", (8, 8)).save(tmp_path / "pca.png")
+    log_pictures(tiny_config("mae", train__loggers=["mlflow"]), tmp_path, {"pca": str(tmp_path / "pca.png")})
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    assert [a.path for a in client.list_artifacts(run_id, "analysis")] == ["analysis/pca.png"]
