@@ -225,3 +225,12 @@ def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, ca
         ours = encoder.forward_masked(images, None)
     torch.testing.assert_close(theirs, torch.cat([ours.cls[:, None], ours.tokens], dim=1), rtol=0, atol=1e-10)
     assert not torch.allclose(ours.cls[0], ours.cls[1])  # the features depend on the image
+
+
+def test_version_prints_the_version(capsys):
+    from mimreg import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"mimreg {__version__}\n"

@@ -9,6 +9,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from mimreg import __version__
 from mimreg.cli_eval import (add_checkpoint_args, add_eval_parser, add_import_args, add_results_parser,
                              import_consented, is_main_process, resume_command)
 from mimreg.cli_study import add_study_parser
@@ -81,6 +82,7 @@ def one_line(err: Exception) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimreg", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"mimreg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain an encoder from a recipe or YAML config")

@@ -146,7 +146,10 @@ class TrainConfig:
     ckpt_every_steps: int = bounded(0, ge=0)  # 0: only at the end of each epoch
     keep_last: int = bounded(2, ge=1)
     online_probe: bool = True
-    tensorboard: bool = False
+    # where logged values, the config and analyze's pictures go: jsonl (always), tensorboard, wandb, mlflow
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    tensorboard: bool = False  # the older spelling of `tensorboard` in train.loggers
+    wandb_mode: str | None = None  # online, offline, disabled; None: WANDB_MODE, else offline
     compile: bool = False  # torch.compile the whole step (forward + backward) as whole graphs, static shapes
     # with train.compile: torch.compile's mode; reduce-overhead adds CUDA graphs (CUDA only)
     compile_mode: str = one_of("default", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -163,6 +166,9 @@ class TrainConfig:
     # None: every 200 steps, off under fsdp; 0: off
     rep_monitor_every: int | None = bounded(None, ge=0)
     rep_monitor_images: int = bounded(512, ge=2)  # fixed held-out images they are measured on (test split if any)
+
+    def loggers_in_force(self) -> list[str]:
+        return list(dict.fromkeys(["jsonl", *self.loggers, *(["tensorboard"] if self.tensorboard else [])]))
 
 
 @dataclass
@@ -595,6 +601,7 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
             raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(allowed)}")
     check_model(cfg)
     settle_optimizer(cfg.optim)
+    check_loggers(cfg.train)
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
         raise ConfigError(f"train.compile_mode={cfg.train.compile_mode!r} needs train.compile: true (it is false); "
                           "set train.compile: true or drop train.compile_mode")
@@ -622,6 +629,23 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
     if check_run_length:
         check_schedules(cfg, world)
     check_geometry(cfg)
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")  # train.loggers; all but jsonl write through engine/loggers/
+
+
+def check_loggers(train: TrainConfig) -> None:
+    """Each logger known and its package installed (found, not imported: wandb takes seconds to import)."""
+    import importlib.util
+
+    for name in train.loggers_in_force():
+        if name not in LOGGERS:
+            raise ConfigError(f"train.loggers: unknown logger {name!r}; choose from {list(LOGGERS)}")
+        if name != "jsonl" and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"train.loggers lists {name}, which is not installed: pip install 'mimreg[{name}]'")
+    if train.wandb_mode not in (None, "online", "offline", "disabled"):
+        raise ConfigError(f"train.wandb_mode: unknown value {train.wandb_mode!r}; choose one of "
+                          "['online', 'offline', 'disabled'] (or null: WANDB_MODE, else offline)")
 
 
 def settle_optimizer(optim: OptimConfig) -> None:

@@ -86,3 +86,17 @@ def test_joint_embedding_methods_get_every_picture_but_reconstructions(tmp_path)
     report = analyze(tmp_path, pictures=("reconstructions", "attention", "curves"), test_images=64,
                      echo=lambda text: None)
     assert set(report["pictures"]) == {"attention"}  # no pixels predicted, no metrics.jsonl logged
+
+
+def test_pictures_are_titled_by_the_run_folder_and_the_data(tiny_run, monkeypatch):
+    """Not by the preset's recipe (a Tiny-ImageNet run of a cifar10-cpu preset read `cifar10-cpu/mae`)."""
+    from mimreg.analysis import analyze as module
+
+    titles = {}
+    monkeypatch.setattr(module, "plot_patch_pca", lambda *a, title: titles.setdefault("pca", title))
+    monkeypatch.setattr(module, "plot_run_curves", lambda runs, path, title: titles.setdefault("curves", (title, *runs)))
+    run = tiny_run.rename(tiny_run.parent / "tin-mae")
+    report = module.analyze(run, pictures=("pca", "curves"), test_images=32, echo=lambda text: None)
+    assert report["title"] == "tin-mae (synthetic)"
+    assert titles == {"pca": "tin-mae (synthetic): patch features",
+                      "curves": ("tin-mae (synthetic): training curves", "tin-mae (synthetic)")}

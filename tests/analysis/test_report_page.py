@@ -139,3 +139,19 @@ def test_a_config_yaml_with_a_yaml_error_is_named_in_one_line(tiny_run, tmp_path
     err = capsys.readouterr().err
     assert err.startswith(f"error: {config} is not valid YAML (") and len(err.strip().splitlines()) == 1
     assert "the run has no checkpoint whose config could stand in; fix the file" in err
+
+
+def test_pretraining_minutes_get_no_difference_in_the_comparison(tmp_path):
+    """Time is not a quality: a run that ran on a quieter machine shows no grey `−15.9`."""
+    from mimreg.analysis.report import RunView, comparison_table
+
+    def run(name, minutes, top1):
+        return RunView(tmp_path / name, name, {}, {"steps": 4}, [{"step": 4, "time": 60.0 * minutes}],
+                       {"linear": {"cls": {"top1": top1}}})
+
+    table = comparison_table([run("a", 20.0, 50.0), run("b", 4.1, 52.5)])
+    rows = re.findall(r"<tr><th class=\"text\">(.*?)</tr>", table)
+    cells = re.findall(r"<td>(.*?)</td>", rows[-1])
+    heads = re.findall(r'<th title="([^"]*)">', table)
+    assert cells[heads.index("linear cls/top1")] == '52.5 <span class="delta">+2.5</span>'
+    assert cells[heads.index("pretrain min")] == "4.1" and cells[heads.index("steps")] == "4"

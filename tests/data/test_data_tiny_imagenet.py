@@ -50,3 +50,15 @@ def test_missing_tiny_imagenet_names_both_places_looked(tmp_path):
         load_dataset("tiny-imagenet", "train", tmp_path)
     assert str(tmp_path) in str(info.value)
     assert str(tmp_path / "tiny-imagenet-200") in str(info.value)
+
+
+def test_classes_are_named_by_words_txt(tiny_imagenet_root):
+    """Legends show "goldfish", not n01443537: the first name words.txt gives each wnid; a wnid it
+    lacks stays a wnid, and a name two classes share keeps the wnid beside it."""
+    (tiny_imagenet_root.base / "words.txt").write_text(
+        "n001\tgoldfish, Carassius auratus\nn002\tcrane\nn003\tcrane\nn999\tunused\n")
+    for split in ("train", "test"):
+        assert load_dataset("tiny-imagenet", split, tiny_imagenet_root.base).classes == [
+            "crane (n003)", "goldfish", "crane (n002)"]
+    (tiny_imagenet_root.base / "words.txt").write_text("n001\tgoldfish, Carassius auratus\n")
+    assert load_dataset("tiny-imagenet", "train", tiny_imagenet_root.base).classes == ["n003", "goldfish", "n002"]

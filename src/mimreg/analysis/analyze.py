@@ -19,6 +19,7 @@ from mimreg.analysis.inputs import (TrainedModel, class_sample, load_test_images
 from mimreg.analysis.patch_pca import plot_patch_pca
 from mimreg.analysis.reconstruction import plot_reconstructions
 from mimreg.analysis.spectrum import effective_rank, plot_spectrum, singular_values
+from mimreg.engine.loggers import open_loggers
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.rep_monitor import last_values
 from mimreg.devices import resolve_device
@@ -87,7 +88,8 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
     name = data or model.cfg.data.name
     root = data_root if data is not None or data_root is not None else model.cfg.data.root
     timer = Timer()
-    payload = {**model.meta, "checkpoint": str(checkpoint), "data": name, "pictures": {}}
+    payload = {**model.meta, "checkpoint": str(checkpoint), "data": name, "title": run_title(run_dir, name),
+               "pictures": {}}
     payload.update(timer("features", lambda: feature_numbers(model, name, root, test_images)))
     evaluations = read_evaluations(run_dir, model.cfg.data.name)
     payload["linear_top1"] = linear_top1(evaluations)
@@ -107,9 +109,24 @@ def analyze(checkpoint, *, data=None, data_root=None, test_images=None, device="
         else:
             payload["pictures"][picture] = str(timer(picture, pictures_of[picture]))
     payload["seconds"] = timer.seconds
+    log_pictures(model.cfg, run_dir, payload["pictures"])
     report_to(echo, payload, skipped)  # before writing: a write that fails (disk full) loses no number
     write_json(run_dir / "analysis.json", {k: v for k, v in payload.items() if not k.startswith("_")})
     return payload
+
+
+def log_pictures(cfg, run_dir: Path, pictures: dict[str, str]) -> None:
+    """The pictures to the run's loggers of train.loggers (its W&B / MLflow run continued)."""
+    for logger in open_loggers(cfg.train.loggers_in_force(), run_dir, wandb_mode=cfg.train.wandb_mode):
+        for name, path in pictures.items():
+            logger.log_image(f"analysis/{name}", Path(path))
+        logger.close()
+
+
+def run_title(run_dir: Path, data: str) -> str:
+    """What the pictures call a run: its folder and the data they show ("tin-mae (tiny-imagenet)"),
+    not its preset's recipe, which many runs on other data share."""
+    return f"{Path(run_dir).resolve().name} ({data})"
 
 
 def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
@@ -139,7 +156,7 @@ def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
 
 def picture_makers(model: TrainedModel, name, root, device, folder: Path, payload: dict, run_dir: Path) -> dict:
     """name -> a function that draws that picture and returns its path."""
-    recipe = model.meta["recipe"]
+    recipe = payload["title"]
     shown = load_test_images(name, root, model.cfg.img_size, count=PICTURE_IMAGES, seed=0)
     shown.images = shown.images.to(device)
     features, labels, class_names = payload["_sample"]

@@ -42,6 +42,9 @@ PICTURE_ORDER = [("curves", "Training curves"), ("reconstructions", "Reconstruct
                    "min..max (dark: least, bright: most)"), ("pca", "Patch features (PCA as RGB)"),
                  ("pacmap", "PaCMAP"), ("tsne", "t-SNE"), ("umap", "UMAP"), ("spectrum", "Singular values")]
 WIDE = {"curves", "reconstructions", "attention", "pca"}
+# columns that describe how a run was made, not how good it is: shown without a difference to the first
+# run (pretraining minutes follow the machine's load as much as the method)
+NOT_RESULTS = ("steps", "pretrain min")
 
 
 @dataclass
@@ -245,11 +248,12 @@ def comparison_table(runs: list[RunView]) -> str:
             value = row.get(c)
             text = "–" if value is None else number(value, c)
             base = rows[0].get(c)
-            if i and value is not None and base is not None and c != "steps":
+            if i and value is not None and base is not None and c not in NOT_RESULTS:
                 text += f' <span class="delta">{signed(value - base, c)}</span>'
             cells.append(f"<td>{text}</td>")
         body.append(f'<tr><th class="text"><a href="#run-{i}">{esc(run.name)}</a></th>{"".join(cells)}</tr>')
-    note = (f'<p class="note">Grey: difference to the first run ({esc(runs[0].name)}). Features: the cls token '
+    note = (f'<p class="note">Grey: difference to the first run ({esc(runs[0].name)}), for results (not for '
+            "steps and pretraining minutes, which say how a run was made). Features: the cls token "
             "(every pool is in each run's section). Accuracies in %; DBI: Davies-Bouldin index of a random "
             "10-class test sample (lower = tighter classes); last RankMe / α-ReQ: the representation "
             "monitor's last values during pretraining (README: Representation monitors).</p>"

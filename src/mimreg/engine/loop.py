@@ -190,7 +190,8 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def run(self, folder: RunFolder, stop: GracefulStop, changes: dict | None = None) -> RunResult:
-        writer = MetricsWriter(folder.path, self.main, self.train.tensorboard)
+        writer = MetricsWriter(folder.path, self.main, self.train.loggers_in_force(), self.task.record,
+                               self.train.wandb_mode)
         self.last_metrics = folder.read_summary().get("last_metrics", {}) if self.step else {}
         halted = False
         try:

@@ -1,4 +1,4 @@
-"""Run outputs: metrics.jsonl (every logged value), optional TensorBoard, console lines."""
+"""Run outputs: metrics.jsonl (every logged value), and to the other loggers of train.loggers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from mimreg.console import say
 from mimreg.distributed import all_reduce_mean
+from mimreg.engine.loggers import open_loggers, scalars_of
 from mimreg.errors import MimregError
 from mimreg.io import disk_full_message
 
@@ -53,18 +53,17 @@ class RunningMeans:
 class MetricsWriter:
     """Appends one JSON object per line to metrics.jsonl; only the main process writes."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, enabled: bool, loggers: list[str] = ("jsonl",), config: dict | None = None,
+                 wandb_mode: str | None = None):
+        """loggers: train.loggers in force; each other than jsonl gets every record with a step, and
+        `config` once."""
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.start = time.time()
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                say("tensorboard is not installed (pip install 'mimreg[tensorboard]'); logging to metrics.jsonl only")
-            else:
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.loggers = open_loggers(loggers, run_dir, wandb_mode=wandb_mode) if enabled else []
+        for logger in self.loggers:
+            if config is not None:
+                logger.log_config(config)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -78,14 +77,13 @@ class MetricsWriter:
             if message is None:
                 raise
             raise MimregError(message) from err
-        if self.tb is not None and "step" in record:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+        values = scalars_of(record) if "step" in record else {}
+        for logger in self.loggers if values else ():
+            logger.log_scalars(record["step"], values)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for logger in self.loggers:
+            logger.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

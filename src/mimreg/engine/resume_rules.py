@@ -15,7 +15,7 @@ from __future__ import annotations
 from mimreg.errors import ConfigError
 
 NO_EFFECT = frozenset({"halt_after_steps", "progress", "device", "strategy", "grad_checkpointing", "log_every",
-                       "ckpt_every_steps", "keep_last", "num_workers", "tensorboard", "eval_every", "dist_timeout_s",
+                       "ckpt_every_steps", "keep_last", "num_workers", "tensorboard", "loggers", "wandb_mode", "eval_every", "dist_timeout_s",
                        "rep_monitor_every"})
 ON_PURPOSE = frozenset({"lr", "blr", "min_lr", "clip_grad", "epochs"})
 

@@ -17,7 +17,7 @@ SEED = "train.seed"
 BOOKKEEPING = frozenset({
     "description", "imports", "data.root", "data.download", "data.num_workers", "data.cache_dir",
     "data.device_memory_gb", "train.device", "train.log_every", "train.monitor_every", "train.ckpt_every_steps",
-    "train.keep_last", "train.progress", "train.tensorboard", "train.dist_timeout_s", "train.knn_every",
+    "train.keep_last", "train.progress", "train.tensorboard", "train.loggers", "train.wandb_mode", "train.dist_timeout_s", "train.knn_every",
     "train.knn_bank", "train.knn_queries", "train.rep_monitor_every", "train.rep_monitor_images"})
 
 
