@@ -383,8 +383,8 @@ def test_bf16_on_cpu_logs_finite_losses(tmp_path, tiny_config, monkeypatch):
     qkv_dtypes = []  # what the encoder's first attention projection computed in, in each training forward
     build = pretrain_task.build_trainee
 
-    def build_with_a_probe(cfg, num_classes):
-        trainee = build(cfg, num_classes)
+    def build_with_a_probe(cfg, num_classes, **options):
+        trainee = build(cfg, num_classes, **options)
         qkv = trainee.method.encoder.vit.blocks[0].attn.qkv
         # (the k-NN monitor embeds in eval mode, outside the step: not the step's precision)
         qkv.register_forward_hook(lambda module, args, out: qkv_dtypes.append(out.dtype) if module.training else None)
