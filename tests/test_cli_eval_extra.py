@@ -128,9 +128,11 @@ def test_protocol_variants_and_pools_keep_their_own_results_and_compare_in_one_t
         assert code == 0, err
     code, out, err = run_cli(capsys, "eval", "knn", *small, "--pool", "cls_prenorm")
     assert code == 0, err
-    names = sorted(p.name for p in (tiny_run / "evals").iterdir())
+    heads = sorted(p.name for p in (tiny_run / "evals").glob("*.head.safetensors"))  # for export --format hf
+    names = sorted(p.name for p in (tiny_run / "evals").glob("*.json"))
     assert names == ["knn_synthetic_cls-prenorm_test64_train200.json"] + [
         f"linear-{v}_synthetic_cls_epochs3_test64_train200.json" for v in ("mae", "magma", "sweep")]
+    assert heads == [name.replace(".json", ".head.safetensors") for name in names[1:]]
     sweep = json.loads((tiny_run / "evals" / names[-1]).read_text())["result"]
     assert {"lr", "weight_decay", "heldout_top1", "train_top1", "train_loss", "grid"} <= set(sweep)
 

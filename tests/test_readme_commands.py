@@ -312,6 +312,16 @@ def check_what_it_did(argv: list[str], folder: Path, printed: str, written: list
         assert f"report: {out}" in printed and out in written, printed
         page = (folder / out).read_text()
         assert all(Path(run).name in page for run in argv[2:argv.index("--out")])
+    elif command == "export" and option(argv, "--format") == "hf":
+        out = option(argv, "--out")
+        assert printed.startswith(f"wrote {out} (model.safetensors") and f"{out}/model.safetensors" in written, printed
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / out / "model.safetensors"))
+        config = json.loads((folder / out / "config.json").read_text())
+        assert "cls_token" in weights and config["num_classes"] == (weights["head.weight"].shape[0]
+                                                                    if "head.weight" in weights else 0), config
+        assert "## Evaluations" in (folder / out / "README.md").read_text()
     elif command == "export":
         out = option(argv, "--out")
         assert printed.startswith(f"wrote {out}; load it with") and out in written, printed

@@ -156,10 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_args(p)
     p.set_defaults(run=cmd_report)
 
-    p = sub.add_parser("export", help="export the encoder for timm")
+    p = sub.add_parser("export", help="export the encoder for timm or the Hugging Face hub")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", default="timm", choices=["timm"])
-    p.add_argument("--out", required=True, help="output .pth file")
+    p.add_argument("--format", default="timm", choices=["timm", "hf"],
+                   help="timm: OUT.pth state dict + OUT.json arguments; hf: folder OUT with model.safetensors "
+                        "(encoder, and the linear probe's head when the run has one), timm's config.json and a "
+                        "model card README.md")
+    p.add_argument("--out", required=True, help="output .pth file (--format timm) or folder (--format hf)")
     add_import_args(p)
     p.set_defaults(run=cmd_export)
 
@@ -262,6 +265,14 @@ def cmd_export(args) -> int:
     from mimreg.commands import export_timm
 
     import_consented(args, [args.checkpoint])
+    if args.format == "hf":
+        from mimreg.hub_export import export_hf
+
+        info = export_hf(args.checkpoint, args.out)
+        head = f"the linear probe's head of {info['head']}" if info["head"] else "no head (no linear evaluation)"
+        print(f"wrote {args.out} (model.safetensors with {head}, config.json, README.md); load it with:\n"
+              f"  {info['usage']}")
+        return 0
     info = export_timm(args.checkpoint, args.out)
     print(f"wrote {args.out}; load it with:\n  {info['usage']}")
     return 0

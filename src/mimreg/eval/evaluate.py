@@ -16,7 +16,7 @@ from mimreg.eval.knn import knn_protocols
 from mimreg.eval.linear import DEFAULT_EPOCHS, linear_probe
 from mimreg.eval.lowshot import lowshot_logistic
 from mimreg.eval.report import format_table
-from mimreg.eval.results import save_result
+from mimreg.eval.results import save_head, save_result
 
 PROTOCOLS = ("linear", "knn", "erank", "lowshot")
 DEFAULT_LINEAR_EPOCHS = DEFAULT_EPOCHS["sweep"]
@@ -54,7 +54,8 @@ def _one(protocol: str, pool: str, train: Split | None, test: Split, *, linear_p
          linear_epochs: int | None, device: torch.device, subset: str | None = None) -> dict:
     if protocol == "linear":
         return linear_probe(train.features[pool], train.labels, test.features[pool], test.labels,
-                            protocol=linear_protocol, epochs=linear_epochs, device=device, stream=train.on_disk)
+                            protocol=linear_protocol, epochs=linear_epochs, device=device, stream=train.on_disk,
+                            keep_head=True)
     if protocol == "knn":
         return knn_protocols(train.features[pool], train.labels, test.features[pool], test.labels, device=device)
     if protocol == "lowshot" and subset is not None:
@@ -88,6 +89,7 @@ def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=No
     results = {protocol: {pool: _one(protocol, pool, train, test, linear_protocol=linear_protocol,
                                      linear_epochs=linear_epochs, device=dev, subset=subset) for pool in pools}
                for protocol in protocols}
+    heads = {pool: result.pop("head") for pool, result in results.get("linear", {}).items()}
     rows = [{"pool": pool, **summary_row(results, pool)} for pool in pools]
     echo(format_table(rows, list(rows[0])))  # before writing: a write that fails (disk full) loses no result
     files = []
@@ -97,8 +99,11 @@ def evaluate(checkpoint, protocols=("linear", "knn"), *, data=None, data_root=No
                    "subset": Path(subset).stem if subset and protocol != "erank" else None}
         if protocol == "linear" and linear_epochs not in (None, DEFAULT_EPOCHS[linear_protocol]):
             options["epochs"] = linear_epochs
-        files += [save_result(out_dir, meta, protocol=protocol, variant=variant, pool=pool, options=options,
-                              result=result) for pool, result in results[protocol].items()]
+        for pool, result in results[protocol].items():
+            files.append(save_result(out_dir, meta, protocol=protocol, variant=variant, pool=pool, options=options,
+                                     result=result))
+            if protocol == "linear":  # for `mimreg export --format hf`, which folds it into timm's head
+                save_head(files[-1], heads[pool])
     return {**{k: v for k, v in meta.items() if k != "latest"}, "results": results, "files": [str(f) for f in files]}
 
 

@@ -135,3 +135,14 @@ class LinearHeads:
         fail = torch.full_like(hits1, -1.0)
         return {"top1": torch.where(finite, 100.0 * hits1 / n, fail), "topk": torch.where(finite, 100.0 * hitsk / n, fail),
                 "loss": torch.where(finite, loss / n, torch.full_like(loss, float("inf")))}
+
+    @torch.no_grad()
+    def raw_feature_head(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """Head `index` as one linear layer on the raw features, its evaluation-mode BatchNorm
+        (running statistics, no affine part) folded in: weight (C, D), bias (C,), float32 on the host."""
+        weight, bias = self.weight[index].double(), self.bias[index].double()
+        if self.batch_norm:
+            scale = (self.running_var.double() + _BN_EPS).rsqrt()
+            weight = weight * scale
+            bias = bias - weight @ self.running_mean.double()
+        return {"weight": weight.float().cpu(), "bias": bias.float().cpu()}

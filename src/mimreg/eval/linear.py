@@ -197,7 +197,7 @@ def _raw_feature_head(weight, bias, mean, std) -> dict:
 def linear_probe(train_x, train_y, test_x, test_y, *, protocol: str = "sweep", epochs: int | None = None,
                  lr: float = 0.1, momentum: float = 0.9, milestones=(60, 80), gamma: float = 0.1,
                  batch_size: int | None = None, weight_decay: float = 0.0, seed: int = 0, device: str = "cpu",
-                 stream: bool = False, progress: bool = False, **sweep_options) -> dict:
+                 stream: bool = False, progress: bool = False, keep_head: bool = False, **sweep_options) -> dict:
     """Train a linear classifier on frozen (N, D) features; report accuracies in percent.
 
     `protocol="sweep"` (default): see `sweep_probe` (`epochs` caps its L-BFGS iterations; lr,
@@ -215,6 +215,8 @@ def linear_probe(train_x, train_y, test_x, test_y, *, protocol: str = "sweep", e
     `device` a mini-batch at a time. Fixed recipes return top1, top5 (only with 5 or more
     classes), train_top1, train_loss (mean over the last epoch), epochs, protocol and num_classes
     (max train label + 1); lars also lr (the scaled one), base_lr, batch_size and warmup_epochs.
+    `keep_head`: also "head", the trained head as one linear layer on the raw features (any
+    standardisation or BatchNorm folded in): weight (C, D), bias (C,).
     """
     if protocol not in PROTOCOLS:
         raise MimregError(f"unknown linear-probe protocol {protocol!r}; use one of {PROTOCOLS}")
@@ -229,7 +231,7 @@ def linear_probe(train_x, train_y, test_x, test_y, *, protocol: str = "sweep", e
             raise MimregError("the 'sweep' probe fits on every train feature in memory; with stored features use "
                               "--linear-protocol lars, mae or magma (they read mini-batches from the store)")
         return sweep_probe(train_x, train_y, test_x, test_y, epochs=epochs, seed=seed, device=device,
-                           progress=progress, **sweep_options)
+                           progress=progress, keep_head=keep_head, **sweep_options)
     if sweep_options:
         raise MimregError(f"{sorted(sweep_options)} only apply to protocol 'sweep', not {protocol!r}")
     if not (lr > 0 and math.isfinite(lr)):
@@ -261,4 +263,6 @@ def linear_probe(train_x, train_y, test_x, test_y, *, protocol: str = "sweep", e
     result["train_loss"] = float(last_loss[0])
     if protocol == "lars":
         result.update(lr=lr, base_lr=base_lr, batch_size=batch_size, warmup_epochs=warmup)
+    if keep_head:
+        result["head"] = heads.raw_feature_head(0)
     return {**result, "epochs": epochs, "protocol": protocol, "num_classes": num_classes}

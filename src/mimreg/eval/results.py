@@ -18,9 +18,11 @@ from pathlib import Path
 from mimreg.engine.metrics import read_metrics
 from mimreg.engine.rep_monitor import PREFIXES as MONITOR_PREFIXES, last_values
 from mimreg.errors import MimregError
+from mimreg.io import atomic_write
 from mimreg.eval.report import format_table, format_value, write_json
 
 RESULTS_DIR = "evals"
+HEAD_SUFFIX = ".head.safetensors"
 FORMATS = ("markdown", "csv", "json")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
 
@@ -64,6 +66,28 @@ def save_result(run_dir: str | Path, meta: dict, *, protocol: str, variant: str 
     record = {**{k: v for k, v in meta.items() if k != "latest"}, "protocol": protocol, "variant": variant,
               "pool": pool, "options": options, "result": result, "headline": headline(protocol, variant, result)}
     return write_json(Path(run_dir) / RESULTS_DIR / f"{stem}.json", record)
+
+
+def head_path(result_file: str | Path) -> Path:
+    """Where a linear evaluation's head lies: beside its result, RUN/evals/<stem>.head.safetensors."""
+    return Path(result_file).with_suffix(HEAD_SUFFIX)
+
+
+def save_head(result_file: str | Path, head: dict) -> Path:
+    """The probe's head on the raw pooled features (weight (C, D), bias (C,)), as safetensors: what
+    `mimreg export --format hf` folds into timm's classifier."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().float().contiguous().cpu() for k, v in head.items()})
+    return atomic_write(head_path(result_file), lambda handle: handle.write(data))
+
+
+def load_head(result_file: str | Path) -> dict | None:
+    """The head saved beside a linear evaluation, or None (evaluations before heads were kept)."""
+    from safetensors.torch import load_file
+
+    path = head_path(result_file)
+    return load_file(str(path)) if path.is_file() else None
 
 
 def run_folders(paths: list[str | Path]) -> list[Path]:
