@@ -18,6 +18,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from mimreg.config import Config, load_config  # noqa: E402
+from support import built_once  # noqa: E402
 
 # vit_micro/4 on 32x32 synthetic images with a one-block decoder: ~0.1 s per step of 32 images on CPU.
 TINY_SETS = (
@@ -44,8 +45,15 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip, saying so, where torch sees no CUDA device."""
+    """Each test file is one unit of work for `pytest -n 2 --dist loadgroup` (make test), and the
+    analysis tests are one unit together: they share the demo fixture, built once on that worker.
+    Tests marked `cuda` skip, saying so, where torch sees no CUDA device."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group("tests/analysis" if path.startswith("tests/analysis/") else path))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -112,12 +120,13 @@ def tiny_run_dir(tmp_path_factory) -> Path:
     Shared: do not modify it; the `tiny_run` fixture gives a private copy."""
     from mimreg.engine.loop import pretrain
 
-    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
-    cfg = tiny_config("u-mae", train__epochs=3, data__subset=256, optim__warmup_epochs=1, train__log_every=2,
-                      train__monitor_every=2)
-    with one_thread():
-        pretrain(cfg, run_dir)
-    return run_dir
+    def build(folder: Path) -> None:
+        cfg = tiny_config("u-mae", train__epochs=3, data__subset=256, optim__warmup_epochs=1, train__log_every=2,
+                          train__monitor_every=2)
+        with one_thread():
+            pretrain(cfg, folder / "run")
+
+    return built_once(tmp_path_factory, "tiny_run", build) / "run"
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -99,3 +101,22 @@ class MeanColour(torch.nn.Module):
 
         cls = self.drop(images.mean(dim=(2, 3)))
         return EncoderOutput(cls=cls, tokens=cls[:, None])
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `build(folder)` fills, built once per test session: under pytest-xdist the first
+    worker to ask builds it (a file lock) and the others read it, instead of each building its own."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock  # torch's own dependency
+
+    folder = tmp_path_factory.getbasetemp().parent / f"built-once-{name}"  # the session's, shared by its workers
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder

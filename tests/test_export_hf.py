@@ -11,7 +11,6 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from conftest import one_thread, tiny_config
 from mimreg.cli import main
 from mimreg.data import dataset_stats, eval_transform, load_dataset
 from mimreg.eval.evaluate import evaluate
@@ -24,13 +23,12 @@ LOCAL_DIR = tuple(int(p) for p in timm.__version__.split(".")[:3]) >= (1, 0, 16)
 
 
 @pytest.fixture(scope="module")
-def two_step_run(tmp_path_factory):
+def two_step_run(tmp_path_factory, tiny_config, single_thread):
     """MAE on vit_micro, 2 steps of 32 synthetic images."""
     from mimreg.engine.loop import pretrain
 
     run_dir = tmp_path_factory.mktemp("hf") / "run"
-    with one_thread():
-        pretrain(tiny_config("mae", train__epochs=1, data__subset=64), run_dir)
+    pretrain(tiny_config("mae", train__epochs=1, data__subset=64), run_dir)
     return run_dir
 
 

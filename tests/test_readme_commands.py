@@ -405,9 +405,9 @@ def test_the_readme_has_the_commands_this_test_knows():
 
 
 def slow_if_study(number: int, command: str):
-    """The study example trains and evaluates 6 runs (~130 s), and the lines after it read its folder:
-    all in `make test-slow`, as the smoke matrix's modes."""
-    if command.split()[1] == "study" or "studies/s" in command:
+    """The study example trains and evaluates 6 runs (~130 s), and the lines after it read its folder;
+    the several-machines torchrun repeats the one-machine one's run: in `make test-slow`."""
+    if command.split()[1] == "study" or "studies/s" in command or "--nnodes" in command:
         return pytest.param(number, command, marks=pytest.mark.slow)
     return number, command
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import linear_result_file
+from support import built_once, linear_result_file
 
 STUDY = ("mae", "u-mae", "m-mae", "mu-mae")
 DEMO_SETS = ["--set", "method.decoder_dim=32", "--set", "method.decoder_depth=1", "--set", "method.decoder_heads=2",
@@ -24,20 +24,23 @@ DEMO_SETS = ["--set", "method.decoder_dim=32", "--set", "method.decoder_depth=1"
 def demo_run(tmp_path_factory) -> tuple[Path, str]:
     """`mimreg demo` of mae and u-mae, 1 epoch of 128 synthetic images each: (its folder, what it
     printed). Every run in it is evaluated and analysed. Do not modify."""
-    from mimreg.cli import main
+    def build(folder: Path) -> None:
+        from mimreg.cli import main
 
-    out_dir = tmp_path_factory.mktemp("demo") / "demo"
-    printed = io.StringIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/conftest.py one_thread
-    try:
-        with contextlib.redirect_stdout(printed):
-            code = main(["demo", "--data", "synthetic", "--epochs", "1", "--recipes", "mae,u-mae",
-                         "--out", str(out_dir), *DEMO_SETS])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0, printed.getvalue()[-2000:]
-    return out_dir, printed.getvalue()
+        printed = io.StringIO()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # see tests/conftest.py one_thread
+        try:
+            with contextlib.redirect_stdout(printed):
+                code = main(["demo", "--data", "synthetic", "--epochs", "1", "--recipes", "mae,u-mae",
+                             "--out", str(folder / "demo"), *DEMO_SETS])
+        finally:
+            torch.set_num_threads(threads)
+        assert code == 0, printed.getvalue()[-2000:]
+        (folder / "printed.txt").write_text(printed.getvalue())
+
+    folder = built_once(tmp_path_factory, "demo", build)
+    return folder / "demo", (folder / "printed.txt").read_text()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from mimreg.errors import ConfigError
 from mimreg.eval.frozen import load_encoder
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
+SLOW_RUNS = pytest.mark.slow  # the tests of the two-process runs (~50 s of torchrun): in make test-slow
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,7 @@ def assert_states_close(got: dict, want: dict, atol: float) -> None:
         torch.testing.assert_close(got[key], value, rtol=0, atol=atol, msg=key)
 
 
+@SLOW_RUNS
 @pytest.mark.parametrize("fsdp, ddp", [("fsdp", "ddp"), ("byol_fsdp", "byol_ddp")])
 def test_fsdp_trains_to_the_same_losses_as_ddp(runs, fsdp, ddp):
     """Same global batch, same weights from rank 0: every logged term equal up to float32 rounding
@@ -58,6 +60,7 @@ def test_fsdp_trains_to_the_same_losses_as_ddp(runs, fsdp, ddp):
     assert_same_records(logged(runs / fsdp), logged(runs / ddp), rel=1e-5)
 
 
+@SLOW_RUNS
 def test_fsdp_checkpoint_has_the_ddp_format_and_loads_for_evaluation(runs):
     fsdp, ddp = final_state(runs / "fsdp"), final_state(runs / "ddp")
     assert_states_close(fsdp["model"], ddp["model"], atol=1e-5)  # full, unsharded tensors, the same names
@@ -79,6 +82,7 @@ def test_fsdp_checkpoint_has_the_ddp_format_and_loads_for_evaluation(runs):
                                rtol=0, atol=1e-6)
 
 
+@SLOW_RUNS
 def test_fsdp_run_halted_and_resumed_equals_the_uninterrupted_run(runs):
     """Halted at step 2 of 3 (its checkpoint gathered from the shards), resumed: every record and the
     final weights as in the uninterrupted FSDP run (which also checkpointed its activations)."""
@@ -88,12 +92,14 @@ def test_fsdp_run_halted_and_resumed_equals_the_uninterrupted_run(runs):
     assert_states_close(final_state(resumed)["model"], final_state(runs / "fsdp")["model"], atol=1e-6)
 
 
+@SLOW_RUNS
 def test_ddp_checkpoint_resumes_under_fsdp(runs):
     """One checkpoint format: a DDP run halted at step 2 and resumed under FSDP equals the DDP run."""
     assert_same_records(logged(runs / "ddp_then_fsdp"), logged(runs / "ddp"), rel=1e-5)
     assert_states_close(final_state(runs / "ddp_then_fsdp")["model"], final_state(runs / "ddp")["model"], atol=1e-5)
 
 
+@SLOW_RUNS
 @pytest.mark.parametrize("accum", [2, 3])
 def test_accumulation_under_two_processes_resumes_to_the_uninterrupted_run(runs, accum):
     """7 micro-batches per epoch: 3 (accum 2) or 2 (accum 3) optimizer steps, the rest dropped before

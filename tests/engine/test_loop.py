@@ -143,9 +143,9 @@ def assert_same_run(run_b: Path, run_a: Path) -> None:
 
 @pytest.mark.parametrize("drop_path, ckpt_every, halt, crash", [
     (0.1, 0, 13, True),  # killed in epoch 1, resumed from the end-of-epoch-0 checkpoint (drop path uses torch's RNG)
-    (0.0, 3, 13, True),  # killed in epoch 1, resumed from the mid-epoch checkpoint of step 12
+    pytest.param(0.0, 3, 13, True, marks=pytest.mark.slow),  # killed in epoch 1, resumed from the mid-epoch checkpoint of step 12
     (0.1, 3, 13, False),  # halted mid-epoch: resumed from the halt's own checkpoint
-    (0.0, 4, 8, False),  # halted at the epoch's last step, where a step checkpoint is also due
+    pytest.param(0.0, 4, 8, False, marks=pytest.mark.slow),  # halted at the epoch's last step, where a step checkpoint is also due
     (0.0, 4, 8, True),  # killed after the epoch's last step: resumed from step 4
 ])
 def test_resume_reproduces_every_record_of_the_uninterrupted_run(resume_runs, drop_path, ckpt_every, halt, crash):
