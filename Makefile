@@ -24,10 +24,10 @@ demo: install
 	$(BIN)/mimreg demo
 
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadgroup  # two workers (the 2 cores); each test file on one (tests/conftest.py)
+	$(BIN)/python -m pytest -n 2 --dist loadfile  # two workers (the 2 cores), each test file on one (order: tests/conftest.py)
 
 test-slow: install  # what `make test` leaves out (pytest's `slow` marker): most of the smoke matrix
-	$(BIN)/python -m pytest -m slow -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -m slow -n 2 --dist loadfile
 
 $(MIN_VENV)/bin/mimreg: pyproject.toml
 	$(PY) -m venv $(MIN_VENV)
@@ -37,7 +37,7 @@ $(MIN_VENV)/bin/mimreg: pyproject.toml
 
 test-min-timm: $(MIN_VENV)/bin/mimreg
 	$(MIN_VENV)/bin/python -c "import timm; assert timm.__version__ == '$(MIN_TIMM)', timm.__version__"
-	$(MIN_VENV)/bin/python -m pytest -n 2 --dist loadgroup $(TIMM_TESTS)
+	$(MIN_VENV)/bin/python -m pytest -n 2 --dist loadfile $(TIMM_TESTS)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) runs

@@ -45,15 +45,27 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
+# The order pytest-xdist hands test files to the two workers (--dist loadfile, in collection order):
+# the longest first, so that the run does not end on one worker while the other waits; the files that
+# read the demo fixture after test_analyze.py, which builds it, so that no second worker builds it too.
+LONGEST_FIRST = ("tests/test_smoke_matrix.py", "tests/analysis/test_analyze.py", "tests/engine/test_faults.py",
+                 "tests/test_readme_commands.py", "tests/engine/test_loop.py", "tests/methods/test_joint_training.py",
+                 "tests/methods/test_masked_training.py", "tests/engine/test_distributed.py")
+READ_THE_DEMO = ("tests/analysis/test_report_page.py", "tests/analysis/test_browser.py",
+                 "tests/analysis/test_demo.py", "tests/analysis/test_study_report.py")
+
+
+def file_rank(item) -> int:
+    path = item.nodeid.split("::")[0]
+    if path in LONGEST_FIRST:
+        return LONGEST_FIRST.index(path) - len(LONGEST_FIRST)
+    return 1 if path in READ_THE_DEMO else 0
+
+
 def pytest_collection_modifyitems(config, items):
-    """Each test file is one unit of work for `pytest -n 2 --dist loadgroup` (make test), and the
-    analysis tests are one unit together: they share the demo fixture, built once on that worker.
-    Tests marked `cuda` skip, saying so, where torch sees no CUDA device."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            path = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group("tests/analysis" if path.startswith("tests/analysis/") else path))
+    """Longest test files first and the demo's readers last (a stable sort: each file's tests keep
+    their order); tests marked `cuda` skip, saying so, where torch sees no CUDA device."""
+    items.sort(key=file_rank)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

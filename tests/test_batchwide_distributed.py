@@ -112,6 +112,7 @@ def test_sigreg_value_and_gradient_are_the_global_batch(ranks, worker, batch, na
             assert_close_at_scale(g, 2 * e[part], 1e-9, 2 * e.abs().max().item())
 
 
+@pytest.mark.slow  # a torchrun or job of ~15-20 s: make test-slow
 def test_joint_pretraining_under_torchrun(tmp_path, torchrun):
     """A SimCLR run on 2 CPU processes: the views are sharded, the run finishes, and it says that
     BatchNorm stays per process (SyncBatchNorm needs CUDA)."""

@@ -171,6 +171,7 @@ def test_eval_finetune_from_the_command_line(tiny_run, capsys):
     assert f"wrote {tiny_run / 'evals' / name}" in out
 
 
+@pytest.mark.slow  # a torchrun or job of ~15-20 s: make test-slow
 def test_eval_finetune_under_torchrun_splits_the_batches_over_two_processes(tiny_run, torchrun):
     proc = torchrun(["-m", "mimreg.cli", "eval", "finetune", "--checkpoint", str(tiny_run), "--epochs", "2",
                      "--batch-size", "16", "--fraction", "0.25", "--test-images", "32", "--device", "cpu"], tiny_run)

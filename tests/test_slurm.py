@@ -50,6 +50,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a torchrun or job of ~15-20 s: make test-slow
 def test_timeout_signal_checkpoints_requeues_and_the_job_resumes(tmp_path, monkeypatch, tiny_sets):
     monkeypatch.setenv("PYTHONPATH", f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

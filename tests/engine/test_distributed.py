@@ -64,6 +64,7 @@ def test_per_process_option_uses_the_local_batch(two_process_results, worker):
     assert ranks[0]["terms"]["reg/magma"].item() != pytest.approx(ranks[1]["terms"]["reg/magma"].item())
 
 
+@pytest.mark.slow  # a torchrun or job of ~15-20 s: make test-slow
 def test_pretrain_cli_under_torchrun(tmp_path, torchrun):
     run = tmp_path / "run"
     proc = torchrun(["-m", "mimreg.cli", "pretrain", "mu-mae", "--out", str(run),
@@ -82,6 +83,7 @@ def test_pretrain_cli_under_torchrun(tmp_path, torchrun):
     assert "Warning" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a torchrun or job of ~15-20 s: make test-slow
 def test_a_hung_process_is_named_after_the_timeout(tmp_path):
     """Rank 1 hangs outside any collective; rank 0 gives up after the 5 s timeout (and a grace of
     half of it for the census), naming rank 1, instead of waiting torch's 30 minutes."""
