@@ -72,6 +72,18 @@ def test_kaggle_tree_is_found(tmp_path):
     assert len(load_dataset("imagenet", "test", tmp_path)) == 6
 
 
+def test_classes_are_named_by_the_synset_mapping_of_the_kaggle_release(tmp_path):
+    """Legends show "tench", not n01440764: LOC_synset_mapping.txt (beside the ILSVRC folder) names
+    the classes of both splits, in the same order; without it, the wnids."""
+    base = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
+    make_imagenet(base, WNIDS, per_class=1, flat_val=None, sizes=[(8, 6)])
+    assert load_dataset("imagenet", "train", tmp_path).classes == WNIDS
+    (tmp_path / "LOC_synset_mapping.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\nn02869837 bonnet, poke bonnet\n")
+    for split in ("train", "test"):
+        assert load_dataset("imagenet", split, tmp_path).classes == ["tench", "goldfish", "bonnet"]
+
+
 def test_imagenet100_filters_a_full_tree(tmp_path):
     chosen = imagenet100_wnids()
     assert len(chosen) == 100 and chosen[:2] == ["n01558993", "n01692333"]

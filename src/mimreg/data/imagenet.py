@@ -3,7 +3,9 @@
 ROOT/train/<wnid>/*.JPEG, and ROOT/val either as ROOT/val/<wnid>/*.JPEG or flat with a label
 file: the Kaggle release's LOC_val_solution.csv or a `val_labels.txt` of "filename wnid" lines.
 The Kaggle tree (ROOT/ILSVRC/Data/CLS-LOC/{train,val}) is found too. Class index = position of
-the wnid in sorted order, as torchvision's ImageFolder gives.
+the wnid in sorted order, as torchvision's ImageFolder gives. Classes are named by the Kaggle
+release's LOC_synset_mapping.txt or a synset_words.txt beside train/ or its ILSVRC folder (the wnid
+where there is none).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from mimreg.data.base import RawDataset
 from mimreg.data.files import ImageFileDataset, list_image_files
 from mimreg.data.folder import class_folders
+from mimreg.data.wordnet import wnid_names
 from mimreg.errors import DataError
 
 LAYOUT = ("ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (or ROOT/val/*.JPEG with "
@@ -24,6 +27,7 @@ LAYOUT = ("ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (or ROOT/val/*.JP
 KAGGLE_SUBDIR = Path("ILSVRC") / "Data" / "CLS-LOC"
 VAL_LABEL_FILES = ("LOC_val_solution.csv", "val_labels.txt")
 DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")  # "<wnid> <names>" lines
 
 
 def imagenet100_wnids() -> list[str]:
@@ -126,7 +130,13 @@ def load_imagenet_split(split: str, root: Path, skip_bad_images: bool, subset_10
         paths, labels = scan_classes(train, wnids)
     if not paths:
         raise DataError(f"No {split} images found under {base}. Lay it out as {LAYOUT}.")
-    return ImageFileDataset(paths, np.asarray(labels), wnids, skip_bad_images)
+    return ImageFileDataset(paths, np.asarray(labels), wnid_names(name_file(base, root), wnids), skip_bad_images)
+
+
+def name_file(base: Path, root: Path) -> Path | None:
+    """The first class-name mapping file in base or root (the Kaggle release keeps it in root)."""
+    return next((folder / name for folder in dict.fromkeys([base, root]) for name in NAME_FILES
+                 if (folder / name).is_file()), None)
 
 
 def load_imagenet(split: str, root: Path, *, download: bool = False, skip_bad_images: bool = False) -> RawDataset:

@@ -10,6 +10,7 @@ import numpy as np
 from mimreg.data.base import RawDataset
 from mimreg.data.files import ImageFileDataset, list_image_files
 from mimreg.data.folder import class_folders
+from mimreg.data.wordnet import wnid_names
 from mimreg.errors import DataError
 
 FOLDER_NAME = "tiny-imagenet-200"
@@ -37,21 +38,6 @@ def read_wnids(base: Path) -> list[str]:
     if not wnids:
         raise DataError(f"No classes found in {wnids_file} or {base / 'train'}. Re-extract {ARCHIVE_URL}.")
     return wnids
-
-
-def read_class_names(base: Path, wnids: list[str]) -> list[str]:
-    """Each class's name for legends: the first name words.txt gives its wnid ("goldfish" for
-    "goldfish, Carassius auratus"), the wnid where words.txt is absent or lacks it. A name two
-    classes share keeps its wnid beside it, so that no two legend entries read the same."""
-    words_file = base / "words.txt"
-    words = {}
-    if words_file.is_file():
-        for line in words_file.read_text().splitlines():
-            wnid, _, text = line.partition("\t")
-            words[wnid.strip()] = text.split(",")[0].strip()
-    names = [words.get(wnid) or wnid for wnid in wnids]
-    shared = {n for n in names if names.count(n) > 1}
-    return [f"{n} ({wnid})" if n in shared else n for n, wnid in zip(names, wnids)]
 
 
 def read_val_annotations(base: Path, wnids: list[str]) -> tuple[list[str], list[int]]:
@@ -97,4 +83,4 @@ def load_tiny_imagenet(split: str, root: Path, *, download: bool = False,
             labels.extend([label] * len(found))
     if not paths:
         raise DataError(f"No {split} images found in {base}. Re-extract {ARCHIVE_URL} there.")
-    return ImageFileDataset(paths, np.asarray(labels), read_class_names(base, wnids), skip_bad_images)
+    return ImageFileDataset(paths, np.asarray(labels), wnid_names(base / "words.txt", wnids), skip_bad_images)
