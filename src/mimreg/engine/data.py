@@ -209,7 +209,7 @@ def _views_as_list(cfg: Config) -> bool:
 
 def _pretrain_pool(cfg: Config, world: int):
     raw = load_dataset(cfg.data.name, "pretrain", cfg.data.root, download=cfg.data.download,
-                       skip_bad_images=cfg.data.skip_bad_images)
+                       skip_bad_images=cfg.data.skip_bad_images, columns=cfg.data.hf_columns())
     if cfg.data.subset is not None and cfg.data.subset < len(raw):
         # a random subset: folders are sorted by class, so "the first N" would drop classes
         chosen = np.random.default_rng(cfg.train.seed).choice(len(raw), cfg.data.subset, replace=False)
