@@ -489,19 +489,19 @@ def fill_img_size(raw: dict) -> None:
         from mimreg.data.image_size import infer_image_size
 
         data["img_size"] = infer_image_size(data["root"])
-    elif name == "hf":
-        data["img_size"] = _hf_image_size(data)
+    elif name in ("hf", "webdataset"):
+        data["img_size"] = _pool_image_size(name, data)
     elif name in DEFAULT_IMG_SIZES:
         data["img_size"] = DEFAULT_IMG_SIZES[name]
 
 
-def _hf_image_size(data: dict) -> int:
+def _pool_image_size(name: str, data: dict) -> int:
     from mimreg.data import load_dataset
     from mimreg.data.image_size import pool_image_size
 
     columns = build_dataclass(DataConfig, data, "config.data").hf_columns()
-    pool = load_dataset("hf", "train", data.get("root"), download=bool(data.get("download")), columns=columns)
-    return pool_image_size(pool, f"the {columns.train_split} split of {data.get('root')}")
+    pool = load_dataset(name, "train", data.get("root"), download=bool(data.get("download")), columns=columns)
+    return pool_image_size(pool, f"the train split of {data.get('root')}")
 
 
 def check_hf_settings(data: DataConfig) -> None:

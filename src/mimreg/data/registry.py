@@ -12,6 +12,7 @@ from mimreg.data.digits import load_digits_dataset
 from mimreg.data.folder import load_imagefolder
 from mimreg.data.hf import HFColumns, load_hf
 from mimreg.data.imagenet import load_imagenet, load_imagenet100
+from mimreg.data.shards import load_shards
 from mimreg.data.stl10 import load_stl10
 from mimreg.data.synthetic import load_synthetic
 from mimreg.data.tiny_imagenet import load_tiny_imagenet
@@ -29,6 +30,7 @@ LOADERS: dict[str, Callable[..., RawDataset]] = {
     "imagenet100": load_imagenet100,
     "imagefolder": load_imagefolder,
     "hf": load_hf,  # also takes `columns`
+    "webdataset": load_shards,
     "digits": load_digits_dataset,
     "synthetic": load_synthetic,
 }

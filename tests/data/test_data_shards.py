@@ -1,0 +1,94 @@
+"""data.name webdataset: tar shards indexed with tarfile and read sample by sample."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mimreg.config import load_config
+from mimreg.data import load_dataset
+from mimreg.errors import DataError
+
+
+def pattern(count: int, offset: int = 0) -> np.ndarray:
+    n, h, w, c = np.meshgrid(np.arange(count), np.arange(32), np.arange(32), np.arange(3), indexing="ij")
+    return ((n + offset) * 17 + h * 5 + w * 2 + c * 70).astype(np.uint8)
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder: Path, pixels: np.ndarray, per_shard: int, labelled: bool = True) -> None:
+    """WebDataset's layout: <key>.png and <key>.cls members, `per_shard` samples a shard."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(pixels), per_shard):
+        with tarfile.open(folder / f"shard-{start // per_shard:05d}.tar", "w") as tar:
+            for i in range(start, min(start + per_shard, len(pixels))):
+                encoded = io.BytesIO()
+                Image.fromarray(pixels[i]).save(encoded, format="png")
+                add(tar, f"sample{i:06d}.png", encoded.getvalue())
+                if labelled:
+                    add(tar, f"sample{i:06d}.cls", str(i % 3).encode())
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """train/: 64 images of 32x32 in two shards; test/: 6 images in one."""
+    root = tmp_path_factory.mktemp("wds")
+    write_shards(root / "train", pattern(64), per_shard=32)
+    write_shards(root / "test", pattern(6, offset=100), per_shard=8)
+    return root
+
+
+def test_samples_across_shards_read_exactly(shards):
+    train = load_dataset("webdataset", "pretrain", shards)
+    test = load_dataset("webdataset", "test", shards)
+    assert (len(train), len(test)) == (64, 6) and train.classes == ["0", "1", "2"]
+    assert list(test.labels) == [0, 1, 2, 0, 1, 2]
+    image, label = train[40]  # in the second shard
+    assert label == 40 % 3 and image.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(image), pattern(64)[40])
+    np.testing.assert_array_equal(np.asarray(test[5][0]), pattern(6, offset=100)[5])
+    assert load_config("digits/mae", ["data.name=webdataset", f"data.root={shards}"]).img_size == 32  # read from the images
+
+
+def test_unlabelled_shards_and_errors(tmp_path):
+    write_shards(tmp_path / "plain", pattern(3), per_shard=2, labelled=False)
+    plain = load_dataset("webdataset", "train", tmp_path / "plain")
+    assert len(plain) == 3 and plain.classes == [] and set(plain.labels) == {-1}
+    with pytest.raises(DataError, match=r"has no test split: expected .tar shards in .*train and .*test"):
+        load_dataset("webdataset", "test", tmp_path / "plain")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"No .tar shards in .*empty; write the shards there"):
+        load_dataset("webdataset", "train", tmp_path / "empty")
+    with tarfile.open(tmp_path / "empty" / "a.tar", "w") as tar:
+        add(tar, "x.png", b"not a png")
+        add(tar, "x.cls", b"cat")
+    with pytest.raises(DataError, match=r"x.cls holds 'cat', not an integer class"):
+        load_dataset("webdataset", "train", tmp_path / "empty")
+
+
+@pytest.mark.parametrize("pipeline", ["loader", "device"])
+def test_pretraining_on_shards_resumes_exactly(shards, tmp_path, tiny_config, pipeline):
+    from mimreg.engine.loop import pretrain
+    from mimreg.engine.metrics import read_metrics
+
+    sets = ("data.name=webdataset", f"data.root={shards}", f"data.pipeline={pipeline}", "train.epochs=2",
+            "train.ckpt_every_steps=1")
+
+    def losses(run: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
+
+    whole = pretrain(tiny_config("mae", *sets), tmp_path / "whole")
+    halted = pretrain(tiny_config("mae", *sets, "train.halt_after_steps=3"), tmp_path / "resumed")
+    resumed = pretrain(tiny_config("mae", *sets), tmp_path / "resumed", resume=True)
+    assert halted.steps == 3 and whole.steps == resumed.steps == 4  # 64 images, batches of 32, 2 epochs
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")
