@@ -92,3 +92,22 @@ def test_pretraining_on_shards_resumes_exactly(shards, tmp_path, tiny_config, pi
     resumed = pretrain(tiny_config("mae", *sets), tmp_path / "resumed", resume=True)
     assert halted.steps == 3 and whole.steps == resumed.steps == 4  # 64 images, batches of 32, 2 epochs
     assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")
+
+
+def test_each_process_reads_its_own_shards(shards):
+    from mimreg.data.shards import shard_of_samples
+    from mimreg.engine.data import EpochBatches, ShardBatches
+
+    shard_of = shard_of_samples(load_dataset("webdataset", "train", shards))  # samples 0-31: shard 0, 32-63: shard 1
+    ranks = [ShardBatches(shard_of, 8, 2, rank, seed=3) for rank in (0, 1)]
+    assert [r.steps for r in ranks] == [4, 4]  # each process: its 32 images in batches of 8
+    for rank, batches in enumerate(ranks):
+        for epoch in (0, 1):
+            read = np.concatenate(batches.for_epoch(epoch))
+            assert set(shard_of[read]) == {rank} and len(set(read)) == 32
+        assert batches.for_epoch(1, start=2) == batches.for_epoch(1)[2:]  # a resumed epoch goes on where it stopped
+    assert ranks[0].for_epoch(0) != ranks[0].for_epoch(1)  # a new order each epoch
+    one = ShardBatches(shard_of, 8, 1, 0, seed=3)
+    assert one.for_epoch(1) == EpochBatches(64, 8, 1, 0, seed=3).for_epoch(1)  # one process: as any dataset
+    with pytest.raises(Exception, match=r"2 shard\(s\) for 3 processes, and each process reads its own shards"):
+        ShardBatches(shard_of, 8, 3, 0, seed=3)

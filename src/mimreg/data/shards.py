@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mimreg.data.base import UNLABELED, BadSample, RawDataset
+from mimreg.data.base import UNLABELED, BadSample, RawDataset, SubsetDataset
 from mimreg.errors import DataError
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -83,6 +83,13 @@ class ShardDataset(RawDataset):
             raise DataError(f"Image {name} could not be decoded ({type(exc).__name__}: {exc}). Replace it, or set "
                             "data.skip_bad_images: true to skip it.") from exc
         return image.convert("RGB"), int(self.labels[index])
+
+
+def shard_of_samples(raw: RawDataset) -> np.ndarray | None:
+    """The shard number of each sample of tar shards (or of a subset of them); None for other data."""
+    if isinstance(raw, SubsetDataset) and isinstance(raw.parent, ShardDataset):
+        return raw.parent.shard_of[raw.indices]
+    return raw.shard_of if isinstance(raw, ShardDataset) else None
 
 
 def shard_files(folder: Path) -> list[Path]:
