@@ -131,3 +131,13 @@ def test_pretraining_on_hf_data_resumes_exactly(saved, tmp_path, tiny_config, pi
     resumed = pretrain(tiny_config("mae", *sets), tmp_path / "resumed", resume=True)
     assert halted.steps == 3 and whole.steps == resumed.steps == 4  # 64 images, batches of 32, 2 epochs
     assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")
+
+
+def test_auto_pipeline_decodes_a_small_hf_dataset_on_the_device(saved, tiny_config):
+    from mimreg.engine.data import build_pretrain_data
+
+    sets = ("data.name=hf", f"data.root={saved}", "data.hf_image_column=img", "data.hf_label_column=kind")
+    data = build_pretrain_data(tiny_config("mae", *sets), world=1, rank=0)
+    assert data.pipeline == "device"  # 64 images of 32x32 fit data.device_memory_gb
+    small = build_pretrain_data(tiny_config("mae", *sets, "data.device_memory_gb=1e-6"), world=1, rank=0)
+    assert small.pipeline == "loader"

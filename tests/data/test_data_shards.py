@@ -111,3 +111,10 @@ def test_each_process_reads_its_own_shards(shards):
     assert one.for_epoch(1) == EpochBatches(64, 8, 1, 0, seed=3).for_epoch(1)  # one process: as any dataset
     with pytest.raises(Exception, match=r"2 shard\(s\) for 3 processes, and each process reads its own shards"):
         ShardBatches(shard_of, 8, 3, 0, seed=3)
+
+
+def test_auto_pipeline_decodes_small_shards_on_the_device(shards, tiny_config):
+    from mimreg.engine.data import build_pretrain_data
+
+    data = build_pretrain_data(tiny_config("mae", "data.name=webdataset", f"data.root={shards}"), world=1, rank=0)
+    assert data.pipeline == "device"
