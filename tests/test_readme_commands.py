@@ -195,7 +195,8 @@ def workspace(tmp_path_factory):
 PLACEHOLDERS = {"PATH": "{images}", "N": "1", "RUN": "runs/mu", "RECIPE": "mae", "G": "1", "P": "debug",
                 "MINUTES": "10", "DIR": "runs/submitted", "KEY=VALUE": "train.log_every=1", "T": "1",
                 "M": "8", "A": "lab", "Q": "normal", "C": "cpu", "DATA": "{images}"}
-PATHS = {"~/data/cifar10": "{cifar}", "~/data/my-hf-dataset": "{hf}", "~/data/my-shards": "{shards}", "/shared/cifar10": "{cifar}", "/shared/runs/mu": "runs/shared-mu-L{line}",
+PATHS = {"~/data/cifar10": "{cifar}", "~/data/my-hf-dataset": "{hf}", "~/data/my-shards": "{shards}",
+         "/shared/cifar10": "{cifar}", "/shared/runs/mu": "runs/shared-mu-L{line}",
          "/shared/runs/mu-ft": "runs/shared-mu-ft-L{line}",
          "...": "{cifar}", "PATH": "{images}"}  # data.root=PATH: the image folder
 

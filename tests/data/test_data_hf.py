@@ -74,13 +74,19 @@ def test_parquet_files_split_by_name_and_a_single_file(tmp_path):
         load_dataset("hf", "test", folder / "train-00000-of-00001.parquet", columns=COLUMNS)
 
 
-def test_missing_column_and_split_name_the_setting(saved):
+def test_missing_column_split_or_data_name_the_setting(saved, tmp_path):
     with pytest.raises(DataError, match=r"no column 'image' \(its columns: \['img', 'kind'\]\); set data.hf_image_column"):
         load_dataset("hf", "train", saved, columns=HFColumns(label="kind"))
     with pytest.raises(DataError, match=r"no column 'label' .* set data.hf_label_column .* or null for unlabelled"):
         load_dataset("hf", "train", saved, columns=HFColumns(image="img"))
     with pytest.raises(DataError, match=r"no split 'val' \(its splits: \['test', 'train'\]\); set data.hf_test_split"):
         load_dataset("hf", "test", saved, columns=HFColumns("img", "kind", test_split="val"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty could not be read as a Hugging Face dataset \(\w+: .*\); set data.root"):
+        load_dataset("hf", "train", tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"notes.txt is a .txt file; data.name=hf reads .parquet, .arrow files"):
+        load_dataset("hf", "train", tmp_path / "notes.txt")
     unlabelled = load_dataset("hf", "train", saved, columns=HFColumns("img", None))
     assert unlabelled.classes == [] and set(unlabelled.labels) == {-1}
 

@@ -113,7 +113,8 @@ def encode(encoder: Encoder, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def sample_features(encoder: Encoder, name: str, root: str | None, img_size: int, indices,
-                    chunk: int = 256, columns=None) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], np.ndarray]:
+                    chunk: int = 256, columns=None
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], np.ndarray]:
     """Features ('cls', 'mean'), labels, class names and split indices of the readable test images
     at `indices`, read `chunk` at a time."""
     parts, labels, kept, names = [], [], [], []

@@ -102,20 +102,28 @@ def open_splits(root: str, download: bool) -> dict:
     """The dataset's splits by name (a single Dataset, e.g. one parquet file, is the train split)."""
     datasets = import_datasets()
     path = Path(os.path.expanduser(root))
+    if path.is_file() and path.suffix not in DATA_FILE_SUFFIXES:
+        raise DataError(f"data.root {path} is a {path.suffix or 'suffix-less'} file; data.name=hf reads "
+                        f"{', '.join(DATA_FILE_SUFFIXES)} files, save_to_disk folders or cached hub ids")
     with _offline(datasets, not download):
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            loaded = datasets.load_from_disk(str(path))
-        elif path.is_file():
-            builder = DATA_FILE_SUFFIXES.get(path.suffix)
-            if builder is None:
-                raise DataError(f"data.root {path} is a {path.suffix or 'suffix-less'} file; data.name=hf reads "
-                                f"{', '.join(DATA_FILE_SUFFIXES)} files, save_to_disk folders or cached hub ids")
-            loaded = datasets.load_dataset(builder, data_files={"train": str(path)})
-        elif path.is_dir():
-            loaded = datasets.load_dataset(str(path))
-        else:
+        if not path.exists():
             loaded = _from_hub_cache(datasets, root, download)
+        else:
+            try:
+                loaded = _from_path(datasets, path)
+            except Exception as exc:  # the library's own errors, many kinds: said in one line
+                reason = (str(exc).strip().splitlines() or [""])[0]
+                raise DataError(f"{path} could not be read as a Hugging Face dataset ({type(exc).__name__}: {reason}); "
+                                "set data.root to a save_to_disk folder or parquet/arrow files") from exc
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+
+
+def _from_path(datasets, path: Path):
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return datasets.load_from_disk(str(path))
+    if path.is_file():
+        return datasets.load_dataset(DATA_FILE_SUFFIXES[path.suffix], data_files={"train": str(path)})
+    return datasets.load_dataset(str(path))  # a folder of data files, split by their names
 
 
 def _from_hub_cache(datasets, hub_id: str, download: bool):

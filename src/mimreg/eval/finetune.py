@@ -289,7 +289,8 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     found = checkpoint_to_resume(out, resume)  # the head starts from the probe only in a new fine-tuning
     task = FinetuneTask(cfg, encoder, name, root, encoder.img_size, dev, record,
                         start_from_probe=cfg.head_init == "probe" and found is None, device_name=str(device),
-                        skip_bad_images=skip_bad_images, columns=None if init is not None else pre_cfg.data.hf_columns())
+                        skip_bad_images=skip_bad_images,
+                        columns=None if init is not None else pre_cfg.data.hf_columns())
     run = run_task(task, out, resume, found, dev)
     if run.halted:
         echo(f"halted at step {run.steps} (--halt-after-steps) with checkpoint {run.checkpoint}")
