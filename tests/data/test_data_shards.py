@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -97,10 +98,13 @@ def test_pretraining_on_shards_resumes_exactly(shards, tmp_path, tiny_config, pi
 def test_each_process_reads_its_own_shards(shards):
     from mimreg.data.shards import shard_of_samples
     from mimreg.engine.data import EpochBatches, ShardBatches
+    from mimreg.run_length import step_counts
 
     shard_of = shard_of_samples(load_dataset("webdataset", "train", shards))  # samples 0-31: shard 0, 32-63: shard 1
     ranks = [ShardBatches(shard_of, 8, 2, rank, seed=3) for rank in (0, 1)]
     assert [r.steps for r in ranks] == [4, 4]  # each process: its 32 images in batches of 8
+    uneven = ShardBatches(shard_of[16:], 8, 2, 0, seed=3)  # 16 and 32 images: 2 steps for both processes
+    assert uneven.steps == 2 and step_counts(uneven.size, 8, 2, 1, 1, 0)[0] == 2  # the run counts the same steps
     for rank, batches in enumerate(ranks):
         for epoch in (0, 1):
             read = np.concatenate(batches.for_epoch(epoch))
@@ -118,3 +122,28 @@ def test_auto_pipeline_decodes_small_shards_on_the_device(shards, tiny_config):
 
     data = build_pretrain_data(tiny_config("mae", "data.name=webdataset", f"data.root={shards}"), world=1, rank=0)
     assert data.pipeline == "device"
+
+
+@pytest.mark.slow
+def test_two_processes_read_their_own_shards_and_resume_exactly(tmp_path, torchrun):
+    """Shards of 32, 16 and 16 images: process 0 reads shards 0 and 2 (48), process 1 shard 1 (16);
+    both make the 2 steps of batch 8 that the smaller share fills."""
+    root = tmp_path / "shards"
+    write_shards(root, pattern(32), per_shard=32)
+    (root / "shard-00000.tar").rename(root / "a.tar")
+    write_shards(root, pattern(32, offset=40), per_shard=16)
+    sets = ["data.name=webdataset", f"data.root={root}", "optim.batch_size=8", "train.epochs=2", "model.arch=vit_micro",
+            "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2", "train.progress=false",
+            "train.log_every=1", "train.ckpt_every_steps=1", "train.rep_monitor_every=0", "train.knn_every=0"]
+
+    def pretrain(run: str, *extra: str) -> list[dict]:
+        argv = ["-m", "mimreg.cli", "pretrain", "mae", "--out", str(tmp_path / run), *extra]
+        torchrun([*argv, *(x for s in sets for x in ("--set", s))], tmp_path)
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    whole = pretrain("whole")
+    assert whole[0]["world"] == 2 and whole[0]["steps_per_epoch"] == 2
+    pretrain("resumed", "--set", "train.halt_after_steps=3")
+    resumed = pretrain("resumed", "--resume")
+    losses = [[(r["step"], r["loss"]) for r in run if r.get("kind") == "train"] for run in (whole, resumed)]
+    assert losses[0] == losses[1] and [s for s, _ in losses[0]] == [1, 2, 3, 4]

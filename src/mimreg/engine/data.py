@@ -45,7 +45,8 @@ class EpochBatches:
 class ShardBatches(EpochBatches):
     """EpochBatches for tar shards where each process reads only its own shards: process r takes
     shards r, r + world, ... (in sorted order) and each epoch a seeded permutation of their samples.
-    Every process makes the steps the smallest share fills. With one process it is EpochBatches."""
+    Every process makes the steps the smallest share fills, and `size` counts the images an epoch
+    reads in all (what the run's step counts are made from). With one process it is EpochBatches."""
 
     def __init__(self, shard_of: np.ndarray, batch: int, world: int, rank: int, seed: int, accum: int = 1):
         super().__init__(len(shard_of), batch, world, rank, seed, accum)
@@ -57,6 +58,7 @@ class ShardBatches(EpochBatches):
         shares = [np.flatnonzero(np.isin(shard_of, shards[r::world])) for r in range(world)]
         self.mine = torch.from_numpy(shares[rank])
         self.steps = min(len(s) for s in shares) // batch // accum * accum
+        self.size = self.steps * batch * world if world > 1 else len(shard_of)
 
     def for_epoch(self, epoch: int, start: int = 0) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
