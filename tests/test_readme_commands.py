@@ -10,8 +10,10 @@ replaced by the nearest thing that can, and said below: torchrun runs 2 processe
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import tarfile
 import re
 import shlex
 import sys
@@ -136,6 +138,37 @@ def write_image_folder(root: Path, per_class: int) -> Path:
     return root
 
 
+def write_hf_dataset(folder: Path) -> Path:
+    """The image folder's images as a Hugging Face dataset saved to disk (columns img, label)."""
+    datasets = pytest.importorskip("datasets")
+    images = write_image_folder(folder.parent / "hf-images", per_class=4)
+    splits = {}
+    for split in ("train", "test"):
+        paths = sorted((images / split).glob("*/*.png"))
+        splits[split] = datasets.Dataset.from_dict(
+            {"img": [Image.open(p) for p in paths], "label": [int(p.parent.name.removeprefix("class")) for p in paths]},
+            features=datasets.Features({"img": datasets.Image(),
+                                        "label": datasets.ClassLabel(names=[f"class{k}" for k in range(CLASSES)])}))
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    return folder
+
+
+def write_shards(folder: Path) -> Path:
+    """The image folder's train images as WebDataset shards (<key>.png + <key>.cls), 20 a shard."""
+    images = write_image_folder(folder.parent / "shard-images", per_class=4)
+    paths = sorted((images / "train").glob("*/*.png"))
+    folder.mkdir(parents=True)
+    for start in range(0, len(paths), 20):
+        with tarfile.open(folder / f"shard-{start // 20:05d}.tar", "w") as tar:
+            for i, path in enumerate(paths[start:start + 20], start=start):
+                tar.add(path, arcname=f"{i:06d}.png")
+                label = io.BytesIO(path.parent.name.removeprefix("class").encode())
+                info = tarfile.TarInfo(f"{i:06d}.cls")
+                info.size = len(label.getvalue())
+                tar.addfile(info, label)
+    return folder
+
+
 def write_readme_files(folder: Path) -> None:
     """The files the README's commands name (my_config.yaml, my_regularizers.py), from its blocks."""
     for language, block in re.findall(r"```(\w+)\n(.*?)```", README.read_text(), flags=re.S):
@@ -150,7 +183,9 @@ def workspace(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readme")
     write_readme_files(folder)
     data = {"cifar": write_cifar10(folder / "data" / "cifar10", per_class=20, test_per_class=4),
-            "images": write_image_folder(folder / "data" / "images", per_class=4)}
+            "images": write_image_folder(folder / "data" / "images", per_class=4),
+            "hf": write_hf_dataset(folder / "data" / "hf"),
+            "shards": write_shards(folder / "data" / "shards")}
     yield folder, data
     REGULARIZERS.pop("variance_floor", None)
     sys.modules.pop("my_regularizers", None)
@@ -160,7 +195,8 @@ def workspace(tmp_path_factory):
 PLACEHOLDERS = {"PATH": "{images}", "N": "1", "RUN": "runs/mu", "RECIPE": "mae", "G": "1", "P": "debug",
                 "MINUTES": "10", "DIR": "runs/submitted", "KEY=VALUE": "train.log_every=1", "T": "1",
                 "M": "8", "A": "lab", "Q": "normal", "C": "cpu", "DATA": "{images}"}
-PATHS = {"~/data/cifar10": "{cifar}", "/shared/cifar10": "{cifar}", "/shared/runs/mu": "runs/shared-mu-L{line}",
+PATHS = {"~/data/cifar10": "{cifar}", "~/data/my-hf-dataset": "{hf}", "~/data/my-shards": "{shards}",
+         "/shared/cifar10": "{cifar}", "/shared/runs/mu": "runs/shared-mu-L{line}",
          "/shared/runs/mu-ft": "runs/shared-mu-ft-L{line}",
          "...": "{cifar}", "PATH": "{images}"}  # data.root=PATH: the image folder
 

@@ -50,6 +50,18 @@ class DataConfig:
     # output (Pillow's draft mode; benchmarks/imagenet_decode.py); null: on wherever the loader
     # pipeline reads image files; false: always the full image; true is refused where no loader runs
     jpeg_draft: bool | None = None
+    # data.name hf (a Hugging Face `datasets` dataset at data.root): the columns of the image and of
+    # the label (null: unlabelled images) and the names of the train and test splits; refused for other data
+    hf_image_column: str = "image"
+    hf_label_column: str | None = "label"
+    hf_train_split: str = "train"
+    hf_test_split: str = "test"
+
+    def hf_columns(self):
+        """The data.hf_* settings, as load_dataset takes them."""
+        from mimreg.data.hf import HFColumns
+
+        return HFColumns(self.hf_image_column, self.hf_label_column, self.hf_train_split, self.hf_test_split)
 
 
 VIT_PATCH_SIZE = 4  # a ViT's model.patch_size when no layer gives one
@@ -477,8 +489,29 @@ def fill_img_size(raw: dict) -> None:
         from mimreg.data.image_size import infer_image_size
 
         data["img_size"] = infer_image_size(data["root"])
+    elif name in ("hf", "webdataset"):
+        data["img_size"] = _pool_image_size(name, data)
     elif name in DEFAULT_IMG_SIZES:
         data["img_size"] = DEFAULT_IMG_SIZES[name]
+
+
+def _pool_image_size(name: str, data: dict) -> int:
+    from mimreg.data import load_dataset
+    from mimreg.data.image_size import pool_image_size
+
+    columns = build_dataclass(DataConfig, data, "config.data").hf_columns()
+    pool = load_dataset(name, "train", data.get("root"), download=bool(data.get("download")), columns=columns)
+    return pool_image_size(pool, f"the train split of {data.get('root')}")
+
+
+def check_hf_settings(data: DataConfig) -> None:
+    """The data.hf_* settings are only read for data.name hf: set for another dataset, they are refused."""
+    if data.name == "hf":
+        return
+    for f in dataclasses.fields(DataConfig):
+        if f.name.startswith("hf_") and getattr(data, f.name) != f.default:
+            raise ConfigError(f"data.{f.name} is set but data.name is {data.name!r}; it is read for data.name: hf "
+                              f"only: drop it (--set data.{f.name}={f.default if f.default is not None else 'null'})")
 
 
 # ---------------------------------------------------------------- validation
@@ -605,6 +638,7 @@ def validate(cfg: Config, check_run_length: bool = True, world: int | None = Non
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
         raise ConfigError(f"train.compile_mode={cfg.train.compile_mode!r} needs train.compile: true (it is false); "
                           "set train.compile: true or drop train.compile_mode")
+    check_hf_settings(cfg.data)
     if cfg.data.decode_on_device and cfg.data.pipeline != "loader":
         raise ConfigError("data.decode_on_device works with the loader pipeline (image files read in workers); "
                           f"set data.pipeline: loader (it is {cfg.data.pipeline!r})")

@@ -6,7 +6,7 @@ from mimreg.errors import DataError
 
 def test_dataset_names_and_splits():
     assert DATASET_NAMES == ("cifar10", "cifar100", "stl10", "tiny-imagenet", "imagenet", "imagenet100",
-                             "imagefolder", "digits", "synthetic")
+                             "imagefolder", "hf", "webdataset", "digits", "synthetic")
     assert SPLITS == ("pretrain", "train", "test")
 
 

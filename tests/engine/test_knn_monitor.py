@@ -61,8 +61,8 @@ def test_off_when_asked_or_when_there_are_no_labels(tiny_config, monkeypatch):
     assert KnnMonitor.from_config(tiny_config(train__epochs=6, train__knn_bank=4, train__knn_queries=4)).every == 3  # auto: twice per run
     real = monitor_module.load_dataset
 
-    def unlabelled(name, split, root):
-        dataset = real(name, split, root)
+    def unlabelled(name, split, root, **options):
+        dataset = real(name, split, root, **options)
         dataset.labels = np.full(len(dataset), -1)
         return dataset
 

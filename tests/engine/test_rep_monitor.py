@@ -66,10 +66,10 @@ def test_the_batch_is_fixed_by_the_seed_from_the_test_split_else_the_pretraining
     assert RepMonitor.from_config(tiny_config(train__rep_monitor_every=0)) is None
     real = monitor_module.load_dataset
 
-    def no_test_split(name, split, root):
+    def no_test_split(name, split, root, **options):
         if split == "test":
             raise DataError("no test split")
-        return real(name, split, root)
+        return real(name, split, root, **options)
 
     monkeypatch.setattr(monitor_module, "load_dataset", no_test_split)
     pool = RepMonitor.from_config(cfg)

@@ -132,12 +132,13 @@ def run_title(run_dir: Path, data: str) -> str:
 def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
     """Effective rank, RankMe, alpha-ReQ + singular values of the test features, DBI of the 10-class sample."""
     img_size = model.cfg.img_size
-    labels = load_test_labels(name, root)
+    labels = load_test_labels(name, root, model.cfg.data.hf_columns())
     count = len(labels) if test_images is None else min(test_images, len(labels))
     every = np.sort(np.random.default_rng(model.cfg.train.seed).choice(len(labels), count, replace=False))
     sample = class_sample(labels, SAMPLE_CLASSES, SAMPLE_PER_CLASS, seed=0)  # the same images for every run
     union = np.union1d(every, sample)  # each image encoded once (on small test splits the two coincide)
-    features, union_labels, class_names, kept = sample_features(model.encoder, name, root, img_size, union)
+    features, union_labels, class_names, kept = sample_features(model.encoder, name, root, img_size, union,
+                                                                  columns=model.cfg.data.hf_columns())
     rows = {"every": torch.from_numpy(np.isin(kept, every)), "sample": torch.from_numpy(np.isin(kept, sample))}
     spectra = {pool: singular_values(x[rows["every"]]) for pool, x in features.items()}
     chosen = {pool: x[rows["sample"]] for pool, x in features.items()}
@@ -157,7 +158,8 @@ def feature_numbers(model: TrainedModel, name, root, test_images) -> dict:
 def picture_makers(model: TrainedModel, name, root, device, folder: Path, payload: dict, run_dir: Path) -> dict:
     """name -> a function that draws that picture and returns its path."""
     recipe = payload["title"]
-    shown = load_test_images(name, root, model.cfg.img_size, count=PICTURE_IMAGES, seed=0)
+    shown = load_test_images(name, root, model.cfg.img_size, count=PICTURE_IMAGES, seed=0,
+                             columns=model.cfg.data.hf_columns())
     shown.images = shown.images.to(device)
     features, labels, class_names = payload["_sample"]
 

@@ -62,9 +62,9 @@ class Images:
 
 
 def load_test_images(name: str, root: str | None, img_size: int, indices=None, count: int | None = None,
-                seed: int = 0) -> Images:
+                seed: int = 0, columns=None) -> Images:
     """Eval-transformed test images: those at `indices`, or `count` drawn at random (seeded)."""
-    raw = load_dataset(name, "test", root)
+    raw = load_dataset(name, "test", root, columns=columns)
     if indices is None:
         chosen = np.random.default_rng(seed).choice(len(raw), min(count or len(raw), len(raw)), replace=False)
         indices = np.sort(chosen)
@@ -97,8 +97,8 @@ def class_sample(labels: np.ndarray, num_classes: int = 10, per_class: int = 100
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def load_test_labels(name: str, root: str | None) -> np.ndarray:
-    return np.asarray(load_dataset(name, "test", root).labels)
+def load_test_labels(name: str, root: str | None, columns=None) -> np.ndarray:
+    return np.asarray(load_dataset(name, "test", root, columns=columns).labels)
 
 
 @torch.no_grad()
@@ -113,12 +113,13 @@ def encode(encoder: Encoder, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def sample_features(encoder: Encoder, name: str, root: str | None, img_size: int, indices,
-                    chunk: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], np.ndarray]:
+                    chunk: int = 256, columns=None
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], np.ndarray]:
     """Features ('cls', 'mean'), labels, class names and split indices of the readable test images
     at `indices`, read `chunk` at a time."""
     parts, labels, kept, names = [], [], [], []
     for start in range(0, len(indices), chunk):
-        batch = load_test_images(name, root, img_size, indices=indices[start:start + chunk])
+        batch = load_test_images(name, root, img_size, indices=indices[start:start + chunk], columns=columns)
         parts.append(encode(encoder, batch.images))
         labels.append(batch.labels)
         kept.append(batch.indices)

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 from mimreg.data.arrays import ArrayDataset
 from mimreg.data.base import BadSample, ConcatRawDataset, RawDataset, SubsetDataset
 from mimreg.data.files import ImageFileDataset, sample_paths
+from mimreg.data.hf import HFImageDataset
+from mimreg.data.shards import ShardDataset
 from mimreg.errors import DataError
 from mimreg.io import WriteError, atomic_write
 
@@ -39,8 +41,8 @@ class DecodedImages:
 
 
 def decoded_nbytes(raw: RawDataset) -> int | None:
-    """The size of `raw` as one uint8 (N, 3, H, W) tensor, from its arrays or its first file's
-    header; None when it cannot be told without decoding."""
+    """The size of `raw` as one uint8 (N, 3, H, W) tensor, from its arrays, its first file's header
+    or its first decoded image (Hugging Face datasets, tar shards); None when it cannot be told."""
     shape = _image_shape(raw)
     return None if shape is None else len(raw) * 3 * shape[0] * shape[1]
 
@@ -55,6 +57,9 @@ def _image_shape(raw: RawDataset) -> tuple[int, int] | None:
         per_image = tuple(getattr(raw.images, "image_shape", None) or raw.images.shape[1:])
         height, width = {"HWC": (0, 1), "CHW": (1, 2), "CWH": (2, 1)}[raw.layout]
         return per_image[height], per_image[width]
+    if isinstance(raw, (HFImageDataset, ShardDataset)) and len(raw):  # no header to read apart: decode one
+        sample = raw[0]
+        return None if isinstance(sample, BadSample) else (sample[0].height, sample[0].width)
     if isinstance(raw, ImageFileDataset) and len(raw):
         try:
             with Image.open(os.fsdecode(raw.paths[0])) as image:

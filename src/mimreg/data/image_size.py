@@ -51,3 +51,23 @@ def infer_image_size(root: str | os.PathLike) -> int:
     sizes = ", ".join(f"{w}x{h} ({Path(p).name})" for (w, h), p in list(seen.items())[:4])
     raise ConfigError(f"data.img_size is not set and the images in {folder} are not all one square size "
                       f"(seen {sizes}); set data.img_size to the training resolution (images are resized to it)")
+
+
+def pool_image_size(pool, where: str, count: int = 8) -> int:
+    """The side of the square images of a RawDataset, from its first `count` samples, or a
+    ConfigError naming data.img_size when they are not all one square size."""
+    seen: dict[tuple[int, int], int] = {}
+    for index in range(min(count, len(pool))):
+        sample = pool[index]
+        if not isinstance(sample, tuple):
+            continue  # a BadSample: it tells no size
+        seen.setdefault(sample[0].size, index)
+    if len(seen) == 1:
+        (width, height), = seen
+        if width == height:
+            return width
+    if not seen:
+        raise DataError(f"none of the first {min(count, len(pool))} images of {where} could be read; set data.img_size")
+    sizes = ", ".join(f"{w}x{h} (image {i})" for (w, h), i in list(seen.items())[:4])
+    raise ConfigError(f"data.img_size is not set and the images of {where} are not all one square size "
+                      f"(seen {sizes}); set data.img_size to the training resolution (images are resized to it)")

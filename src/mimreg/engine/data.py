@@ -19,6 +19,7 @@ from mimreg.data.draft import DraftCropDataset
 from mimreg.data.decoded import DecodedImages, MixedSizesError, decode_images, decoded_nbytes
 from mimreg.data.encoded import EncodedFiles, collate_encoded, decode_on
 from mimreg.data.files import sample_paths
+from mimreg.data.shards import shard_of_samples
 from mimreg.data.transforms import ViewSpec, mae_view, msn_view_specs, simclr_view, view_transform
 from mimreg.errors import ConfigError, DataError
 
@@ -39,6 +40,37 @@ class EpochBatches:
         order = torch.randperm(self.size, generator=generator)[: self.steps * self.batch * self.world]
         blocks = order.view(self.steps, self.world, self.batch)[start:, self.rank]
         return blocks.tolist()
+
+
+class ShardBatches(EpochBatches):
+    """EpochBatches for tar shards where each process reads only its own shards: process r takes
+    shards r, r + world, ... (in sorted order) and each epoch a seeded permutation of their samples.
+    Every process makes the steps the smallest share fills, and `size` counts the images an epoch
+    reads in all (what the run's step counts are made from). With one process it is EpochBatches."""
+
+    def __init__(self, shard_of: np.ndarray, batch: int, world: int, rank: int, seed: int, accum: int = 1):
+        super().__init__(len(shard_of), batch, world, rank, seed, accum)
+        shards = np.unique(shard_of)
+        if len(shards) < world:
+            raise ConfigError(f"the pretraining images lie in {len(shards)} shard(s) for {world} processes, and each "
+                              f"process reads its own shards; write at least {world} shards (more, of similar "
+                              "sizes, waste fewer images)")
+        shares = [np.flatnonzero(np.isin(shard_of, shards[r::world])) for r in range(world)]
+        self.mine = torch.from_numpy(shares[rank])
+        self.steps = min(len(s) for s in shares) // batch // accum * accum
+        self.size = self.steps * batch * world if world > 1 else len(shard_of)
+
+    def for_epoch(self, epoch: int, start: int = 0) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = self.mine[torch.randperm(len(self.mine), generator=generator)][: self.steps * self.batch]
+        return order.view(self.steps, self.batch)[start:].tolist()
+
+
+def pretrain_batches(cfg: Config, raw, world: int, rank: int) -> EpochBatches:
+    """The index batches of process `rank`: tar shards each read by their own process."""
+    shard_of = shard_of_samples(raw)
+    args = (cfg.optim.batch_size, world, rank, cfg.train.seed, cfg.optim.accum_steps)
+    return EpochBatches(len(raw), *args) if shard_of is None else ShardBatches(shard_of, *args)
 
 
 class _EpochBlocks:
@@ -174,7 +206,7 @@ def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device
     mean, std = dataset_stats(cfg.data.name)
     labels = np.asarray(raw.labels)
     num_classes = int(raw.num_classes) if (labels >= 0).any() else 0
-    batches = EpochBatches(len(raw), cfg.optim.batch_size, world, rank, cfg.train.seed, cfg.optim.accum_steps)
+    batches = pretrain_batches(cfg, raw, world, rank)
     if cfg.data.decode_on_device:
         paths = sample_paths(raw)
         if paths is None:
@@ -209,7 +241,7 @@ def _views_as_list(cfg: Config) -> bool:
 
 def _pretrain_pool(cfg: Config, world: int):
     raw = load_dataset(cfg.data.name, "pretrain", cfg.data.root, download=cfg.data.download,
-                       skip_bad_images=cfg.data.skip_bad_images)
+                       skip_bad_images=cfg.data.skip_bad_images, columns=cfg.data.hf_columns())
     if cfg.data.subset is not None and cfg.data.subset < len(raw):
         # a random subset: folders are sorted by class, so "the first N" would drop classes
         chosen = np.random.default_rng(cfg.train.seed).choice(len(raw), cfg.data.subset, replace=False)

@@ -45,8 +45,8 @@ class KnnMonitor:
         if every == 0:
             return None
         try:
-            train = load_dataset(cfg.data.name, "train", cfg.data.root)
-            test = load_dataset(cfg.data.name, "test", cfg.data.root)
+            train = load_dataset(cfg.data.name, "train", cfg.data.root, columns=cfg.data.hf_columns())
+            test = load_dataset(cfg.data.name, "test", cfg.data.root, columns=cfg.data.hf_columns())
             missing = [s for s, d in (("train", train), ("test", test)) if (np.asarray(d.labels) < 0).all()]
             if missing:
                 raise DataError(f"the {' and '.join(missing)} split(s) of {cfg.data.name!r} have no labels")

@@ -48,10 +48,11 @@ class RepMonitor:
         every = AUTO_EVERY if cfg.train.rep_monitor_every is None else cfg.train.rep_monitor_every
         if every == 0:
             return None
+        columns = cfg.data.hf_columns()
         try:
-            dataset, split = load_dataset(cfg.data.name, "test", cfg.data.root), "test"
+            dataset, split = load_dataset(cfg.data.name, "test", cfg.data.root, columns=columns), "test"
         except DataError:  # no test split: the pretraining pool
-            dataset, split = load_dataset(cfg.data.name, "pretrain", cfg.data.root), "pretrain"
+            dataset, split = load_dataset(cfg.data.name, "pretrain", cfg.data.root, columns=columns), "pretrain"
         rng = np.random.default_rng([cfg.train.seed, 0x726570])  # a fixed batch, apart from other draws
         size = min(cfg.train.rep_monitor_images, len(dataset))
         transform = eval_transform(cfg.img_size, *dataset_stats(cfg.data.name), eval_crop_fraction(cfg.data.name))

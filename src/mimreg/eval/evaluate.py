@@ -41,7 +41,7 @@ def embed_train_test(checkpoint, *, data=None, data_root=None, pools=("cls",), t
     root = data_root if data is not None or data_root is not None else cfg.data.root
     common = dict(img_size=cfg.img_size, pools=tuple(pools), device=resolve_device(device), seed=cfg.train.seed,
                   skip_bad_images=skip_bad_images, store=Path(feature_store or Path(run_dir_of(checkpoint), "features")),
-                  store_above=0 if feature_store else STORE_ABOVE)
+                  store_above=0 if feature_store else STORE_ABOVE, columns=cfg.data.hf_columns())
     train = (embed_split(encoder, name, "train", root, max_images=train_images, subset=subset, **common)
              if need_train else None)
     test = embed_split(encoder, name, "test", root, max_images=test_images, **common)
@@ -133,7 +133,7 @@ def robustness(checkpoint, *, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), train_mask_rati
     name = data or cfg.data.name
     root = data_root if data is not None or data_root is not None else cfg.data.root
     common = dict(img_size=cfg.img_size, pools=(pool,), device=resolve_device(device), seed=cfg.train.seed,
-                  skip_bad_images=skip_bad_images)
+                  skip_bad_images=skip_bad_images, columns=cfg.data.hf_columns())
     clean = embed_split(encoder, name, "test", root, max_images=test_images, **common)
     similarity = {}
     for ratio in ratios:

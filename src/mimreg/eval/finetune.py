@@ -86,9 +86,9 @@ def train_transform(img_size: int, randaug: str, reprob: float, mean, std, crop_
     return T.Compose(steps)
 
 
-def _datasets(name: str, root, img_size: int, cfg: FinetuneConfig, skip_bad_images: bool = False):
-    train = load_dataset(name, "train", root, skip_bad_images=skip_bad_images)
-    test = load_dataset(name, "test", root, skip_bad_images=skip_bad_images)
+def _datasets(name: str, root, img_size: int, cfg: FinetuneConfig, skip_bad_images: bool = False, columns=None):
+    train = load_dataset(name, "train", root, skip_bad_images=skip_bad_images, columns=columns)
+    test = load_dataset(name, "test", root, skip_bad_images=skip_bad_images, columns=columns)
     if (np.asarray(train.labels) < 0).all():
         raise DataError(f"dataset {name!r} has no labels in its train split; fine-tuning needs labelled images")
     if cfg.fraction is not None:
@@ -198,12 +198,13 @@ class FinetuneTask:
     kind = "finetune"
 
     def __init__(self, cfg: FinetuneConfig, encoder, data_name: str, root, img_size: int, device: torch.device,
-                 record: dict, start_from_probe: bool, device_name: str, skip_bad_images: bool = False):
+                 record: dict, start_from_probe: bool, device_name: str, skip_bad_images: bool = False,
+                 columns=None):
         self.cfg, self.device, self.record, self.data_name = cfg, device, record, data_name
         self.optim, self.train = engine_settings(cfg, device_name)
         self.num_workers = cfg.num_workers
         seed_process(cfg.seed)
-        train, self.test, train_plain, num_classes = _datasets(data_name, root, img_size, cfg, skip_bad_images)
+        train, self.test, train_plain, num_classes = _datasets(data_name, root, img_size, cfg, skip_bad_images, columns)
         classifier = build_classifier(encoder, num_classes, cfg.head, cfg.drop_path).to(device)
         self.head_probe = init_head_from_probe(classifier, train_plain, device, cfg.seed) if start_from_probe else None
         freeze_all_but_last(classifier, cfg.blocks)
@@ -288,7 +289,8 @@ def finetune(checkpoint, overrides: dict | None = None, *, data=None, data_root=
     found = checkpoint_to_resume(out, resume)  # the head starts from the probe only in a new fine-tuning
     task = FinetuneTask(cfg, encoder, name, root, encoder.img_size, dev, record,
                         start_from_probe=cfg.head_init == "probe" and found is None, device_name=str(device),
-                        skip_bad_images=skip_bad_images)
+                        skip_bad_images=skip_bad_images,
+                        columns=None if init is not None else pre_cfg.data.hf_columns())
     run = run_task(task, out, resume, found, dev)
     if run.halted:
         echo(f"halted at step {run.steps} (--halt-after-steps) with checkpoint {run.checkpoint}")

@@ -103,14 +103,15 @@ def embed_split(encoder: Encoder, name: str, split: str, root: str | None, *, im
                 pools: tuple[str, ...] = ("cls", "mean"), max_images: int | None = None, seed: int = 0,
                 batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
                 mask_ratio: float = 0.0, skip_bad_images: bool = False, subset: str | None = None,
-                store: str | Path | None = None, store_above: int = 0) -> Split:
+                store: str | Path | None = None, store_above: int = 0, columns=None) -> Split:
     """Features of eval-transformed images, unmasked or with `mask_ratio` of their patches dropped
     at random (seeded); only the images a `subset` file names (see eval/subsets.py), and of those a
     random subset when max_images is set. Files that do not decode are an error, or left out with a
     warning when skip_bad_images. With `store`, a split of more than `store_above` images is written
-    there chunk by chunk (eval/feature_store.py) and comes back memory-mapped."""
+    there chunk by chunk (eval/feature_store.py) and comes back memory-mapped. `columns`: an hf
+    dataset's data.hf_* settings."""
     check_resnet_pools(encoder, pools, masked=mask_ratio > 0)
-    raw = load_dataset(name, split, root, skip_bad_images=skip_bad_images)
+    raw = load_dataset(name, split, root, skip_bad_images=skip_bad_images, columns=columns)
     if subset is not None:
         raw = select_subset(raw, subset, root)
     if max_images is not None and max_images < len(raw):
