@@ -140,7 +140,7 @@ def write_image_folder(root: Path, per_class: int) -> Path:
 
 def write_hf_dataset(folder: Path) -> Path:
     """The image folder's images as a Hugging Face dataset saved to disk (columns img, label)."""
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the `datasets` extra, which make install puts in
     images = write_image_folder(folder.parent / "hf-images", per_class=4)
     splits = {}
     for split in ("train", "test"):
