@@ -212,3 +212,13 @@ def test_fine_tuning_refuses_a_resnet_before_it_starts(resnet_run):
         resolve_config("resnet18", 4, {})
     with pytest.raises(ConfigError, match=message):
         build_classifier(load_encoder(resnet_run)[0], 10, "gap", 0.0)
+
+
+def test_hf_export_refuses_the_cifar_stem_and_writes_nothing(resnet_run, tmp_path):
+    """timm's config.json cannot say "3x3 first convolution, no max-pool": a hub folder of this run
+    would load as a different network, so `--format hf` refuses it and names --format timm."""
+    from mimreg.hub_export import export_hf
+
+    with pytest.raises(MimregError, match=r"resnet18 has the CIFAR stem .* export it with --format timm"):
+        export_hf(resnet_run, tmp_path / "hub")
+    assert not (tmp_path / "hub").exists()
