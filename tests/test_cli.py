@@ -203,9 +203,10 @@ def test_eval_knn_with_both_pools(tiny_run, capsys):
     assert not (tiny_run / "checkpoints" / "evals").exists()
 
 
-def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, capsys):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, capsys, suffix):
     timm = pytest.importorskip("timm")
-    out_file = tmp_path / "export" / "encoder.pth"
+    out_file = tmp_path / "export" / f"encoder{suffix}"
     code, out, err = run_cli(capsys, "export", "--checkpoint", tiny_run, "--out", out_file)
     assert code == 0, err
     info = json.loads(out_file.with_suffix(".json").read_text())
@@ -215,7 +216,13 @@ def test_export_loads_in_timm_and_gives_the_same_features(tiny_run, tmp_path, ca
     assert f"wrote {out_file}" in out and "timm.create_model('vit_base_patch16_224'" in out
 
     model = timm.create_model(info["timm_model"], pretrained=False, **info["kwargs"])
-    model.load_state_dict(torch.load(out_file, weights_only=True), strict=True)
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        assert "safetensors.torch.load_file(PATH)" in info["usage"]
+        model.load_state_dict(load_file(out_file), strict=True)
+    else:
+        model.load_state_dict(torch.load(out_file, weights_only=True), strict=True)
     model.double().eval()  # float64 on both sides: the same function, not fp32's rounding
     encoder, _, _ = load_encoder(tiny_run)
     encoder.double()

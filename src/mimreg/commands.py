@@ -26,8 +26,9 @@ def timm_model_kwargs(encoder) -> dict:
 
 
 def export_timm(checkpoint, out: str | Path) -> dict:
-    """Save the encoder as a timm VisionTransformer or ResNet state dict (OUT) plus OUT with suffix
-    .json (the create_model arguments); both written atomically, neither over the checkpoint it reads."""
+    """Save the encoder as a timm VisionTransformer or ResNet state dict (OUT: safetensors when it
+    ends in .safetensors, else torch's format) plus OUT with suffix .json (the create_model
+    arguments); both written atomically, neither over the checkpoint it reads."""
     source = resolve_checkpoint(checkpoint)
     out = Path(out)
     sidecar = out.with_suffix(".json")
@@ -41,7 +42,13 @@ def export_timm(checkpoint, out: str | Path) -> dict:
     info = timm_resnet_info(encoder) if isinstance(encoder, ResNetEncoder) else timm_vit_info(encoder)
     info.update(recipe=meta["recipe"], checkpoint=str(source))
     weights = (encoder.resnet if isinstance(encoder, ResNetEncoder) else encoder.vit).state_dict()
-    atomic_write(out, lambda handle: torch.save(weights, handle))
+    if out.suffix == ".safetensors":  # no pickle: loads without trusting the file
+        from safetensors.torch import save
+
+        info["usage"] = info["usage"].replace("torch.load(PATH)", "safetensors.torch.load_file(PATH)")
+        atomic_write(out, lambda handle: handle.write(save({k: v.contiguous() for k, v in weights.items()})))
+    else:
+        atomic_write(out, lambda handle: torch.save(weights, handle))
     write_json_atomic(sidecar, info)
     return info
 
