@@ -14,7 +14,7 @@ TIMM_TESTS := tests/models tests/methods $(wildcard tests/eval/test_finetune*.py
 $(BIN)/mimreg: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,slurm,viz,wandb,mlflow,datasets]"
+	$(BIN)/pip install -q -e ".[dev,slurm,viz,wandb,mlflow,datasets,tensorboard]"
 	$(BIN)/python -c "import pacmap"  # numba compiles PaCMAP once (~40 s) here, not in the first demo
 	touch $(BIN)/mimreg
 

@@ -21,11 +21,12 @@ def halted_then_resumed(tiny_config, run_dir, logger):
     sets = dict(train__epochs=1, data__subset=64, optim__batch_size=32, train__log_every=1, train__loggers=["jsonl", logger],
                 train__rep_monitor_every=0, train__knn_every=0, train__online_probe=False)
     assert pretrain(tiny_config("mae", train__halt_after_steps=1, **sets), run_dir).halted
-    first_id = json.loads((run_dir / "loggers.json").read_text())[logger]
+    ids = run_dir / "loggers.json"  # W&B's and MLflow's run ids; TensorBoard has none
+    first_id = json.loads(ids.read_text())[logger] if logger != "tensorboard" else None
     if logger == "wandb":  # W&B names an offline segment's folder by the second it starts: two in one second share a file
         time.sleep(1.05 - time.time() % 1)
     pretrain(tiny_config("mae", **sets), run_dir, resume=True)
-    assert json.loads((run_dir / "loggers.json").read_text()) == {logger: first_id}
+    assert first_id is None or json.loads(ids.read_text()) == {logger: first_id}
     expected = {}
     for record in read_metrics(run_dir / "metrics.jsonl"):
         for key, value in record.items():
@@ -107,6 +108,22 @@ def test_mlflow_file_store_holds_the_jsonl_values_and_resumes_the_same_run(tiny_
         history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert history == values, key  # the same float64 numbers as metrics.jsonl
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_tensorboard_event_files_hold_the_jsonl_values_and_the_config(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    _, expected = halted_then_resumed(tiny_config, run_dir, "tensorboard")
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()  # both segments' event files, in order
+    assert set(expected) <= set(events.Tags()["scalars"])
+    for key, values in expected.items():
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        assert logged == [(s, pytest.approx(v, rel=1e-6, abs=1e-7)) for s, v in values], key  # float32 there
+    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "name: mae" in config and "- tensorboard" in config
 
 
 def test_unknown_logger_and_a_bad_wandb_mode_are_refused_at_load():
