@@ -120,3 +120,19 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
             build(folder)
             (folder / ".built").touch()
     return folder
+
+
+def assert_resume_is_exact(tiny_config, sets, tmp_path: Path, halt: int = 3) -> None:
+    """MAE on `sets` halted after step `halt` and resumed logs every train loss of the whole run exactly
+    (the sets' data: 64 images in batches of 32 for 2 epochs, 4 steps)."""
+    from mimreg.engine.loop import pretrain
+    from mimreg.engine.metrics import read_metrics
+
+    def losses(run: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
+
+    whole = pretrain(tiny_config("mae", *sets), tmp_path / "whole")
+    halted = pretrain(tiny_config("mae", *sets, f"train.halt_after_steps={halt}"), tmp_path / "resumed")
+    resumed = pretrain(tiny_config("mae", *sets), tmp_path / "resumed", resume=True)
+    assert halted.steps == halt and whole.steps == resumed.steps == 4
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")

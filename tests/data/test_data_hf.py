@@ -13,6 +13,7 @@ from PIL import Image
 from mimreg.config import load_config
 from mimreg.data import load_dataset
 from mimreg.data.hf import HFColumns
+from support import assert_resume_is_exact
 from mimreg.errors import ConfigError, DataError
 
 datasets = pytest.importorskip("datasets")
@@ -123,20 +124,9 @@ def test_config_reads_the_image_size_and_refuses_hf_settings_for_other_data(save
 
 @pytest.mark.parametrize("pipeline", ["loader", "device"])
 def test_pretraining_on_hf_data_resumes_exactly(saved, tmp_path, tiny_config, pipeline):
-    from mimreg.engine.loop import pretrain
-    from mimreg.engine.metrics import read_metrics
-
     sets = ("data.name=hf", f"data.root={saved}", "data.hf_image_column=img", "data.hf_label_column=kind",
             f"data.pipeline={pipeline}", "train.epochs=2", "train.ckpt_every_steps=1")
-
-    def losses(run: Path) -> list[tuple[int, float]]:
-        return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
-
-    whole = pretrain(tiny_config("mae", *sets), tmp_path / "whole")
-    halted = pretrain(tiny_config("mae", *sets, "train.halt_after_steps=3"), tmp_path / "resumed")
-    resumed = pretrain(tiny_config("mae", *sets), tmp_path / "resumed", resume=True)
-    assert halted.steps == 3 and whole.steps == resumed.steps == 4  # 64 images, batches of 32, 2 epochs
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")
+    assert_resume_is_exact(tiny_config, sets, tmp_path)
 
 
 def test_auto_pipeline_decodes_a_small_hf_dataset_on_the_device(saved, tiny_config):

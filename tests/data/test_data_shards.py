@@ -13,6 +13,7 @@ from PIL import Image
 
 from mimreg.config import load_config
 from mimreg.data import load_dataset
+from support import assert_resume_is_exact
 from mimreg.errors import DataError
 
 
@@ -79,20 +80,9 @@ def test_unlabelled_shards_and_errors(tmp_path):
 
 @pytest.mark.parametrize("pipeline", ["loader", "device"])
 def test_pretraining_on_shards_resumes_exactly(shards, tmp_path, tiny_config, pipeline):
-    from mimreg.engine.loop import pretrain
-    from mimreg.engine.metrics import read_metrics
-
     sets = ("data.name=webdataset", f"data.root={shards}", f"data.pipeline={pipeline}", "train.epochs=2",
             "train.ckpt_every_steps=1")
-
-    def losses(run: Path) -> list[tuple[int, float]]:
-        return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
-
-    whole = pretrain(tiny_config("mae", *sets), tmp_path / "whole")
-    halted = pretrain(tiny_config("mae", *sets, "train.halt_after_steps=3"), tmp_path / "resumed")
-    resumed = pretrain(tiny_config("mae", *sets), tmp_path / "resumed", resume=True)
-    assert halted.steps == 3 and whole.steps == resumed.steps == 4  # 64 images, batches of 32, 2 epochs
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")
+    assert_resume_is_exact(tiny_config, sets, tmp_path)
 
 
 def test_each_process_reads_its_own_shards(shards):
@@ -147,3 +137,25 @@ def test_two_processes_read_their_own_shards_and_resume_exactly(tmp_path, torchr
     resumed = pretrain("resumed", "--resume")
     losses = [[(r["step"], r["loss"]) for r in run if r.get("kind") == "train"] for run in (whole, resumed)]
     assert losses[0] == losses[1] and [s for s, _ in losses[0]] == [1, 2, 3, 4]
+
+
+def test_an_undecodable_member_is_named_or_skipped(tmp_path):
+    from mimreg.data.base import BadSample
+    from mimreg.data.shards import ShardDataset
+
+    shard = tmp_path / "shard-0.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key, data in (("good", png_bytes()), ("bad", b"not an image")):
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert ShardDataset([shard])[0][0].size == (4, 4)
+    with pytest.raises(DataError, match=r"Image .*shard-0.tar:bad could not be decoded .* data.skip_bad_images: true"):
+        ShardDataset([shard])[1]
+    assert ShardDataset([shard], skip_bad_images=True)[1] == BadSample(f"{shard}:bad")
+
+
+def png_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(out, "PNG")
+    return out.getvalue()

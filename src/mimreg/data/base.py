@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
+
+from mimreg.errors import DataError
 
 UNLABELED = -1
 
@@ -17,6 +19,20 @@ class BadSample:
     """Stands in for an image file that would not decode (only with skip_bad_images)."""
 
     path: str
+
+
+def decode_sample(name: str, read: Callable[[], Image.Image], skip_bad_images: bool) -> Image.Image | BadSample:
+    """`read()`'s image decoded now, in RGB; where no decoder can read it, a BadSample (with
+    skip_bad_images) or a one-line DataError naming the sample and the way past it."""
+    try:
+        image = read()
+        image.load()
+    except Exception as exc:  # decoders raise many unrelated types; any of them means this sample is unusable
+        if skip_bad_images:
+            return BadSample(name)
+        raise DataError(f"Image {name} could not be decoded ({type(exc).__name__}: {exc}). Replace it, or set "
+                        "data.skip_bad_images: true to skip it.") from exc
+    return image.convert("RGB")
 
 
 class RawDataset(Dataset):

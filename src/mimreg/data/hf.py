@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mimreg.data.base import UNLABELED, BadSample, RawDataset
+from mimreg.data.base import UNLABELED, BadSample, RawDataset, decode_sample
 from mimreg.errors import DataError
 
 MISSING_EXTRA = "data.name=hf needs the `datasets` package: pip install 'mimreg[datasets]'"
@@ -56,16 +56,9 @@ class HFImageDataset(RawDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        name = f"{self.where}[{index}]"
-        try:
-            image = as_pil(self.table[int(index)][self.image_column])
-            image.load()
-        except Exception as exc:  # any decoder error: this sample cannot be read
-            if self.skip_bad_images:
-                return BadSample(name)
-            raise DataError(f"Image {name} could not be decoded ({type(exc).__name__}: {exc}). Fix the "
-                            "dataset, or set data.skip_bad_images: true to skip it.") from exc
-        return image.convert("RGB"), int(self.labels[index])
+        image = decode_sample(f"{self.where}[{index}]", lambda: as_pil(self.table[int(index)][self.image_column]),
+                              self.skip_bad_images)
+        return image if isinstance(image, BadSample) else (image, int(self.labels[index]))
 
 
 def as_pil(value) -> Image.Image:

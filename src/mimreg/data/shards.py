@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mimreg.data.base import UNLABELED, BadSample, RawDataset, SubsetDataset
+from mimreg.data.base import UNLABELED, BadSample, RawDataset, SubsetDataset, decode_sample
 from mimreg.errors import DataError
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -71,18 +71,15 @@ class ShardDataset(RawDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         shard = self.shards[self.shard_of[index]]
-        name = f"{shard}:{self.keys[index]}"
-        try:
-            with open(shard, "rb") as handle:
-                handle.seek(int(self.offsets[index]))
-                image = Image.open(io.BytesIO(handle.read(int(self.sizes[index]))))
-                image.load()
-        except Exception as exc:  # any decoder error: this sample cannot be read
-            if self.skip_bad_images:
-                return BadSample(name)
-            raise DataError(f"Image {name} could not be decoded ({type(exc).__name__}: {exc}). Replace it, or set "
-                            "data.skip_bad_images: true to skip it.") from exc
-        return image.convert("RGB"), int(self.labels[index])
+        image = decode_sample(f"{shard}:{self.keys[index]}", lambda: Image.open(io.BytesIO(self.read_bytes(index))),
+                              self.skip_bad_images)
+        return image if isinstance(image, BadSample) else (image, int(self.labels[index]))
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded image of sample `index`: one seek and one read in its shard."""
+        with open(self.shards[self.shard_of[index]], "rb") as handle:
+            handle.seek(int(self.offsets[index]))
+            return handle.read(int(self.sizes[index]))
 
 
 def shard_of_samples(raw: RawDataset) -> np.ndarray | None:
