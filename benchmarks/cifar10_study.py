@@ -62,6 +62,14 @@ TABLES = {
           "cifar10_beyond_cpu/cifar10-cpu-lejepa+koleo_epochs=3_seed*"],
          "recipe", "recipe=cifar10-cpu/lejepa"),
     ]),
+    "small_data_study.md": ("Continued pretraining on a small dataset of another domain, a CPU proxy for the small-data "
+                            "preset (benchmarks/studies/small_data_cpu.yaml)", [
+        ("MAE from the CIFAR-10 MAE encoder on digits: lr (3 seeds, 20 epochs)",
+         ["small_data_cpu/cifar10-cpu-mae_lr=*_seed*"], "optim.lr", "optim.lr=0.001"),
+        ("From the CIFAR-10 MAE encoder vs from scratch, both at lr 1e-3 (3 seeds, 20 epochs)",
+         ["small_data_cpu/cifar10-cpu-mae_lr=0.001_seed*", "small_data_cpu/cifar10-cpu-mae_init=null_lr=0.001_seed*"],
+         "model.init", "model.init=null"),
+    ]),
 }
 
 
