@@ -20,7 +20,6 @@ median of the repeats.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import tempfile
@@ -33,7 +32,8 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
-from mimreg.data.draft import DraftCropDataset, crop_boxes, decode_for_crops, draft_reduction, resized_crop
+from mimreg.data.batch_augment import draw_params
+from mimreg.data.draft import DraftCropDataset, decode_for_crops, draft_reduction, read_head, resized_crop
 from mimreg.data.files import ImageFileDataset
 from mimreg.data.seeded import TransformedDataset
 from mimreg.data.transforms import IMAGENET_STATS, MultiView, mae_view, simclr_view, view_transform
@@ -79,9 +79,7 @@ def pillow_draft(path, box, flip):
 
 def mimreg_path(path, box, flip):
     with open(path, "rb") as file:
-        data = file.read()
-    with Image.open(io.BytesIO(data)) as image:
-        decoded, scale = decode_for_crops(data, image, [box], [mae_view(OUT)])
+        decoded, scale = decode_for_crops(read_head(file.read()), [box], [OUT])
     out = resized_crop(decoded, box, scale, OUT)
     return out.flip(-1) if flip else out
 
@@ -99,12 +97,21 @@ def decode_only(path, box, flip):
 
 
 def sample_draws(paths, seed=0):
-    torch.manual_seed(seed)
+    """Each image's box and flip, as the draft dataset draws them (epoch 0)."""
     draws = []
-    for path in paths:
+    for index, path in enumerate(paths):
         with Image.open(path) as image:
-            draws.append((crop_boxes(image.size, [mae_view(OUT)])[0], bool(torch.rand(1) < 0.5)))
+            p = draw_params(mae_view(OUT), seed, 0, [index], 0, image.size[1], image.size[0])
+        draws.append(((int(p.top[0]), int(p.left[0]), int(p.height[0]), int(p.width[0])), bool(p.flip[0])))
     return draws
+
+
+BATCH = 64  # samples a loader worker fetches at once
+
+
+def fetch(dataset, indices):
+    getitems = getattr(dataset, "__getitems__", None)
+    return getitems(indices) if getitems else [dataset[i] for i in indices]
 
 
 def time_paths(paths, draws, datasets, repeats):
@@ -118,9 +125,9 @@ def time_paths(paths, draws, datasets, repeats):
             if name in fns:
                 for path, (box, flip) in zip(paths, draws):
                     fns[name](path, box, flip)
-            else:
-                for i in range(len(paths)):
-                    datasets[name][i]
+            else:  # as the DataLoader's fetcher asks: a whole batch where the dataset takes one
+                for batch in np.array_split(np.arange(len(paths)), max(1, len(paths) // BATCH)):
+                    fetch(datasets[name], batch.tolist())
             rates[name].append(len(paths) / (time.perf_counter() - start))
     return {name: statistics.median(r) for name, r in rates.items()}
 
@@ -143,9 +150,9 @@ def run(size, count, repeats, folder):
     raw = ImageFileDataset(paths, np.zeros(len(paths), dtype=np.int64), ["x"])
     spec, simclr = mae_view(OUT), simclr_view(OUT)
     datasets = {"dataset-pil": TransformedDataset(raw, view_transform(spec, *IMAGENET_STATS), seed=0),
-                "dataset-draft": DraftCropDataset(raw, [spec], *IMAGENET_STATS, 0, False, False),
+                "dataset-draft": DraftCropDataset(raw, [spec], 0, False, False),
                 "simclr2-pil": TransformedDataset(raw, MultiView(view_transform(simclr, *IMAGENET_STATS), 2), seed=0),
-                "simclr2-draft": DraftCropDataset(raw, [simclr] * 2, *IMAGENET_STATS, 0, True, False)}
+                "simclr2-draft": DraftCropDataset(raw, [simclr] * 2, 0, True, False)}
     rates = time_paths(paths, draws, datasets, repeats)
     kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
     lines = [f"{size[0]}x{size[1]} JPEGs (q90, mean {kb:.0f} KB), {count} images, {repeats} repeats; "

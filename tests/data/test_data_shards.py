@@ -62,6 +62,22 @@ def test_samples_across_shards_read_exactly(shards):
     assert load_config("digits/mae", ["data.name=webdataset", f"data.root={shards}"]).img_size == 32  # read from the images
 
 
+def test_each_shard_is_indexed_once_until_it_changes(tmp_path, monkeypatch):
+    """Config load (the image size), training and the test split's class count all open the train
+    shards: their tar headers are read once; a rewritten shard is read anew."""
+    write_shards(tmp_path / "train", pattern(8), per_shard=4)
+    write_shards(tmp_path / "test", pattern(2, offset=50), per_shard=4)
+    opened = []
+    real_open = tarfile.open
+    monkeypatch.setattr(tarfile, "open", lambda path, *a, **k: opened.append(Path(path).name) or real_open(path, *a, **k))
+    load_dataset("webdataset", "train", tmp_path)
+    assert load_dataset("webdataset", "test", tmp_path).num_classes == 3
+    assert sorted(opened) == ["shard-00000.tar", "shard-00000.tar", "shard-00001.tar"]  # train 0, 1 and test 0, once each
+    monkeypatch.setattr(tarfile, "open", real_open)
+    write_shards(tmp_path / "train", pattern(8, offset=7)[:6], per_shard=4)  # fewer samples in shard 1
+    assert len(load_dataset("webdataset", "train", tmp_path)) == 6
+
+
 def test_unlabelled_shards_and_errors(tmp_path):
     write_shards(tmp_path / "plain", pattern(3), per_shard=2, labelled=False)
     plain = load_dataset("webdataset", "train", tmp_path / "plain")

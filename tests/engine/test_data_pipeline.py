@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from mimreg.config import load_config
-from mimreg.data import TransformedDataset
+from mimreg.data import TransformedDataset, dataset_stats
 from mimreg.data.draft import DraftCropDataset
 from mimreg.engine.data import DevicePretrainData, LoaderData, build_pretrain_data
 from mimreg.engine.loop import pretrain
@@ -181,6 +181,25 @@ def test_decoding_on_the_device_builds_the_device_pipelines_views(tmp_path):
         joint_config("simclr", *sets, "data.decode_on_device=true")
     with pytest.raises(ConfigError, match="needs a dataset of image files"):
         build_pretrain_data(joint_config("simclr", "data.pipeline=loader", "data.decode_on_device=true"), 1, 0)
+
+
+def test_draft_loader_normalises_the_workers_uint8_views_on_the_device(tiny_config, tmp_path, write_folder):
+    """The draft dataset's workers give uint8 views; the loader hands the engine float views,
+    (x / 255 - mean) / std of exactly those, for both a one-view and a two-view method."""
+    folder = ("data.name=imagefolder", f"data.root={write_folder(tmp_path / 'f')}", "optim.batch_size=4",
+              "data.img_size=16", "data.pipeline=loader")
+    for make_config, method in ((tiny_config, "mae"), (joint_config, "simclr")):
+        data = build_pretrain_data(make_config(method, *folder), 1, 0)
+        batch = next(iter(data.loader(1, 0, 0, False)))
+        block = data.batches.for_epoch(1)[0]
+        raw_views = [s[0] for s in data.dataset.__getitems__(block)]
+        views = batch.images if isinstance(batch.images, list) else [batch.images]
+        stacked = [torch.stack([v[k] if isinstance(v, list) else v for v in raw_views]) for k in range(len(views))]
+        mean, std = dataset_stats("imagefolder")
+        for ours, uint8 in zip(views, stacked):
+            assert uint8.dtype == torch.uint8 and ours.dtype == torch.float32
+            expected = (uint8.double() / 255 - torch.tensor(mean).view(3, 1, 1).double()) / torch.tensor(std).view(3, 1, 1)
+            torch.testing.assert_close(ours.double(), expected, rtol=0, atol=1e-5)  # of a range ~ 4.5 wide
 
 
 def test_jpeg_draft_is_in_force_in_the_loader_pipeline_or_refused(tiny_config, tmp_path, write_folder):

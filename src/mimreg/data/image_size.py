@@ -44,30 +44,30 @@ def infer_image_size(root: str | os.PathLike) -> int:
                             "delete or replace it, or set data.img_size") from exc
     if not seen:
         raise DataError(f"No images found in {folder}; put images in {folder}/<class>/ or set data.root")
-    if len(seen) == 1:
-        (width, height), = seen
-        if width == height:
-            return width
-    sizes = ", ".join(f"{w}x{h} ({Path(p).name})" for (w, h), p in list(seen.items())[:4])
-    raise ConfigError(f"data.img_size is not set and the images in {folder} are not all one square size "
-                      f"(seen {sizes}); set data.img_size to the training resolution (images are resized to it)")
+    return one_square_side({size: Path(path).name for size, path in seen.items()}, f"the images in {folder}")
 
 
 def pool_image_size(pool, where: str, count: int = 8) -> int:
     """The side of the square images of a RawDataset, from its first `count` samples, or a
     ConfigError naming data.img_size when they are not all one square size."""
-    seen: dict[tuple[int, int], int] = {}
+    seen: dict[tuple[int, int], str] = {}
     for index in range(min(count, len(pool))):
         sample = pool[index]
         if not isinstance(sample, tuple):
             continue  # a BadSample: it tells no size
-        seen.setdefault(sample[0].size, index)
+        seen.setdefault(sample[0].size, f"image {index}")
+    if not seen:
+        raise DataError(f"none of the first {min(count, len(pool))} images of {where} could be read; set data.img_size")
+    return one_square_side(seen, f"the images of {where}")
+
+
+def one_square_side(seen: dict[tuple[int, int], str], images: str) -> int:
+    """The side of the one square (width, height) in `seen` (each size with an image that has it), or
+    a ConfigError naming data.img_size when `images` are not all one square size."""
     if len(seen) == 1:
         (width, height), = seen
         if width == height:
             return width
-    if not seen:
-        raise DataError(f"none of the first {min(count, len(pool))} images of {where} could be read; set data.img_size")
-    sizes = ", ".join(f"{w}x{h} (image {i})" for (w, h), i in list(seen.items())[:4])
-    raise ConfigError(f"data.img_size is not set and the images of {where} are not all one square size "
+    sizes = ", ".join(f"{w}x{h} ({name})" for (w, h), name in list(seen.items())[:4])
+    raise ConfigError(f"data.img_size is not set and {images} are not all one square size "
                       f"(seen {sizes}); set data.img_size to the training resolution (images are resized to it)")

@@ -10,6 +10,7 @@ what mimreg's exact resume needs (exact to the sample, not only to the shard).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tarfile
@@ -25,8 +26,17 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
 TEST_FOLDER_NAMES = ("test", "val")
 
 
-def index_shard(path: Path) -> list[tuple[str, int, int, int]]:
-    """(key, image offset, image size, label) of each sample of a shard, in tar order."""
+def index_shard(path: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(key, image offset, image size, label) of each sample of a shard, in tar order; read once per
+    process while the file stays as it was (config load reads the image size, then training opens
+    the shards again; the test split counts the train split's classes)."""
+    stat = os.stat(path)
+    return _read_index(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _read_index(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, int, int, int], ...]:
+    """index_shard's work; `mtime_ns` and `size` key the cache, so a rewritten shard is read anew."""
     images: dict[str, tuple[int, int]] = {}
     labels: dict[str, int] = {}
     with tarfile.open(path) as tar:
@@ -45,7 +55,7 @@ def index_shard(path: Path) -> list[tuple[str, int, int, int]]:
                 except ValueError:
                     raise DataError(f"{path}: {member.name} holds {text!r}, not an integer class; write the class "
                                     "index in each .cls member") from None
-    return [(key, offset, size, labels.get(key, UNLABELED)) for key, (offset, size) in images.items()]
+    return tuple((key, offset, size, labels.get(key, UNLABELED)) for key, (offset, size) in images.items())
 
 
 class ShardDataset(RawDataset):

@@ -4,6 +4,7 @@ seeded subset, per-epoch order shared by all processes."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from mimreg.data.decoded import DecodedImages, MixedSizesError, decode_images, d
 from mimreg.data.encoded import EncodedFiles, collate_encoded, decode_on
 from mimreg.data.files import sample_paths
 from mimreg.data.shards import shard_of_samples
+from mimreg.data.tensor_view import Normalise
 from mimreg.data.transforms import ViewSpec, mae_view, msn_view_specs, simclr_view, view_transform
 from mimreg.errors import ConfigError, DataError
 
@@ -111,18 +113,30 @@ class _PersistentLoader:
 
 
 class LoaderData:
-    """The loader pipeline: PIL augmentation per sample in DataLoader workers, which are started
-    once and kept across epochs, prefetching (and pinning, on CUDA) batches."""
+    """The loader pipeline: augmentation per sample in DataLoader workers, which are started once
+    and kept across epochs, prefetching (and pinning, on CUDA) batches. With `normalise` the workers
+    give uint8 views, which are moved to `device` and normalised there."""
 
     pipeline = "loader"
 
-    def __init__(self, dataset: TransformedDataset, batches: EpochBatches, num_classes: int, num_images: int):
+    def __init__(self, dataset: TransformedDataset, batches: EpochBatches, num_classes: int, num_images: int,
+                 normalise: Normalise | None = None, device: torch.device | str = "cpu"):
         self.dataset, self.batches, self.num_classes, self.num_images = dataset, batches, num_classes, num_images
+        self.normalise, self.device = normalise, torch.device(device)
         self._persistent = _PersistentLoader(dataset, batches, collate_keep_size)
 
-    def loader(self, epoch: int, start: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    def loader(self, epoch: int, start: int, num_workers: int, pin_memory: bool):
         self.dataset.set_epoch(epoch)  # in shared memory: the kept workers see it
-        return self._persistent.epoch(epoch, start, num_workers, pin_memory)
+        batches = self._persistent.epoch(epoch, start, num_workers, pin_memory)
+        return batches if self.normalise is None else (self._normalised(batch) for batch in batches)
+
+    def _normalised(self, batch: Batch) -> Batch:
+        images = batch.images
+        if images is not None:
+            moved = [v.to(self.device, non_blocking=True) for v in images] if isinstance(images, list) \
+                else images.to(self.device, non_blocking=True)
+            images = [self.normalise(v) for v in moved] if isinstance(moved, list) else self.normalise(moved)
+        return replace(batch, images=images)
 
 
 PREFETCH_BATCHES = 4  # per worker
@@ -217,10 +231,10 @@ def build_pretrain_data(cfg: Config, world: int, rank: int, device: torch.device
     decoded = _device_images(cfg, raw, rank)
     if decoded is None:
         if cfg.data.jpeg_draft is not False and sample_paths(raw) is not None:
-            dataset = DraftCropDataset(raw, pretrain_view_specs(cfg), mean, std, cfg.train.seed, _views_as_list(cfg),
+            dataset = DraftCropDataset(raw, pretrain_view_specs(cfg), cfg.train.seed, _views_as_list(cfg),
                                        cfg.data.skip_bad_images)
-        else:
-            dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
+            return LoaderData(dataset, batches, num_classes, len(raw), Normalise(mean, std), device)
+        dataset = TransformedDataset(raw, pretrain_views(cfg, mean, std), seed=cfg.train.seed)
         return LoaderData(dataset, batches, num_classes, len(raw))
     if cfg.data.jpeg_draft:
         raise ConfigError("data.jpeg_draft=true crops JPEGs in the loader pipeline, but data.pipeline 'auto' chose "
