@@ -9,9 +9,12 @@ Paths, each on the same boxes and flips (drawn once per image, on the full size)
   mimreg        mimreg.data.draft (the default): draft decode when a reduction applies, else decode_jpeg;
                 torch's bicubic resize on uint8
 each ending in a (3, 224, 224) uint8 tensor; decode-only (decode_jpeg of the whole file, no crop: the
-floor of the decode_jpeg paths); and the pretraining datasets end to end (float, normalised):
-TransformedDataset (PIL RandomResizedCrop, the old path) and DraftCropDataset, for one MAE view
-(dataset-*) and a SimCLR sample of two views with colour jitter and grayscale (simclr2-*). JPEGs are CIFAR-10
+floor of the decode_jpeg paths); and what a loader worker runs per sample, fetched in batches of 64
+as the DataLoader asks: TransformedDataset (PIL RandomResizedCrop, flip, ToTensor, Normalize: the
+plain Pillow path, ending in float) and DraftCropDataset (the default, ending in uint8: the training
+device converts and normalises the batch), for one MAE view (dataset-*) and a SimCLR sample of two
+views with colour jitter and grayscale (simclr2-*). `+cpu-norm` adds that batched conversion, timed
+here on one CPU core, for training on the CPU itself. JPEGs are CIFAR-10
 images upscaled (bicubic) with added grain, at quality 90, to ImageNet's typical 500x375 and to
 its larger tail (1000x750). One core (torch.set_num_threads(1)), paths interleaved per repeat,
 median of the repeats.
@@ -36,6 +39,7 @@ from mimreg.data.batch_augment import draw_params
 from mimreg.data.draft import DraftCropDataset, decode_for_crops, draft_reduction, read_head, resized_crop
 from mimreg.data.files import ImageFileDataset
 from mimreg.data.seeded import TransformedDataset
+from mimreg.data.tensor_view import Normalise
 from mimreg.data.transforms import IMAGENET_STATS, MultiView, mae_view, simclr_view, view_transform
 
 CIFAR = Path("/work/data/c10/train")
@@ -154,6 +158,10 @@ def run(size, count, repeats, folder):
                 "simclr2-pil": TransformedDataset(raw, MultiView(view_transform(simclr, *IMAGENET_STATS), 2), seed=0),
                 "simclr2-draft": DraftCropDataset(raw, [simclr] * 2, 0, True, False)}
     rates = time_paths(paths, draws, datasets, repeats)
+    per_image = normalise_seconds_per_image()
+    for name in ("dataset-draft", "simclr2-draft"):
+        views = 2 if name.startswith("simclr2") else 1
+        rates[f"{name}+cpu-norm"] = 1 / (1 / rates[name] + views * per_image)
     kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
     lines = [f"{size[0]}x{size[1]} JPEGs (q90, mean {kb:.0f} KB), {count} images, {repeats} repeats; "
              f"draft reductions of the 224-px crops: " +
@@ -165,6 +173,17 @@ def run(size, count, repeats, folder):
     lines.append("  mean |difference| to pillow's crop, grey levels: " +
                  ", ".join(f"{k} {v:.2f}" for k, v in diffs.items()))
     return lines, rates
+
+
+def normalise_seconds_per_image(batch: int = BATCH, repeats: int = 5) -> float:
+    """Seconds per 224-px view of Normalise (uint8 -> float, normalised) on a batch, on this core."""
+    images, normalise = torch.randint(0, 256, (batch, 3, OUT, OUT), dtype=torch.uint8), Normalise(*IMAGENET_STATS)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        normalise(images)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / batch
 
 
 def main():
