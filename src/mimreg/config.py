@@ -48,7 +48,8 @@ class DataConfig:
     decode_on_device: bool = False  # loader pipeline: workers read files, the training device decodes and augments
     # loader pipeline, image files: decode a JPEG at 1/2-1/8 scale when its crop still covers the
     # output (Pillow's draft mode; benchmarks/imagenet_decode.py); null: on wherever the loader
-    # pipeline reads image files; false: always the full image; true is refused where no loader runs
+    # pipeline reads image files; false: the PIL path (the full image, torchvision's draws); true is
+    # refused where no loader runs
     jpeg_draft: bool | None = None
     # data.name hf (a Hugging Face `datasets` dataset at data.root): the columns of the image and of
     # the label (null: unlabelled images) and the names of the train and test splits; refused for other data

@@ -74,7 +74,7 @@ def decode_for_crops(head: ImageHead, boxes: Sequence[Box], sizes: Sequence[int]
     reduction = min(draft_reduction(box, size) for box, size in zip(boxes, sizes))
     if reduction == 1 and head.image is None:
         return decode_jpeg(torch.frombuffer(bytearray(head.data), dtype=torch.uint8), mode=ImageReadMode.RGB), 1.0
-    image = head.image or Image.open(io.BytesIO(head.data))
+    image = head.image if head.image is not None else Image.open(io.BytesIO(head.data))
     if reduction == 1:
         return pil_to_tensor(image.convert("RGB")), 1.0
     # pixel k of the reduced image covers full-size pixels [k r, (k + 1) r): the scale is
