@@ -2,8 +2,10 @@
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/imagenet_decode.py [--images 150] [--repeats 5]
 
-Paths, each on the same boxes and flips (drawn once per image, on the full size):
+Paths, each on the same boxes and flips (drawn once per image, on the full size, as DraftCropDataset
+draws them for seed 0, epoch 0: dataset-draft's MAE crops are these crops):
   pillow        Image.open + convert("RGB") + crop + bicubic resize (what RandomResizedCrop does)
+  pillow-float  as pillow, + flip, ToTensor, Normalize: the plain Pillow path of a worker, ending in float
   pillow-draft  as pillow, the JPEG decoded at 1/2, 1/4 or 1/8 scale (Image.draft) when the crop allows
   tv-decode     torchvision.io.decode_jpeg on the CPU + crop + bicubic antialiased resize on the tensor
   mimreg        mimreg.data.draft (the default): draft decode when a reduction applies, else decode_jpeg;
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
@@ -69,6 +72,18 @@ def pillow(path, box, flip):
     with Image.open(path) as image:
         crop = image.convert("RGB").crop((left, top, left + width, top + height)).resize((OUT, OUT), Image.BICUBIC)
     return to_uint8(crop, flip)
+
+
+TO_FLOAT = T.Compose([T.ToTensor(), T.Normalize(*IMAGENET_STATS)])  # the PIL path's last steps
+
+
+def pillow_float(path, box, flip):
+    """The plain Pillow path of a worker (view_transform's steps) on the given box and flip: crop, resize,
+    flip, ToTensor, Normalize, ending in float as TransformedDataset does."""
+    top, left, height, width = box
+    with Image.open(path) as image:
+        crop = image.convert("RGB").crop((left, top, left + width, top + height)).resize((OUT, OUT), Image.BICUBIC)
+    return TO_FLOAT(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop)
 
 
 def pillow_draft(path, box, flip):
@@ -119,7 +134,8 @@ def fetch(dataset, indices):
 
 
 def time_paths(paths, draws, datasets, repeats):
-    fns = {"pillow": pillow, "pillow-draft": pillow_draft, "tv-decode": tv_decode, "mimreg": mimreg_path,
+    fns = {"pillow": pillow, "pillow-float": pillow_float, "pillow-draft": pillow_draft, "tv-decode": tv_decode,
+           "mimreg": mimreg_path,
            "decode-only": decode_only}
     rates = {name: [] for name in [*fns, *datasets]}
     for repeat in range(repeats):
@@ -168,7 +184,8 @@ def run(size, count, repeats, folder):
              ", ".join(f"1/{r}: {reductions[r]}" for r in (1, 2, 4, 8) if reductions[r])]
     for name, rate in rates.items():
         base = rates[{"dataset": "dataset-pil", "simclr2": "simclr2-pil"}.get(name.split("-")[0], "pillow")]
-        lines.append(f"  {name:14s} {rate:7.1f} img/s per core  ({rate / base:.2f}x)")
+        same = f", {rate / rates['pillow-float']:.2f}x pillow-float" if name.startswith("dataset-draft") else ""
+        lines.append(f"  {name:14s} {rate:7.1f} img/s per core  ({rate / base:.2f}x{same})")
     diffs = differences(paths, draws)
     lines.append("  mean |difference| to pillow's crop, grey levels: " +
                  ", ".join(f"{k} {v:.2f}" for k, v in diffs.items()))
