@@ -131,12 +131,11 @@ class LoaderData:
         return batches if self.normalise is None else (self._normalised(batch) for batch in batches)
 
     def _normalised(self, batch: Batch) -> Batch:
-        images = batch.images
-        if images is not None:
-            moved = [v.to(self.device, non_blocking=True) for v in images] if isinstance(images, list) \
-                else images.to(self.device, non_blocking=True)
-            images = [self.normalise(v) for v in moved] if isinstance(moved, list) else self.normalise(moved)
-        return replace(batch, images=images)
+        if batch.images is None:
+            return batch
+        views = batch.images if isinstance(batch.images, list) else [batch.images]
+        views = [self.normalise(v.to(self.device, non_blocking=True)) for v in views]
+        return replace(batch, images=views if isinstance(batch.images, list) else views[0])
 
 
 PREFETCH_BATCHES = 4  # per worker
