@@ -183,14 +183,20 @@ def test_decoding_on_the_device_builds_the_device_pipelines_views(tmp_path):
         build_pretrain_data(joint_config("simclr", "data.pipeline=loader", "data.decode_on_device=true"), 1, 0)
 
 
-def test_draft_loader_normalises_the_workers_uint8_views_on_the_device(tiny_config, tmp_path, write_folder):
-    """The draft dataset's workers give uint8 views; the loader hands the engine float views,
-    (x / 255 - mean) / std of exactly those, for both a one-view and a two-view method."""
+def test_draft_loader_normalises_the_workers_uint8_views_on_the_device(tiny_config, tmp_path, write_folder,
+                                                                      monkeypatch):
+    """The draft dataset's workers give uint8 views, a whole batch per call (one draw of its parameters);
+    the loader hands the engine float views, (x / 255 - mean) / std of exactly those, for both a
+    one-view and a two-view method."""
+    def one_sample_at_a_time(self, index):
+        raise AssertionError("the loader asked for one sample: the batch's parameters were not drawn at once")
     folder = ("data.name=imagefolder", f"data.root={write_folder(tmp_path / 'f')}", "optim.batch_size=4",
               "data.img_size=16", "data.pipeline=loader")
     for make_config, method in ((tiny_config, "mae"), (joint_config, "simclr")):
         data = build_pretrain_data(make_config(method, *folder), 1, 0)
-        batch = next(iter(data.loader(1, 0, 0, False)))
+        with monkeypatch.context() as patch:
+            patch.setattr(DraftCropDataset, "__getitem__", one_sample_at_a_time)
+            batch = next(iter(data.loader(1, 0, 0, False)))
         block = data.batches.for_epoch(1)[0]
         raw_views = [s[0] for s in data.dataset.__getitems__(block)]
         views = batch.images if isinstance(batch.images, list) else [batch.images]
