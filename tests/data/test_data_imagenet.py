@@ -175,7 +175,7 @@ def device_pipeline_views(raw, specs, seed: int, epoch: int, mean, std) -> list[
 
 def draft_views(dataset: DraftCropDataset, normalise: Normalise) -> list[list[torch.Tensor]]:
     samples = dataset.__getitems__(list(range(len(dataset.paths))))  # as a loader worker asks
-    return [[normalise(v[None].to(torch.uint8))[0] for v in (views if isinstance(views, list) else [views])]
+    return [[normalise(v[None])[0] for v in (views if isinstance(views, list) else [views])]
             for views, _ in samples]
 
 
