@@ -42,7 +42,7 @@ from mimreg.data.batch_augment import draw_params
 from mimreg.data.draft import DraftCropDataset, decode_for_crops, draft_reduction, read_head, resized_crop
 from mimreg.data.files import ImageFileDataset
 from mimreg.data.seeded import TransformedDataset
-from mimreg.data.tensor_view import Normalise
+from mimreg.data.normalise import Normalise
 from mimreg.data.transforms import IMAGENET_STATS, MultiView, mae_view, simclr_view, view_transform
 
 CIFAR = Path("/work/data/c10/train")

@@ -13,7 +13,7 @@ from mimreg.data.draft import DraftCropDataset, draft_reduction, resized_crop
 from mimreg.data.imagenet import imagenet100_wnids
 from mimreg.data.batch_augment import BatchAugment
 from mimreg.data.files import decode_rgb, sample_paths
-from mimreg.data.tensor_view import Normalise
+from mimreg.data.normalise import Normalise
 from mimreg.data.transforms import ViewSpec, mae_view, simclr_view, view_transform
 from mimreg.errors import DataError
 

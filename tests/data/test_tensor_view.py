@@ -9,7 +9,8 @@ from torchvision.transforms import functional as F1
 from torchvision.transforms.v2 import functional as TF2
 
 from mimreg.data.batch_augment import draw_params
-from mimreg.data.tensor_view import Normalise, jitter_uint8, view_steps_uint8
+from mimreg.data.normalise import Normalise
+from mimreg.data.tensor_view import jitter_uint8, view_steps_uint8
 from mimreg.data.transforms import ViewSpec, simclr_view
 
 

@@ -18,6 +18,7 @@ import torch
 
 from mimreg.data.colour import JITTER_OPS, to_grayscale
 from mimreg.data.keyed_random import keyed_uniforms
+from mimreg.data.normalise import PIXEL_MAX, Normalise
 from mimreg.data.resample import apply_separable, crop_resize_matrix, gaussian_blur_matrix
 from mimreg.data.transforms import ViewSpec
 
@@ -26,7 +27,6 @@ CROP_ATTEMPTS = 10  # as torchvision's RandomResizedCrop.get_params
 _SCALE, _RATIO = slice(0, 10), slice(10, 20)
 _TOP, _LEFT, _FLIP, _JITTER, _FACTORS, _ORDER, _GREY, _BLUR, _SIGMA = 20, 21, 22, 23, slice(24, 28), slice(28, 32), 32, 33, 34
 _SLOTS = 35
-PIXEL_MAX = 255.0
 
 
 @dataclass
@@ -113,7 +113,7 @@ class BatchAugment:
 
     def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float], seed: int):
         self.specs, self.seed = list(specs), int(seed)
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.normalise = Normalise(mean, std)  # in place on the float views built here
         self.groups: dict[ViewSpec, list[int]] = {}
         for view, spec in enumerate(self.specs):  # views of one spec are augmented as one batch
             self.groups.setdefault(spec, []).append(view)
@@ -130,12 +130,6 @@ class BatchAugment:
             for v, chunk in zip(views, self.normalise(pixels).chunk(len(views))):
                 out[v] = chunk
         return out
-
-    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [0, 255] -> (x / 255 - mean) / std, in one multiply-add."""
-        scale = torch.tensor([1 / (PIXEL_MAX * s) for s in self.std], device=pixels.device).view(1, 3, 1, 1)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=pixels.device).view(1, 3, 1, 1)
-        return torch.addcmul(-shift, pixels, scale)
 
 
 def _sizes(images) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ still leaves it at least the output size. Crops no reduction serves are decoded 
 `decode_jpeg` and resized by torch's antialiased bicubic filter on uint8 (Pillow's filter, three
 times faster; benchmarks/imagenet_decode.py has the numbers). The file is read once (the size comes
 from its frame header, data/jpeg_frame.py) and the views leave the worker as uint8 tensors: the
-float conversion and normalisation run batched on the training device (tensor_view.Normalise).
+float conversion and normalisation run batched on the training device (normalise.Normalise).
 
 Every parameter (crop box, flip, colour) is the device pipeline's draw for the same (seed, epoch,
 index, view) (batch_augment.draw_params, for a whole loader batch in one call): a folder gives the
@@ -106,7 +106,7 @@ class DraftCropDataset(TransformedDataset):
     """The views of `specs` of an image-file dataset as uint8 tensors, each a random resized crop
     (decoded at reduced scale when it allows) followed by the rest of its view's steps on uint8, with
     the device pipeline's draws for (seed, epoch, index, view). A list of views when `as_list`, else
-    the one view. Float conversion and normalisation follow on the training device (tensor_view.Normalise).
+    the one view. Float conversion and normalisation follow on the training device (normalise.Normalise).
     """
 
     def __init__(self, raw: RawDataset, specs: Sequence[ViewSpec], seed: int, as_list: bool, skip_bad_images: bool):

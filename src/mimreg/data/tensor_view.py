@@ -1,5 +1,5 @@
-"""A view's steps after its crop on a (3, H, W) uint8 tensor (flip and colour) with drawn parameters, and
-the batched float conversion and normalisation that follows them on the training device.
+"""A view's steps after its crop on a (3, H, W) uint8 tensor (flip and colour) with drawn parameters;
+the batched float conversion and normalisation follow on the training device (data/normalise.py).
 
 The parameters are the device pipeline's (batch_augment.draw_params, keyed by seed, epoch, index and
 view), applied as torchvision's functional ops on uint8, which round to 8 bits after each step as
@@ -22,9 +22,9 @@ from torchvision.transforms.v2 import functional as F
 
 from mimreg.data.batch_augment import ViewParams
 from mimreg.data.colour import adjust_hue
+from mimreg.data.normalise import PIXEL_MAX
 from mimreg.data.transforms import ViewSpec
 
-PIXEL_MAX = 255.0
 
 
 def rotate_hue(image: torch.Tensor, shift: float) -> torch.Tensor:
@@ -59,22 +59,3 @@ def view_steps_uint8(crop: torch.Tensor, spec: ViewSpec, params: ViewParams, i: 
     if params.blur[i]:
         crop = F.gaussian_blur(crop, [spec.blur_kernel] * 2, [float(params.sigma[i])] * 2)
     return crop
-
-
-class Normalise:
-    """uint8 images (..., 3, H, W) -> float32 (x / 255 - mean) / std in one multiply-add on the images'
-    device (ToTensor and Normalize, within float rounding). The loader hands uint8 batches to the
-    device and this runs there: a quarter of the bytes to copy, and no float work in the workers."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        self.mean, self.std = tuple(mean), tuple(std)
-        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (scale, shift) per device
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device not in self._on:  # built once per device: no host-to-device copy per batch
-            scale = torch.tensor([1 / (PIXEL_MAX * s) for s in self.std]).view(3, 1, 1)
-            shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(3, 1, 1)
-            self._on[images.device] = (scale.to(images.device), shift.to(images.device))
-        scale, shift = self._on[images.device]
-        # float() then in place: half the time of addcmul on the uint8 tensor (type promotion)
-        return images.float().mul_(scale).add_(shift)

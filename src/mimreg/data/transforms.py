@@ -38,7 +38,8 @@ DATASET_STATS: dict[str, Stats] = _StatsTable({
 DEFAULT_IMG_SIZES = {
     "cifar10": 32, "cifar100": 32, "digits": 32, "synthetic": 32,
     "stl10": 96, "tiny-imagenet": 64, "imagefolder": 224, "imagenet": 224, "imagenet100": 224,
-    # a run's config reads these three from their first images (config.fill_img_size); 224 where none is read
+    # imagefolder, hf and webdataset: a run reads the size from the first images (config.fill_img_size);
+    # 224 where none is read
     "hf": 224, "webdataset": 224,
 }
 

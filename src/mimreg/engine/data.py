@@ -21,7 +21,7 @@ from mimreg.data.decoded import DecodedImages, MixedSizesError, decode_images, d
 from mimreg.data.encoded import EncodedFiles, collate_encoded, decode_on
 from mimreg.data.files import sample_paths
 from mimreg.data.shards import shard_of_samples
-from mimreg.data.tensor_view import Normalise
+from mimreg.data.normalise import Normalise
 from mimreg.data.transforms import ViewSpec, mae_view, msn_view_specs, simclr_view, view_transform
 from mimreg.errors import ConfigError, DataError
 
