@@ -231,3 +231,24 @@ def test_draft_dataset_views_and_bad_files(tmp_path):
     assert skipping.__getitems__([0, 1]) == [BadSample(str(bad_header)), BadSample(str(bad))]
     with pytest.raises(DataError, match=f"Image file {bad} could not be decoded .* set data.skip_bad_images: true"):
         DraftCropDataset(raw, specs[:1], 0, False, skip_bad_images=False)[1]
+
+
+def test_draft_dataset_opens_other_formats_once_as_rgb(tmp_path, monkeypatch):
+    """A PNG (RGB, palette with transparency, 16-bit grey) is opened by Pillow once and decoded as
+    decode_rgb does: the views are the device pipeline's (from decode_rgb) within its rounding."""
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    rgb = photo(60, 50, 1)
+    rgb.save(folder / "rgb.png")
+    rgb.convert("P").save(folder / "palette.png", transparency=0)
+    Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).save(folder / "grey16.png")
+    raw = load_dataset("imagefolder", "train", tmp_path)
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda fp, *a, _open=Image.open, **k: opened.append(fp) or _open(fp, *a, **k))
+    specs = [mae_view(32, (0.5, 1.0))]
+    draft = DraftCropDataset(raw, specs, seed=3, as_list=True, skip_bad_images=False)
+    ours = draft_views(draft, Normalise((0.5,) * 3, (0.5,) * 3))
+    assert len(opened) == 3
+    theirs = device_pipeline_views(raw, specs, 3, 0, (0.5,) * 3, (0.5,) * 3)
+    differences = [((a - b).abs().mean() * 255 / 2).item() for x, y in zip(ours, theirs) for a, b in zip(x, y)]
+    assert max(differences) < 0.5, differences

@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from mimreg.data.base import BadSample, RawDataset
 from mimreg.data.batch_augment import ViewParams, draw_params
-from mimreg.data.files import decode_rgb, sample_paths, undecodable
+from mimreg.data.files import sample_paths, to_rgb, undecodable
 from mimreg.data.jpeg_frame import jpeg_frame
 from mimreg.data.seeded import TransformedDataset
 from mimreg.data.tensor_view import view_steps_uint8
@@ -70,7 +70,7 @@ def decode_for_crops(head: ImageHead, boxes: Sequence[Box], sizes: Sequence[int]
     mode), a colour JPEG that allows none as a (3, h, w) uint8 tensor by torchvision's decoder (faster
     than Pillow's), any other file by Pillow, as a tensor."""
     if head.image is not None and head.image.format != "JPEG":
-        return pil_to_tensor(decode_rgb(io.BytesIO(head.data))), 1.0
+        return pil_to_tensor(to_rgb(head.image)), 1.0
     reduction = min(draft_reduction(box, size) for box, size in zip(boxes, sizes))
     if reduction == 1 and head.image is None:
         return decode_jpeg(torch.frombuffer(bytearray(head.data), dtype=torch.uint8), mode=ImageReadMode.RGB), 1.0

@@ -79,14 +79,19 @@ SIXTEEN_BIT_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 def decode_rgb(path: str) -> Image.Image:
     """Read an image file fully into memory as RGB (raises whatever the decoder raises)."""
     with Image.open(path) as image:
-        # Palette transparency must pass through RGBA, or Pillow warns on every image.
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        if image.mode in SIXTEEN_BIT_GRAY_MODES:
-            # convert("RGB") would clip at 255 (a 16-bit photo turns white): keep the high byte
-            values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-            return Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An opened image decoded as RGB."""
+    # Palette transparency must pass through RGBA, or Pillow warns on every image.
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in SIXTEEN_BIT_GRAY_MODES:
+        # convert("RGB") would clip at 255 (a 16-bit photo turns white): keep the high byte
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        return Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 class ImageFileDataset(RawDataset):
