@@ -6,6 +6,7 @@ Each study runs into STUDIES/<its yaml's name>; a comparison may take its baseli
 
     mimreg study benchmarks/studies/cifar10_cpu.yaml --out /work/studies/cifar10_cpu   # the runs, per study
     python benchmarks/cifar10_study.py --studies /work/studies                            # the tables
+    python benchmarks/cifar10_study.py --studies benchmarks/results/studies               # from kept records
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ TABLES = {
          "recipe", "recipe=cifar10-cpu/byol"),
     ]),
     "cifar10_beyond_study.md": ("Regularizers beyond the seeds at CPU scale, with seeds "
-                                "(benchmarks/studies/cifar10_beyond_cpu.yaml, its baselines run in it)", [
+                                "(benchmarks/studies/cifar10_beyond_cpu.yaml, its baselines run in it; an earlier measurement of KoLeo "
+                                "and VCReg on MAE: cifar10_beyond_study_first_runs.md)", [
         ("MAE + each regularizer (3 seeds, 12 epochs)",
          ["cifar10_beyond_cpu/cifar10-cpu-mae_seed*", "cifar10_beyond_cpu/cifar10-cpu-mae+*_seed*"],
          "recipe", "recipe=cifar10-cpu/mae"),
