@@ -10,9 +10,10 @@ them (cp -r) resumes with those points done, on a machine that has lost the live
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
+
+from mimreg.study.ledger import read_status, status_path
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "benchmarks" / "results" / "studies"
@@ -22,7 +23,7 @@ LARGEST_FILE = 1 << 20  # anything bigger is not a record (a feature cache, an e
 
 def done_points(study_dir: Path) -> list[str]:
     return sorted(path.stem for path in (study_dir / "status").glob("*.json")
-                  if json.loads(path.read_text()).get("state") == "done")
+                  if read_status(study_dir, path.stem).state == "done")
 
 
 def keep(study_dir: Path, into: Path) -> list[str]:
@@ -33,7 +34,7 @@ def keep(study_dir: Path, into: Path) -> list[str]:
     (target / "logs").mkdir(exist_ok=True)
     shutil.copy2(study_dir / "study.yaml", target / "study.yaml")
     for name in points:
-        shutil.copy2(study_dir / "status" / f"{name}.json", target / "status" / f"{name}.json")
+        shutil.copy2(status_path(study_dir, name), status_path(target, name))
         log = study_dir / "logs" / f"{name}.log"
         if log.is_file():
             shutil.copy2(log, target / "logs" / log.name)
